@@ -1,0 +1,59 @@
+"""Connecting to Ray: an embedded local Ray by default, or an existing cluster by address.
+
+Only the runner and the CLI call this module.
+"""
+
+from __future__ import annotations
+
+import os
+
+from swarm.errors import ClusterError
+
+__all__ = ["ensure_ray", "shard_cpus"]
+
+# The default object store takes 30% of RAM (7.5 GB here); shards exchange
+# messages of a few MB per step, so a small cap is plenty locally.
+LOCAL_OBJECT_STORE_BYTES = 1 << 30
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Make sure Ray is initialized; returns True if this call started it.
+
+    ``address`` (or RAY_ADDRESS) joins an existing cluster; otherwise an
+    embedded local Ray starts with no dashboard and a capped object store.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=True, logging_level="WARNING")
+        else:
+            ray.init(
+                include_dashboard=False,
+                object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                num_cpus=num_cpus,
+                logging_level="WARNING",
+            )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address!r}" if address else "an embedded local Ray"
+        raise ClusterError(
+            f"could not start or join {where}: {exc}. Check that `ray start --head` runs there "
+            "and the address is host:port of its GCS (default port 6379), or drop --address "
+            "to run on an embedded local Ray."
+        ) from exc
+    return True
+
+
+def shard_cpus(num_shards: int) -> float:
+    """CPUs to reserve per shard actor: 1, or a fraction when shards outnumber cores.
+
+    Actors that ask for more CPUs than the cluster has stay pending forever.
+    """
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    return min(1.0, total / num_shards)

@@ -1,0 +1,176 @@
+"""The env contract: what an interaction model declares and does in a round.
+
+An env owns the state columns of the agents on one shard and implements two
+vectorized halves of the round: ``observe`` (absorb the inbox delivered at
+the end of the previous step, build the batch the policy decides on) and
+``apply`` (turn the policy's actions into state changes, events and outgoing
+messages). The engine does the rest (decide, log, exchange, barrier) and
+never names a concrete env: it looks envs up in ``ENV_REGISTRY`` by
+``config.env.kind``. Envs know nothing of Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from swarm.config_base import StrictModel
+from swarm.rng import KeyedRNG
+
+__all__ = [
+    "ENV_REGISTRY",
+    "COMMON_EVENT_COLUMNS",
+    "Env",
+    "EnvConfig",
+    "ShardView",
+    "StepResult",
+    "make_events",
+    "register_env",
+]
+
+# The columns every event carries (DESIGN.md, "Event log"). ``step`` and
+# ``shard`` are added by the engine; -1 (ints) and NaN (value) mean null.
+COMMON_EVENT_COLUMNS: dict[str, pa.DataType] = {
+    "step": pa.int32(),
+    "shard": pa.int32(),
+    "agent": pa.int64(),
+    "event": pa.dictionary(pa.int8(), pa.string()),
+    "target": pa.int64(),
+    "item": pa.int64(),
+    "root": pa.int64(),
+    "parent": pa.int64(),
+    "value": pa.float32(),
+}
+
+_NULLABLE_INT = ("target", "item", "root", "parent")
+
+
+class EnvConfig(StrictModel):
+    """Base of every env's config; ``kind`` selects the env in the registry."""
+
+    kind: str
+
+
+@dataclass
+class ShardView:
+    """What an env sees of its shard: its agents, their out-edges, the keyed RNG.
+
+    ``indices`` holds global agent ids; ``row_shift[r] + position`` is the
+    global edge id of an edge in local row ``r``, the key for per-edge draws.
+    """
+
+    shard: int
+    num_shards: int
+    agents: np.ndarray
+    indptr: np.ndarray
+    indices: np.ndarray
+    row_shift: np.ndarray
+    in_degree: np.ndarray
+    rng: KeyedRNG
+    contiguous_start: int | None = None
+
+    @property
+    def n_local(self) -> int:
+        return int(self.agents.shape[0])
+
+    def local_index(self, ids: np.ndarray) -> np.ndarray:
+        """Local row of each global agent id (the ids must belong to this shard)."""
+        if self.contiguous_start is not None:
+            return ids - self.contiguous_start
+        return np.searchsorted(self.agents, ids)
+
+    def out_edges(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Out-edges of local ``rows``: (source row, destination id, global edge id) per edge."""
+        starts = self.indptr[rows]
+        counts = self.indptr[rows + 1] - starts
+        total = int(counts.sum())
+        if total == 0:
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty, empty
+        offsets = np.cumsum(counts) - counts
+        pos = np.arange(total, dtype=np.int64)
+        pos += np.repeat(starts - offsets, counts)
+        src_rows = np.repeat(rows, counts)
+        return src_rows, self.indices[pos], pos + self.row_shift[src_rows]
+
+
+@dataclass
+class StepResult:
+    """What ``Env.apply`` hands back to the engine for one step."""
+
+    events: dict[str, np.ndarray]
+    messages: dict[str, np.ndarray] | None
+    active: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def make_events(event: np.ndarray, agent: np.ndarray, **columns: np.ndarray) -> dict:
+    """Event columns with the common nullable ones filled with nulls where not given."""
+    n = agent.shape[0]
+    out = {"event": np.asarray(event, dtype=np.int8), "agent": np.asarray(agent, dtype=np.int64)}
+    for name in _NULLABLE_INT:
+        col = columns.pop(name, None)
+        out[name] = np.full(n, -1, dtype=np.int64) if col is None else col.astype(np.int64)
+    value = columns.pop("value", None)
+    out["value"] = np.full(n, np.nan, np.float32) if value is None else value.astype(np.float32)
+    out.update(columns)
+    return out
+
+
+class Env:
+    """Base class of every interaction model.
+
+    Subclasses set the class attributes and implement ``observe`` and
+    ``apply``; ``prepare`` runs once on the driver for whatever needs the
+    whole population (for example choosing seed agents by global rank).
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[EnvConfig]]
+    #: The values of the ``event`` column, in a fixed order (their codes).
+    event_types: ClassVar[tuple[str, ...]]
+    #: Extra nullable event columns beyond COMMON_EVENT_COLUMNS.
+    event_columns: ClassVar[dict[str, pa.DataType]] = {}
+    #: Per-step counters summed over shards into the metrics table.
+    metric_names: ClassVar[tuple[str, ...]] = ()
+    #: Message fields besides ``dst`` (global id of the receiving agent).
+    message_fields: ClassVar[dict[str, np.dtype]] = {}
+
+    def __init__(self, config: EnvConfig, view: ShardView, setup: Mapping[str, np.ndarray]):
+        self.config = config
+        self.view = view
+        self.setup = setup
+
+    @classmethod
+    def prepare(cls, config: EnvConfig, n: int, rng: KeyedRNG) -> dict[str, np.ndarray]:
+        """Global set-up computed once on the driver and given to every shard."""
+        return {}
+
+    def default_policy(self):
+        """The heuristic policy agents follow when the config names none."""
+        raise NotImplementedError(f"env {self.name!r} must define default_policy()")
+
+    def observe(self, step: int, inbox: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def apply(self, step: int, batch: dict[str, np.ndarray], actions: dict) -> StepResult:
+        raise NotImplementedError
+
+    @classmethod
+    def event_code(cls, name: str) -> int:
+        return cls.event_types.index(name)
+
+
+ENV_REGISTRY: dict[str, type[Env]] = {}
+
+
+def register_env(cls: type[Env]) -> type[Env]:
+    """Class decorator: make an env available to configs as ``env.kind: <cls.name>``."""
+    if cls.name in ENV_REGISTRY and ENV_REGISTRY[cls.name] is not cls:
+        raise ValueError(f"an env named {cls.name!r} is already registered")
+    ENV_REGISTRY[cls.name] = cls
+    return cls

@@ -1,0 +1,233 @@
+"""Pure diffusion on the graph: independent cascade, linear threshold and SIR.
+
+The validation workhorse. Every newly active agent gets exactly one
+``activate`` event with its ``parent`` (who activated it; null for seeds) and
+its ``root`` (the seed whose cascade it joined), so cascade trees are exact.
+When several neighbours activate an agent in the same step, the parent is the
+one with the smallest keyed hash of (receiver, sender): unbiased, and the
+same whatever order messages arrive in or however agents are sharded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+from swarm.envs.base import Env, EnvConfig, ShardView, StepResult, make_events, register_env
+from swarm.policies.cascade import EdgeTransmission, LinearThreshold
+
+from swarm.rng import KeyedRNG
+
+__all__ = ["Cascade", "CascadeConfig"]
+
+SUSCEPTIBLE, ACTIVE, RECOVERED = 0, 1, 2
+_MODEL_PARAMS = {
+    "independent_cascade": {"p"},
+    "linear_threshold": {"threshold"},
+    "sir": {"beta", "gamma"},
+}
+
+
+class CascadeConfig(EnvConfig):
+    """Diffusion model and seeding. Give at most one of the ``seed_*`` keys."""
+
+    kind: Literal["cascade"] = "cascade"
+    model: Literal["independent_cascade", "linear_threshold", "sir"] = "independent_cascade"
+    p: float = Field(0.05, ge=0.0, le=1.0)
+    """independent_cascade: probability that an activation crosses an out-edge (one chance)."""
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    """linear_threshold: one threshold for all agents; unset draws one per agent from U(0, 1)."""
+    beta: float = Field(0.05, ge=0.0, le=1.0)
+    """sir: per-step probability that an infected agent infects an out-neighbour."""
+    gamma: float = Field(0.2, ge=0.0, le=1.0)
+    """sir: per-step probability that an infected agent recovers."""
+    seed_fraction: float | None = Field(None, gt=0.0, le=1.0)
+    """Fraction of agents active at step 0 (rounded, at least 1). Default 0.01."""
+    seed_count: int | None = Field(None, ge=1)
+    """Number of agents active at step 0."""
+    seed_ids: list[int] | None = None
+    """Explicit agent ids active at step 0."""
+
+    @model_validator(mode="after")
+    def _check(self) -> CascadeConfig:
+        seed_keys = ("seed_fraction", "seed_count", "seed_ids")
+        given = [k for k in seed_keys if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of seed_fraction, seed_count, seed_ids; got {given}")
+        if self.seed_ids is not None and (not self.seed_ids or min(self.seed_ids) < 0):
+            raise ValueError("seed_ids must be a non-empty list of agent ids >= 0")
+        foreign = set()
+        for model, params in _MODEL_PARAMS.items():
+            if model != self.model:
+                foreign |= (params - _MODEL_PARAMS[self.model]) & self.model_fields_set
+        if foreign:
+            raise ValueError(
+                f"{sorted(foreign)} do not apply to model={self.model!r}; its parameters are "
+                f"{sorted(_MODEL_PARAMS[self.model])}"
+            )
+        return self
+
+
+@register_env
+class Cascade(Env):
+    """Independent cascade, linear threshold (weights 1/in-degree) or SIR."""
+
+    name = "cascade"
+    Config = CascadeConfig
+    event_types = ("activate", "recover")
+    metric_names = ("new_active", "recovered", "ever_active")
+    message_fields = {"src": np.int64, "root": np.int64}
+
+    def __init__(self, config: CascadeConfig, view: ShardView, setup: Mapping[str, np.ndarray]):
+        super().__init__(config, view, setup)
+        n = view.n_local
+        self.status = np.zeros(n, dtype=np.int8)
+        self.root = np.full(n, -1, dtype=np.int64)
+        self.infected = np.empty(0, dtype=np.int64)  # sir: local rows still infectious
+        self.ever_active = 0
+        if config.model == "linear_threshold":
+            self.exposures = np.zeros(n, dtype=np.int32)
+            if config.threshold is None:
+                self.threshold = view.rng.uniform("lt_threshold", view.agents)
+            else:
+                self.threshold = np.full(n, config.threshold)
+        seeds = np.asarray(setup["seed_ids"], dtype=np.int64)
+        mine = seeds[(seeds >= view.agents[0]) & (seeds <= view.agents[-1])] if n else seeds[:0]
+        rows = view.local_index(mine)
+        ok = (rows >= 0) & (rows < n)
+        ok[ok] &= view.agents[rows[ok]] == mine[ok]
+        self._seed_rows = np.sort(rows[ok])
+        self._pending: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def prepare(cls, config: CascadeConfig, n: int, rng: KeyedRNG) -> dict[str, np.ndarray]:
+        if config.seed_ids is not None:
+            ids = np.unique(np.asarray(config.seed_ids, dtype=np.int64))
+            if ids[-1] >= n:
+                raise ValueError(f"env.seed_ids names agent {ids[-1]} but the graph has n={n}")
+            return {"seed_ids": ids}
+        if config.seed_count is not None:
+            if config.seed_count > n:
+                raise ValueError(f"env.seed_count={config.seed_count} exceeds the graph's n={n}")
+            count = config.seed_count
+        else:
+            fraction = 0.01 if config.seed_fraction is None else config.seed_fraction
+            count = max(1, round(fraction * n))
+        # The `count` agents with the smallest keyed hash: a uniform sample
+        # that depends only on the seed, never on sharding.
+        keys = rng.bits("seeds", np.arange(n, dtype=np.int64))
+        ids = np.argpartition(keys, count - 1)[:count] if count < n else np.arange(n)
+        return {"seed_ids": np.sort(ids.astype(np.int64))}
+
+    def default_policy(self):
+        if self.config.model == "independent_cascade":
+            return EdgeTransmission(self.config.p, once=True)
+        if self.config.model == "sir":
+            return EdgeTransmission(self.config.beta, once=False)
+        return LinearThreshold()
+
+    # -- the round -----------------------------------------------------------
+
+    def _winners(self, step: int, rows: np.ndarray, src: np.ndarray):
+        """Per distinct receiver row (ascending): the winning message's index and the count."""
+        key = self.view.rng.bits("parent", self.view.agents[rows], src, step=step)
+        order = np.lexsort((key, rows))
+        r = rows[order]
+        first = np.ones(r.shape[0], dtype=bool)
+        first[1:] = r[1:] != r[:-1]
+        starts = np.flatnonzero(first)
+        return order[starts], np.diff(np.append(starts, r.shape[0]))
+
+    def _activate(self, rows: np.ndarray, parent: np.ndarray, root: np.ndarray) -> None:
+        self.status[rows] = ACTIVE
+        self.root[rows] = root
+        self.ever_active += rows.shape[0]
+        self._pending = {"rows": rows, "parent": parent, "root": root}
+
+    def observe(self, step: int, inbox: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        view, model = self.view, self.config.model
+        if step == 0:
+            rows = self._seed_rows
+            self._activate(rows, np.full(rows.shape[0], -1, np.int64), view.agents[rows])
+            new_rows = rows
+        elif inbox is None or inbox["dst"].shape[0] == 0:
+            self._pending = {}
+            new_rows = np.empty(0, dtype=np.int64)
+        else:
+            rows = view.local_index(inbox["dst"])
+            open_ = self.status[rows] == SUSCEPTIBLE
+            rows, src, root = rows[open_], inbox["src"][open_], inbox["root"][open_]
+            win, counts = self._winners(step, rows, src)
+            if model == "linear_threshold":
+                uniq = rows[win]
+                self.exposures[uniq] += counts.astype(np.int32)
+                self._lt_candidates = (uniq, src[win], root[win])
+                return {
+                    "agent": view.agents[uniq],
+                    "influence": self.exposures[uniq] / np.maximum(view.in_degree[uniq], 1),
+                    "threshold": self.threshold[uniq],
+                }
+            new_rows = rows[win]
+            self._activate(new_rows, src[win], root[win])
+        if model == "linear_threshold":
+            self._lt_candidates = None
+            return {"agent": view.agents[new_rows]}
+        if model == "sir":
+            if new_rows.shape[0]:
+                self.infected = np.concatenate([self.infected, new_rows])
+            transmitters = self.infected
+        else:
+            transmitters = new_rows
+        src_rows, dst, edge = view.out_edges(transmitters)
+        self._edges = (src_rows, dst)
+        return {"edge": edge}
+
+    def apply(self, step: int, batch: dict[str, np.ndarray], actions: dict) -> StepResult:
+        view, model = self.view, self.config.model
+        recovered = np.empty(0, dtype=np.int64)
+        if model == "linear_threshold":
+            if self._lt_candidates is not None:
+                rows, src, root = self._lt_candidates
+                adopt = actions["adopt"]
+                self._activate(rows[adopt], src[adopt], root[adopt])
+            new = self._pending.get("rows", np.empty(0, np.int64))
+            src_rows, dst, _ = view.out_edges(new)
+        else:
+            src_rows, dst = self._edges
+            keep = actions["transmit"]
+            src_rows, dst = src_rows[keep], dst[keep]
+            if model == "sir" and self.infected.shape[0]:
+                rec = view.rng.bernoulli("recover", view.agents[self.infected], p=self.config.gamma,
+                                         step=step)
+                recovered = self.infected[rec]
+                self.status[recovered] = RECOVERED
+                self.infected = self.infected[~rec]
+        messages = {"dst": dst, "src": view.agents[src_rows], "root": self.root[src_rows]}
+        pend = self._pending
+        n_new = pend["rows"].shape[0] if pend else 0
+        if n_new or recovered.shape[0]:
+            code_a, code_r = self.event_code("activate"), self.event_code("recover")
+            agents = view.agents
+            event = np.concatenate([np.full(n_new, code_a, np.int8),
+                                    np.full(recovered.shape[0], code_r, np.int8)])
+            agent = np.concatenate([agents[pend["rows"]] if n_new else np.empty(0, np.int64),
+                                    agents[recovered]])
+            none = np.full(recovered.shape[0], -1, np.int64)
+            events = make_events(
+                event, agent,
+                parent=np.concatenate([pend["parent"] if n_new else none[:0], none]),
+                root=np.concatenate([pend["root"] if n_new else none[:0], self.root[recovered]]),
+            )
+        else:
+            events = make_events(np.empty(0, np.int8), np.empty(0, np.int64))
+        self._pending = {}
+        active = self.infected.shape[0] if model == "sir" else n_new
+        return StepResult(
+            events=events,
+            messages=messages,
+            active=int(active),
+            metrics={"new_active": n_new, "recovered": int(recovered.shape[0]),
+                     "ever_active": self.ever_active},
+        )

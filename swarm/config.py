@@ -1,0 +1,310 @@
+"""Run configuration: one YAML file validated once, at the edge, into frozen models.
+
+The config names the graph, the env, the run length, sharding and logging.
+Every rejection is a ConfigError that names the dotted key, the value and
+what is allowed, and it happens before anything is written to disk.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from swarm.config_base import StrictModel
+from swarm.envs import ENV_REGISTRY, EnvConfig
+from swarm.errors import ConfigError
+
+__all__ = [
+    "RunConfig",
+    "GraphConfig",
+    "LogConfig",
+    "load_config",
+    "validate_config",
+    "apply_overrides",
+]
+
+
+class BarabasiAlbertGraph(StrictModel):
+    """Preferential attachment: ``n`` agents, each new one with ``m`` edges."""
+
+    kind: Literal["barabasi_albert"]
+    n: int = Field(ge=2)
+    m: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _m_below_n(self):
+        if self.m >= self.n:
+            raise ValueError(f"m must be < n; got m={self.m}, n={self.n}")
+        return self
+
+
+class WattsStrogatzGraph(StrictModel):
+    """Small world: a ring where each agent links to ``k`` neighbours, rewired with ``p``."""
+
+    kind: Literal["watts_strogatz"]
+    n: int = Field(ge=3)
+    k: int = Field(ge=2)
+    p: float = Field(ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _k_even_below_n(self):
+        if self.k % 2 or self.k >= self.n:
+            raise ValueError(f"k must be even and < n; got k={self.k}, n={self.n}")
+        return self
+
+
+class ErdosRenyiGraph(StrictModel):
+    """G(n, p) with p chosen to give ``mean_degree``."""
+
+    kind: Literal["erdos_renyi"]
+    n: int = Field(ge=2)
+    mean_degree: float = Field(ge=0.0)
+
+    @model_validator(mode="after")
+    def _degree_fits(self):
+        if self.mean_degree > self.n - 1:
+            raise ValueError(f"mean_degree must be <= n - 1 = {self.n - 1}; got {self.mean_degree}")
+        return self
+
+
+class SBMGraph(StrictModel):
+    """Stochastic block model: block ``sizes``, symmetric matrix ``p`` of edge probabilities."""
+
+    kind: Literal["sbm"]
+    sizes: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    p: list[list[Annotated[float, Field(ge=0.0, le=1.0)]]]
+
+    @model_validator(mode="after")
+    def _square(self):
+        k = len(self.sizes)
+        if len(self.p) != k or any(len(row) != k for row in self.p):
+            raise ValueError(f"p must be a {k}x{k} matrix, one row and column per block")
+        if any(self.p[i][j] != self.p[j][i] for i in range(k) for j in range(k)):
+            raise ValueError("p must be symmetric")
+        return self
+
+
+class ConfigurationGraph(StrictModel):
+    """Configuration model over an explicit degree sequence (sum must be even)."""
+
+    kind: Literal["configuration"]
+    degrees: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _even(self):
+        if sum(self.degrees) % 2:
+            raise ValueError(f"degrees must sum to an even number; got {sum(self.degrees)}")
+        return self
+
+
+class EdgeListGraph(StrictModel):
+    """An edge-list file: text (``src dst`` per line) or Parquet (``src``, ``dst`` columns)."""
+
+    kind: Literal["edgelist"]
+    path: str
+    directed: bool = False
+    n: int | None = Field(None, ge=1)
+    """Number of agents; default max id + 1 (ids without edges are isolated agents)."""
+
+
+GraphConfig = Annotated[
+    Union[  # noqa: UP007 - a discriminated union reads clearer spelled out
+        BarabasiAlbertGraph,
+        WattsStrogatzGraph,
+        ErdosRenyiGraph,
+        SBMGraph,
+        ConfigurationGraph,
+        EdgeListGraph,
+    ],
+    Field(discriminator="kind"),
+]
+GRAPH_KINDS = ("barabasi_albert", "watts_strogatz", "erdos_renyi", "sbm", "configuration",
+               "edgelist")
+
+
+class LogConfig(StrictModel):
+    """Event logging."""
+
+    flush_every: int = Field(10, ge=1)
+    """Steps between flushes of a shard's event buffer to a new Arrow chunk."""
+
+
+class RunConfig(StrictModel):
+    """A whole run. ``env`` is validated by the config class of the registered env it names."""
+
+    seed: int = Field(0, ge=0)
+    """The run seed: every random draw (graph, seeds, transmissions) derives from it."""
+    steps: int = Field(100, ge=1)
+    """Maximum number of steps; a run also stops when nothing is active."""
+    shards: int = Field(1, ge=1)
+    """Number of shard actors the population is split over."""
+    partition: Literal["contiguous", "hash"] = "contiguous"
+    """How agents are assigned to shards: id ranges, or a hash of the id."""
+    graph: GraphConfig
+    env: EnvConfig
+    log: LogConfig = LogConfig()
+
+    def dump(self) -> dict:
+        """Plain data, with the env's own fields (not just the base class's)."""
+        data = self.model_dump(mode="json", exclude={"env"})
+        data["env"] = self.env.model_dump(mode="json")
+        return data
+
+
+# --- loading and error messages ---------------------------------------------
+
+
+def _format_errors(exc: ValidationError, prefix: tuple = ()) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = list(prefix) + [str(p) for p in err["loc"]]
+        if len(loc) >= 2 and loc[0] == "graph" and loc[1] in GRAPH_KINDS:
+            del loc[1]  # the union's tag, not a key the user wrote
+        key = ".".join(loc) or "(top level)"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            lines.append(f"unknown key '{key}'; allowed keys here: {', '.join(allowed)}")
+        elif kind == "union_tag_invalid":
+            lines.append(f"{key}.kind: unknown kind {err['ctx']['tag']!r}; allowed: "
+                         f"{', '.join(GRAPH_KINDS)}")
+        elif kind == "union_tag_not_found":
+            lines.append(f"{key}.kind: required key is missing; one of {', '.join(GRAPH_KINDS)}")
+        elif kind == "missing":
+            lines.append(f"{key}: required key is missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f"; got {got!r}"
+            lines.append(f"{key}: {msg}{shown}")
+    return lines
+
+
+def _allowed_keys(parent: list[str]) -> list[str]:
+    model: Any = RunConfig
+    for part in parent:
+        field = model.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        model = field.annotation
+    return sorted(model.model_fields)
+
+
+def _graph_allowed(raw_graph: dict) -> list[str]:
+    import typing
+
+    members = typing.get_args(typing.get_args(GraphConfig)[0])
+    for cls in members:
+        if cls.model_fields["kind"].annotation == Literal[raw_graph.get("kind")]:
+            return sorted(cls.model_fields)
+    return []
+
+
+def validate_config(raw: dict) -> RunConfig:
+    """Validate a plain dict (parsed YAML) into a frozen RunConfig, or raise ConfigError."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of keys to values; got {type(raw).__name__}")
+    raw = dict(raw)
+    problems: list[str] = []
+    env_raw = raw.pop("env", None)
+    env_cfg = None
+    if env_raw is None:
+        problems.append(f"env: required key is missing (env.kind is one of {sorted(ENV_REGISTRY)})")
+    elif not isinstance(env_raw, dict):
+        problems.append(f"env: must be a mapping with a 'kind' key; got {env_raw!r}")
+    else:
+        kind = env_raw.get("kind")
+        if kind not in ENV_REGISTRY:
+            problems.append(f"env.kind: unknown env {kind!r}; allowed: {sorted(ENV_REGISTRY)}")
+        else:
+            cls = ENV_REGISTRY[kind].Config
+            try:
+                env_cfg = cls.model_validate(env_raw)
+            except ValidationError as exc:
+                for line in _format_errors(exc, ("env",)):
+                    if line.startswith("unknown key"):
+                        allowed = ", ".join(sorted(cls.model_fields))
+                        line = line.split("; allowed")[0] + f"; allowed keys here: {allowed}"
+                    problems.append(line)
+    placeholder = EnvConfig(kind="placeholder")
+    try:
+        cfg = RunConfig.model_validate({**raw, "env": env_cfg or placeholder})
+    except ValidationError as exc:
+        lines = _format_errors(exc)
+        graph_raw = raw.get("graph") if isinstance(raw.get("graph"), dict) else {}
+        allowed = ", ".join(_graph_allowed(graph_raw))
+        lines = [
+            (ln.split("; allowed")[0] + f"; allowed keys here: {allowed}")
+            if ln.startswith("unknown key 'graph.") else ln
+            for ln in lines
+        ]
+        problems = lines + problems
+        cfg = None
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set expects dotted.key=value; got {item!r}")
+    key, _, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set key {key!r} has an empty part; write e.g. graph.n=1000")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {text!r} ({exc})") from None
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    """Apply ``dotted.key=value`` strings (values parsed as YAML) to a raw config dict."""
+    out = _deep_copy(raw)
+    for item in overrides or []:
+        parts, value = _parse_override(item)
+        node = out
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
+def _deep_copy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deep_copy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deep_copy(v) for v in d]
+    return d
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """Parse a YAML config file into a dict, with the file and line in any error."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path) as fh:
+            raw = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the config file is empty")
+    return raw
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config, apply ``--set`` overrides, validate. Raises ConfigError."""
+    raw = apply_overrides(read_config_file(path), overrides)
+    try:
+        return validate_config(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

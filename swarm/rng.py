@@ -1,0 +1,144 @@
+"""Keyed, counter-based randomness: every draw is a pure function of its key.
+
+A draw is ``hash(seed, stream, key..., step, draw)`` through SplitMix64-style
+mixing, vectorized over numpy ``uint64`` arrays. No generator state is carried
+between steps or shards, so the same run gives the same numbers whatever the
+shard count or partitioning, and a shard replays exactly after a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+__all__ = ["KeyedRNG", "stream_id", "mix64"]
+
+_MASK = (1 << 64) - 1
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+_S11 = np.uint64(11)
+_INV53 = 1.0 / (1 << 53)
+_CHUNK = 1 << 16
+
+
+def _mix_int(x: int) -> int:
+    """SplitMix64 finalizer on a Python int (used for the scalar part of a key)."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finalizer, applied in place to a ``uint64`` array and returned."""
+    x += _GOLDEN
+    x ^= x >> _S30
+    x *= _M1
+    x ^= x >> _S27
+    x *= _M2
+    x ^= x >> _S31
+    return x
+
+
+def stream_id(name: str) -> int:
+    """A stable 64-bit id for a stream name (not Python's salted ``hash``)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+
+
+class KeyedRNG:
+    """Draws keyed by (seed, stream, keys, step, draw index).
+
+    Parameters
+    ----------
+    seed : int
+        The run seed; the only source of randomness in a run.
+
+    Examples
+    --------
+    >>> rng = KeyedRNG(7)
+    >>> u = rng.uniform("ic", np.arange(5), step=3)
+    >>> bool(np.all(u == rng.uniform("ic", np.arange(5), step=3)))
+    True
+    >>> bool(np.all((u >= 0) & (u < 1)))
+    True
+    """
+
+    def __init__(self, seed: int):
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+        self.seed = int(seed)
+
+    def _base(self, stream: str, step: int, draw: int) -> int:
+        h = _mix_int(self.seed ^ _mix_int(stream_id(stream)))
+        h = _mix_int(h ^ (int(step) & _MASK))
+        return _mix_int(h ^ ((int(draw) * 0xD6E8FEB86659FD93) & _MASK))
+
+    def _hash_into(self, out: np.ndarray, stream: str, keys, step: int, draw: int, finish) -> None:
+        # Work in cache-sized chunks: a dozen passes over an 80 MB temporary
+        # cost ~10x more than the same passes over 512 KB (memory-bound).
+        base = np.uint64(self._base(stream, step, draw))
+        arrays = [np.asarray(k) for k in keys]
+        n = out.shape[0]
+        buf = np.empty(min(n, _CHUNK), dtype=np.uint64)
+        for s in range(0, n, _CHUNK):
+            e = min(s + _CHUNK, n)
+            h = buf[: e - s]
+            first = arrays[0] if arrays[0].ndim == 0 else arrays[0][s:e]
+            h[...] = first
+            h ^= base
+            mix64(h)
+            for k in arrays[1:]:
+                h ^= (k if k.ndim == 0 else k[s:e]).astype(np.uint64, copy=False)
+                mix64(h)
+            finish(h, out[s:e])
+
+    def _prepare(self, keys) -> int:
+        if not keys:
+            raise ValueError("a keyed draw needs at least one key array")
+        return int(np.broadcast_shapes(*(np.shape(k) for k in keys))[0]) if any(
+            np.ndim(k) for k in keys
+        ) else 1
+
+    def bits(self, stream: str, *keys: np.ndarray, step: int = 0, draw: int = 0) -> np.ndarray:
+        """64 random bits per element of the broadcast 1-d ``keys`` (int arrays)."""
+        out = np.empty(self._prepare(keys), dtype=np.uint64)
+
+        def finish(h, o):
+            o[...] = h
+
+        self._hash_into(out, stream, keys, step, draw, finish)
+        return out
+
+    def uniform(self, stream: str, *keys: np.ndarray, step: int = 0, draw: int = 0) -> np.ndarray:
+        """Uniform floats in [0, 1), one per element of ``keys``."""
+        out = np.empty(self._prepare(keys), dtype=np.float64)
+
+        def finish(h, o):
+            h >>= _S11
+            np.multiply(h, _INV53, out=o, casting="unsafe")
+
+        self._hash_into(out, stream, keys, step, draw, finish)
+        return out
+
+    def bernoulli(
+        self, stream: str, *keys: np.ndarray, p: float, step: int = 0, draw: int = 0
+    ) -> np.ndarray:
+        """Booleans that are True with probability ``p``, one per element of ``keys``.
+
+        Compares the 53 high bits against ``p * 2**53``, exactly as
+        ``uniform(...) < p`` would, without materializing the floats.
+        """
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1]; got {p}")
+        out = np.empty(self._prepare(keys), dtype=bool)
+        threshold = np.uint64(int(np.ceil(p * (1 << 53))))
+
+        def finish(h, o):
+            h >>= _S11
+            np.less(h, threshold, out=o)
+
+        self._hash_into(out, stream, keys, step, draw, finish)
+        return out
