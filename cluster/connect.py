@@ -32,6 +32,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         if address:
             ray.init(address=address, log_to_driver=True, logging_level="WARNING")
         else:
+            # A local, single-user Ray needs no login token (Ray >= 2.5x asks for
+            # one unless told otherwise); clusters keep whatever mode they run.
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             ray.init(
                 include_dashboard=False,
                 object_store_memory=LOCAL_OBJECT_STORE_BYTES,

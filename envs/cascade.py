@@ -172,8 +172,10 @@ class Cascade(Env):
             new_rows = rows[win]
             self._activate(new_rows, src[win], root[win])
         if model == "linear_threshold":
+            # Seeds (step 0) or an empty inbox: nobody is deciding this step.
             self._lt_candidates = None
-            return {"agent": view.agents[new_rows]}
+            empty = np.empty(0, dtype=np.float64)
+            return {"agent": np.empty(0, np.int64), "influence": empty, "threshold": empty}
         if model == "sir":
             if new_rows.shape[0]:
                 self.infected = np.concatenate([self.infected, new_rows])

@@ -207,9 +207,10 @@ def _read_text_edges(path: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # "empty input file" is a warning in numpy
-            arr = np.loadtxt(path, dtype=np.int64, comments="#", ndmin=2, usecols=(0, 1))
-        if arr.shape[1] == 2:
-            return arr[:, 0].copy(), arr[:, 1].copy()
+            arr = np.loadtxt(path, dtype=np.float64, comments="#", ndmin=2)
+        ids = arr[:, :2]
+        if arr.shape[1] in (2, 3) and np.all(ids == np.round(ids)) and np.all(np.abs(ids) < 2**53):
+            return arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64)
     except (ValueError, IndexError, UserWarning):
         pass
     src, dst = [], []

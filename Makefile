@@ -1,0 +1,42 @@
+# Set-up and everyday commands. Every target creates .venv if it is missing and
+# installs the project into it, so `make demo` and `make test` work on a fresh
+# machine. The CPU build of torch is pinned here; a GPU user overrides it, e.g.
+# `make install TORCH=torch` after installing their CUDA build.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Independent cascade on 100,000 agents, 2 shards, embedded local Ray.
+demo: $(STAMP)
+	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(VENV)/bin/swarm run examples/cascade.yaml \
+		--out runs/demo --overwrite
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+# Large-n checks (1e6 agents) kept out of the default run.
+test-slow: $(STAMP)
+	$(VENV)/bin/pytest -q -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# Speed harness: swarm vs a bare numpy floor, NDlib and Mesa (installs their requirements).
+bench: $(STAMP)
+	$(PY) -m pip install -q -r benchmarks/requirements.txt
+	$(PY) -m benchmarks.bench_cascade
+
+clean:
+	rm -rf runs .pytest_cache

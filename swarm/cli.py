@@ -1,0 +1,181 @@
+"""The ``swarm`` command line: run, validate, query and inspect population runs.
+
+Errors that swarm raises on purpose (bad config, bad graph, existing run
+directory, unreachable cluster) print one clear message and exit with code 2;
+nothing half-written is left behind by a rejected config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+
+import typer
+
+from swarm.errors import SwarmError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="swarm: distributed simulation of large agent populations on Ray.")
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    config: str = typer.Argument(..., help="Run config (YAML)."),
+    out: str = typer.Option(..., "--out", "-o", help="Run directory to create."),
+    shards: int | None = typer.Option(None, "--shards", "-k", help="Override `shards`."),
+    set_: list[str] = typer.Option(None, "--set", help="Override a key: dotted.key=value."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster to join."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in --out."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Run a population from CONFIG and write its event log to --out."""
+    from swarm.config import load_config
+    from swarm.runner import run as run_population
+
+    overrides = list(set_ or [])
+    if shards is not None:
+        overrides.append(f"shards={shards}")
+    try:
+        cfg = load_config(config, overrides)
+        result = run_population(cfg, out, address=address, overwrite=overwrite,
+                                progress=progress and sys.stderr.isatty())
+    except SwarmError as exc:
+        _fail(exc)
+    _print_summary(result)
+
+
+def _print_summary(result) -> None:
+    m = result.manifest
+    g, t = m["graph"], m["timings"]
+    metrics = result.metrics()
+    typer.echo(f"run directory: {result.path}")
+    typer.echo(f"  events:   {os.path.join(result.path, 'events')}  ({m['events']:,} rows)")
+    typer.echo(f"  metrics:  {os.path.join(result.path, 'metrics.arrow')}")
+    typer.echo(f"  manifest: {os.path.join(result.path, 'manifest.json')}")
+    typer.echo(f"graph: n={g['n']:,}, directed edges={g['directed_edges']:,} "
+               f"(built in {g['build_seconds']:.2f} s); shards={m['partition']['shards']} "
+               f"(edge cut {m['partition']['edge_cut_fraction']:.1%})")
+    rate = g["n"] * m["steps_run"] / max(t["run_seconds"], 1e-9)
+    typer.echo(f"steps: {m['steps_run']} ({m['stop_reason']}) in {t['run_seconds']:.2f} s "
+               f"({rate:,.0f} agent-steps/s; setup {t['setup_seconds']:.2f} s)")
+    if metrics.num_rows:
+        last = metrics.slice(metrics.num_rows - 1).to_pylist()[0]
+        env_metrics = ", ".join(f"{k}={last[k]:,}" for k in m["env"]["metrics"] if k in last)
+        typer.echo(f"last step ({m['env']['kind']}): {env_metrics}")
+    typer.echo(f"query it: swarm query {result.path} \"SELECT event, count(*) FROM events "
+               "GROUP BY event\"")
+
+
+@app.command()
+def validate(
+    config: str = typer.Argument(..., help="Run config (YAML)."),
+    set_: list[str] = typer.Option(None, "--set", help="dotted.key=value override."),
+) -> None:
+    """Check CONFIG without running it; print the fully resolved config."""
+    import yaml
+
+    from swarm.config import load_config
+
+    try:
+        cfg = load_config(config, list(set_ or []))
+    except SwarmError as exc:
+        _fail(exc)
+    typer.echo(f"{config}: valid")
+    typer.echo(yaml.safe_dump(cfg.dump(), sort_keys=False).rstrip())
+
+
+@app.command()
+def query(
+    run_dir: str = typer.Argument(..., metavar="RUN", help="Run directory."),
+    sql: str = typer.Argument(..., help="SQL over the views `events` and `metrics`."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
+) -> None:
+    """Run SQL (DuckDB) over a run's Arrow files: views `events` and `metrics`."""
+    import duckdb
+
+    from swarm.rundir import open_run
+
+    try:
+        result = open_run(run_dir)
+        con = duckdb.connect()
+        con.register("events", result.events_dataset())
+        try:
+            con.register("metrics", result.metrics())
+        except SwarmError:
+            pass  # a running or failed run has no metrics table yet
+        rel = con.sql(sql)
+        if rel is None:  # a statement with no result set
+            raise SwarmError("the statement returned no rows; use a SELECT")
+        # DuckDB 2 renamed Relation.arrow() to to_arrow_table().
+        table = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
+    except SwarmError as exc:
+        _fail(exc)
+    except duckdb.Error as exc:
+        _fail(SwarmError(f"query failed: {exc}"))
+    if fmt is OutputFormat.json:
+        typer.echo(json.dumps(table.to_pylist(), default=str))
+    elif fmt is OutputFormat.csv:
+        import io
+
+        import pyarrow.csv as pacsv
+
+        buf = io.BytesIO()
+        pacsv.write_csv(table, buf)
+        typer.echo(buf.getvalue().decode().rstrip())
+    else:
+        _print_table(table)
+
+
+def _print_table(table) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(show_lines=False)
+    for name in table.column_names:
+        t.add_column(name)
+    for row in table.to_pylist()[:1000]:
+        t.add_row(*["" if v is None else str(v) for v in row.values()])
+    Console(width=200).print(t)
+    if table.num_rows > 1000:
+        typer.echo(f"... {table.num_rows - 1000} more rows (use --format csv for all)")
+
+
+@app.command()
+def info(run_dir: str = typer.Argument(..., metavar="RUN", help="Run directory.")) -> None:
+    """Print a run's status, config, graph, partition and timings."""
+    from swarm.rundir import open_run
+
+    try:
+        result = open_run(run_dir)
+    except SwarmError as exc:
+        _fail(exc)
+    m = result.manifest
+    typer.echo(f"run: {result.path}")
+    typer.echo(f"status: {m.get('status')}" + (f" ({m['error']})" if m.get("error") else ""))
+    for key in ("seed", "steps_run", "stop_reason", "events", "backend"):
+        if key in m:
+            typer.echo(f"{key}: {m[key]}")
+    typer.echo("graph: " + json.dumps(m.get("graph", {})))
+    part = {k: v for k, v in m.get("partition", {}).items()}
+    typer.echo("partition: " + json.dumps(part))
+    if "timings" in m:
+        typer.echo("timings: " + json.dumps(m["timings"]))
+    typer.echo("versions: " + json.dumps(m.get("versions", {})))
+    typer.echo("config: " + json.dumps(m.get("config", {})))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,40 @@
+"""Shared fixtures: one embedded Ray per test session, small configs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ["RAY_AUTH_MODE"] = "disabled"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """An embedded Ray shared by every test that needs it (init costs 2-4 s)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2,
+                 logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def cascade_config(n=2000, shards=1, model="independent_cascade", graph=None, **env):
+    """A validated cascade config on a small BA graph (override anything)."""
+    from swarm import validate_config
+
+    env_cfg = {"kind": "cascade", "model": model, **env}
+    if model == "independent_cascade":
+        env_cfg.setdefault("p", 0.1)
+    raw = {
+        "seed": 5,
+        "steps": 500,
+        "shards": shards,
+        "graph": graph or {"kind": "barabasi_albert", "n": n, "m": 3},
+        "env": env_cfg,
+        "log": {"flush_every": 3},
+    }
+    return validate_config(raw)
