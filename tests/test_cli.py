@@ -1,0 +1,67 @@
+"""Smoke tests of the real entry point, as a subprocess, at small n."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SWARM = [sys.executable, "-m", "swarm.cli"]
+
+
+def swarm_cli(*args, check=True):
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run([*SWARM, *map(str, args)], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"swarm {args} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def test_run_then_query_then_info(tmp_path):
+    out = tmp_path / "run"
+    proc = swarm_cli("run", "examples/cascade.yaml", "--out", out, "--shards", "2",
+                     "--set", "graph.n=3000", "--set", "env.p=0.2")
+    assert f"run directory: {out}" in proc.stdout and "quiescent" in proc.stdout
+    q = swarm_cli("query", out, "SELECT count(*) AS n, count(DISTINCT agent) AS a, "
+                  "min(step) AS first FROM events", "--format", "json")
+    (row,) = json.loads(q.stdout)
+    assert row["n"] == row["a"] > 30 and row["first"] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["graph"]["n"] == 3000 and manifest["partition"]["shards"] == 2
+    q = swarm_cli("query", out, "SELECT step, events FROM metrics ORDER BY step", "-f", "csv")
+    lines = q.stdout.strip().splitlines()
+    assert lines[0] == '"step","events"' and len(lines) == manifest["steps_run"] + 1
+    table = swarm_cli("query", out, "SELECT event, count(*) AS n FROM events GROUP BY event")
+    assert "activate" in table.stdout
+    info = swarm_cli("info", out)
+    assert "status: completed" in info.stdout
+
+
+def test_bad_input_exits_2_with_a_clear_message(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("graph: {kind: barabasi_albert, n: 10, m: 20}\nenv: {kind: cascade, p: 2}\n")
+    proc = swarm_cli("run", bad, "--out", tmp_path / "never", check=False)
+    assert proc.returncode == 2
+    assert "m must be < n" in proc.stderr and "env.p" in proc.stderr
+    assert not (tmp_path / "never").exists()
+    proc = swarm_cli("validate", bad, check=False)
+    assert proc.returncode == 2 and "env.p" in proc.stderr
+    ok = swarm_cli("validate", "examples/cascade.yaml", "--set", "graph.n=500")
+    assert "valid" in ok.stdout and "n: 500" in ok.stdout
+    proc = swarm_cli("query", tmp_path / "nope", "SELECT 1", check=False)
+    assert proc.returncode == 2 and "not found" in proc.stderr
+
+
+@pytest.mark.parametrize("bad_line", ["0 1\n2 three\n"])
+def test_malformed_edgelist_through_the_cli(tmp_path, bad_line):
+    edges = tmp_path / "edges.txt"
+    edges.write_text(bad_line)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"graph: {{kind: edgelist, path: {edges}}}\nenv: {{kind: cascade}}\n")
+    proc = swarm_cli("run", cfg, "--out", tmp_path / "r", check=False)
+    assert proc.returncode == 2 and "line 2" in proc.stderr and "'2 three'" in proc.stderr
+    assert not (tmp_path / "r").exists()
