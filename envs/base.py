@@ -84,18 +84,53 @@ class ShardView:
         return np.searchsorted(self.agents, ids)
 
     def out_edges(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Out-edges of local ``rows``: (source row, destination id, global edge id) per edge."""
+        """Out-edges of local ``rows``: (CSR positions, global edge ids, edges per row).
+
+        Positions index ``indices`` (the receivers); ``edge_sources`` maps a
+        subset of them back to their source rows, so a caller that keeps 5% of
+        the edges never builds the other 95% of the source column.
+        """
         starts = self.indptr[rows]
         counts = self.indptr[rows + 1] - starts
-        total = int(counts.sum())
-        if total == 0:
-            empty = np.empty(0, dtype=np.int64)
-            return empty, empty, empty
-        offsets = np.cumsum(counts) - counts
-        pos = np.arange(total, dtype=np.int64)
-        pos += np.repeat(starts - offsets, counts)
-        src_rows = np.repeat(rows, counts)
-        return src_rows, self.indices[pos], pos + self.row_shift[src_rows]
+        pos = ragged_arange(starts, counts)
+        if self._uniform_shift is not None:
+            edge = pos + self._uniform_shift
+        else:
+            edge = pos + np.repeat(self.row_shift[rows], counts)
+        return pos, edge, counts
+
+    @staticmethod
+    def edge_sources(rows: np.ndarray, counts: np.ndarray, which: np.ndarray) -> np.ndarray:
+        """Source rows of the edges at indices ``which`` of an ``out_edges(rows)`` result."""
+        return rows[np.searchsorted(np.cumsum(counts), which, side="right")]
+
+    def __post_init__(self):
+        # With contiguous ranges every row's edges are shifted by the same
+        # offset from their global edge ids; skip the per-edge repeat then.
+        shifts = self.row_shift
+        uniform = shifts.size == 0 or bool((shifts == shifts[0]).all())
+        self._uniform_shift = (int(shifts[0]) if shifts.size else 0) if uniform else None
+
+
+def ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(s, s + c)`` for each (s, c), in one cumulative sum.
+
+    Examples
+    --------
+    >>> ragged_arange(np.array([5, 0, 9]), np.array([2, 0, 3])).tolist()
+    [5, 6, 9, 10, 11]
+    """
+    nz = counts > 0
+    st, ct = starts[nz], counts[nz]
+    total = int(ct.sum())
+    out = np.ones(total, dtype=np.int64)
+    if total == 0:
+        return out
+    offsets = np.cumsum(ct) - ct
+    out[0] = st[0]
+    out[offsets[1:]] = st[1:] - (st[:-1] + ct[:-1] - 1)
+    np.cumsum(out, out=out)
+    return out
 
 
 @dataclass

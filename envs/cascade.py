@@ -182,8 +182,8 @@ class Cascade(Env):
             transmitters = self.infected
         else:
             transmitters = new_rows
-        src_rows, dst, edge = view.out_edges(transmitters)
-        self._edges = (src_rows, dst)
+        pos, edge, counts = view.out_edges(transmitters)
+        self._edges = (transmitters, pos, counts)
         return {"edge": edge}
 
     def apply(self, step: int, batch: dict[str, np.ndarray], actions: dict) -> StepResult:
@@ -195,11 +195,12 @@ class Cascade(Env):
                 adopt = actions["adopt"]
                 self._activate(rows[adopt], src[adopt], root[adopt])
             new = self._pending.get("rows", np.empty(0, np.int64))
-            src_rows, dst, _ = view.out_edges(new)
+            pos, _, counts = view.out_edges(new)
+            src_rows, dst = np.repeat(new, counts), view.indices[pos]
         else:
-            src_rows, dst = self._edges
-            keep = actions["transmit"]
-            src_rows, dst = src_rows[keep], dst[keep]
+            rows, pos, counts = self._edges
+            keep = np.flatnonzero(actions["transmit"])
+            src_rows, dst = view.edge_sources(rows, counts, keep), view.indices[pos[keep]]
             if model == "sir" and self.infected.shape[0]:
                 rec = view.rng.bernoulli("recover", view.agents[self.infected], p=self.config.gamma,
                                          step=step)

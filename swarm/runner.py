@@ -249,6 +249,9 @@ def _loop(config: RunConfig, shards, n: int, progress: bool | None,
                 "messages": sum(s["messages"] for s in summaries),
                 "cross_shard_messages": sum(s["cross_shard_messages"] for s in summaries),
                 "seconds": time.perf_counter() - ts,
+                # The slowest shard's own work; the rest of `seconds` is the
+                # exchange and barrier.
+                "shard_seconds_max": max(s["seconds"] for s in summaries),
             }
             for name in summaries[0]["metrics"]:
                 row[name] = sum(s["metrics"][name] for s in summaries)
@@ -270,8 +273,8 @@ def _write_metrics(path: str, rows: list[dict], metric_names) -> None:
     import pyarrow as pa
 
     cols = ["step", "active", "events", "messages", "cross_shard_messages", "seconds",
-            *metric_names]
-    types = {"step": pa.int32(), "seconds": pa.float64()}
+            "shard_seconds_max", *metric_names]
+    types = {"step": pa.int32(), "seconds": pa.float64(), "shard_seconds_max": pa.float64()}
     table = pa.table({c: pa.array([r.get(c, 0) for r in rows], type=types.get(c, pa.int64()))
                       for c in cols})
     write_ipc_atomic(table, os.path.join(path, METRICS))
