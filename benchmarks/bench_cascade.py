@@ -68,6 +68,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -438,13 +439,20 @@ def _run_child(task: dict, work: Path, timeout: float) -> dict:
     result_path = task_path[:-5] + ".result.json"
     env = {**os.environ, **CHILD_ENV}
     cmd = [sys.executable, "-m", "benchmarks.bench_cascade", "--child", task_path, result_path]
+    # Its own process group, so that a timeout also ends what it started (Ray's services).
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, timeout=timeout,
-                              capture_output=True, text=True, check=False)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
         return {"error": f"timed out after {timeout:.0f} s"}
     if proc.returncode != 0 or not os.path.exists(result_path):
-        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-15:]
+        tail = (stderr or stdout or "").strip().splitlines()[-15:]
         return {"error": f"exit code {proc.returncode}", "stderr_tail": tail}
     with open(result_path) as fh:
         return json.load(fh)
@@ -546,6 +554,8 @@ def _aggregate(impl: str, n: int, p: float, results: list[dict]) -> dict:
         row["ray_init_seconds"] = med(r["ray_init_seconds"] for r in results)
         if not all(r["graph_match"] and r["seeds_match"] for r in results):
             row["note"] = "graph or seeds differ from the baselines'!"
+        elif any(r["events"] != r["final_active"] for r in results):
+            row["note"] = "event rows != ever_active!"
     return row
 
 
@@ -577,7 +587,7 @@ def _skip_reason(impl: str, p: float, n: int, history: dict, budget: float) -> s
         return f"skipped ({prev['status']} at n={prev['n']:,})"
     est = prev["seconds"] * n / prev["n"]
     if est > budget:
-        return f"skipped (est. {est:.0f}s)"
+        return f"skipped (est. {_fmt_seconds(est)}s)"
     return None
 
 
@@ -796,7 +806,7 @@ def format_results_table(rows: list[dict], budget: float, markdown: bool = False
         "other peaks are the child process's peak RSS. All include Python, imports and graph.",
     ]
     sep = "\n\n" if markdown else "\n"
-    return _render(header, body, markdown, left=(0, -1)) + "\n" + sep.join(notes)
+    return _render(header, body, markdown, left=(0, -1)) + sep + sep.join(notes)
 
 
 def format_graph_table(graph_rows: list[dict], markdown: bool = False) -> str:
@@ -837,16 +847,18 @@ def format_graph_table(graph_rows: list[dict], markdown: bool = False) -> str:
         ])
     note = ("+peak MiB: growth of the process's peak RSS during that stage, in a fresh child "
             "process (from_networkx's is on top of the networkx graph's).")
-    return _render(header, body, markdown, left=()) + "\n" + note
+    return _render(header, body, markdown, left=()) + ("\n\n" if markdown else "\n") + note
 
 
-def format_targets(targets: dict[str, list[dict]]) -> str:
+def format_targets(targets: dict[str, list[dict]], markdown: bool = False) -> str:
     """List the targets and whether they are met.
 
     Parameters
     ----------
     targets : dict
         Workload title -> entries from ``_evaluate_targets``.
+    markdown : bool, optional
+        A Markdown list instead of plain text.
 
     Returns
     -------
@@ -856,10 +868,18 @@ def format_targets(targets: dict[str, list[dict]]) -> str:
     lines = []
     for title, entries in targets.items():
         lines.append(f"Targets, {title}:")
+        if markdown:
+            lines.append("")
         for t in entries:
-            mark = {True: "MET    ", False: "NOT MET", None: "n/a    "}[t["met"]]
-            lines.append(f"  [{mark}] {t['target']}: {t['value']}")
-    return "\n".join(lines)
+            if markdown:
+                mark = {True: "**met**", False: "**NOT met**", None: "n/a"}[t["met"]]
+                lines.append(f"- {mark}: {t['target']}: {t['value']}")
+            else:
+                mark = {True: "MET    ", False: "NOT MET", None: "n/a    "}[t["met"]]
+                lines.append(f"  [{mark}] {t['target']}: {t['value']}")
+        if markdown:
+            lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -1021,7 +1041,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nGraph build (swarm generator vs networkx + from_networkx):\n")
     print(format_graph_table(graph_rows, args.markdown))
     print()
-    print(format_targets(targets))
+    print(format_targets(targets, args.markdown))
 
     out = {
         "created_unix": time.time(),

@@ -162,6 +162,11 @@ class Env:
     Subclasses set the class attributes and implement ``observe`` and
     ``apply``; ``prepare`` runs once on the driver for whatever needs the
     whole population (for example choosing seed agents by global rank).
+
+    Quiescence: a step whose ``StepResult.active`` is 0 on every shard and
+    that sends no messages ends the run. The env promises that nothing would
+    happen afterwards; the engine may already have started one more step
+    (it pipelines the barrier), which must then produce no events.
     """
 
     name: ClassVar[str]

@@ -80,15 +80,20 @@ def _shard_specs(config: RunConfig, graph: CSRGraph, part: Partition, setup: dic
 class _LocalShards:
     """Shards as plain objects in this process (``backend="local"``): same round, no Ray."""
 
+    pipelined = False
+
     def __init__(self, specs):
         self.shards = [Shard(s) for s in specs]
 
-    def step(self, step: int, outs: list[list[Any]], sent: list[list[bool]]):
+    def submit(self, step: int, outs: list[list[Any]] | None):
         k = len(self.shards)
         results = [
-            s.step(step, *[outs[i][j] for i in range(k) if i != j and sent[i][j]])
+            s.step(step, *([] if outs is None else [outs[i][j] for i in range(k) if i != j]))
             for j, s in enumerate(self.shards)
         ]
+        return results
+
+    def collect(self, results):
         return [r[0] for r in results], [list(r[1:]) for r in results]
 
     def close(self):
@@ -96,7 +101,16 @@ class _LocalShards:
 
 
 class _RayShards:
-    """Shards as Ray actors; messages move shard to shard as object refs."""
+    """Shards as Ray actors; messages move shard to shard as object refs.
+
+    ``pipelined``: the driver submits step t+1 (whose inputs are step t's
+    outbox refs, not their values) before it waits for step t's summaries,
+    so the barrier's round trip overlaps the shards' work. When step t turns
+    out quiescent, step t+1 has nothing to do by the env contract and its
+    results are dropped.
+    """
+
+    pipelined = True
 
     def __init__(self, specs, address: str | None):
         import ray
@@ -110,14 +124,16 @@ class _RayShards:
         self.actors = [actor.remote(s) for s in specs]
         ray.get([a.health.remote() for a in self.actors])
 
-    def step(self, step: int, outs: list[list[Any]], sent: list[list[bool]]):
+    def submit(self, step: int, outs: list[list[Any]] | None):
         k = len(self.actors)
-        refs = [
+        return [
             a.step.options(num_returns=k + 1).remote(
-                step, *[outs[i][j] for i in range(k) if i != j and sent[i][j]]
+                step, *([] if outs is None else [outs[i][j] for i in range(k) if i != j])
             )
             for j, a in enumerate(self.actors)
         ]
+
+    def collect(self, refs):
         summaries = self.ray.get([r[0] for r in refs])
         return summaries, [list(r[1:]) for r in refs]
 
@@ -229,26 +245,25 @@ def run(
 
 def _loop(config: RunConfig, shards, n: int, progress: bool | None,
           on_step: Callable[[dict], None] | None):
-    k = config.shards
-    outs: list[list[Any]] = [[None] * k for _ in range(k)]
-    sent = [[False] * k for _ in range(k)]
     rows: list[dict] = []
     stop_reason = "max_steps"
     show = sys.stderr.isatty() if progress is None else progress
     bar = _Progress(config.steps, n) if show else None
-    t0 = time.perf_counter()
+    t0 = t_prev = time.perf_counter()
+    handle = shards.submit(0, None)
     try:
         for step in range(config.steps):
-            ts = time.perf_counter()
-            summaries, outs = shards.step(step, outs, sent)
-            sent = [s["sent_to"] for s in summaries]
+            ahead = None
+            if shards.pipelined and step + 1 < config.steps:
+                ahead = shards.submit(step + 1, [list(r[1:]) for r in handle])
+            summaries, outs = shards.collect(handle)
             row = {
                 "step": step,
                 "active": sum(s["active"] for s in summaries),
                 "events": sum(s["events"] for s in summaries),
                 "messages": sum(s["messages"] for s in summaries),
                 "cross_shard_messages": sum(s["cross_shard_messages"] for s in summaries),
-                "seconds": time.perf_counter() - ts,
+                "seconds": time.perf_counter() - t_prev,
                 # The slowest shard's own work; the rest of `seconds` is the
                 # exchange and barrier.
                 "shard_seconds_max": max(s["seconds"] for s in summaries),
@@ -256,6 +271,7 @@ def _loop(config: RunConfig, shards, n: int, progress: bool | None,
             for name in summaries[0]["metrics"]:
                 row[name] = sum(s["metrics"][name] for s in summaries)
             rows.append(row)
+            t_prev = time.perf_counter()
             if bar:
                 bar.update(step, row)
             if on_step:
@@ -263,6 +279,8 @@ def _loop(config: RunConfig, shards, n: int, progress: bool | None,
             if row["active"] == 0 and row["messages"] == 0:
                 stop_reason = "quiescent"
                 break
+            if step + 1 < config.steps:
+                handle = ahead if ahead is not None else shards.submit(step + 1, outs)
     finally:
         if bar:
             bar.close()

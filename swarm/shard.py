@@ -98,7 +98,6 @@ class Shard:
         self.log.append(step, result.events)
         self.log.end_step(step)
         outboxes = self._route(result.messages)
-        sent = [o is not None and o["dst"].shape[0] > 0 for o in outboxes]
         n_msgs = result.messages["dst"].shape[0] if result.messages else 0
         cross = sum(o["dst"].shape[0] for o in outboxes if o is not None)
         self.steps_done = step + 1
@@ -108,7 +107,6 @@ class Shard:
             "events": int(result.events["agent"].shape[0]),
             "messages": int(n_msgs),
             "cross_shard_messages": int(cross),
-            "sent_to": sent,
             "metrics": result.metrics,
             "seconds": time.perf_counter() - t0,
         }
