@@ -206,9 +206,8 @@ def _child_prep(task: dict) -> dict:
     dict
         Build time, extra peak and retained memory, edge count and fingerprints.
     """
-    from swarm.envs import Cascade
-
     import swarm
+    from swarm.envs import Cascade
     from swarm.graph import barabasi_albert
     from swarm.rng import KeyedRNG
 
@@ -330,9 +329,9 @@ def _child_swarm(task: dict) -> dict:
     """
     import pyarrow.compute as pc
     import ray
-    from swarm.cluster.connect import ensure_ray
 
     import swarm
+    from swarm.cluster.connect import ensure_ray
     from swarm.graph import barabasi_albert
 
     n, shards = task["n"], task["shards"]
@@ -365,7 +364,7 @@ def _child_swarm(task: dict) -> dict:
         ray.shutdown()
     steps_run = int(man["steps_run"])
     quiescent = man["stop_reason"] == "quiescent"
-    shard_peaks = [float(x) for x in man["shard_peak_rss_mb"]]
+    shard_peaks = [float(x) for x in man["shard_peak_rss_mib"]]
     return {
         "final_active": final_active,
         "events": int(man["events"]),

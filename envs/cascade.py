@@ -15,9 +15,9 @@ from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
+
 from swarm.envs.base import Env, EnvConfig, ShardView, StepResult, make_events, register_env
 from swarm.policies.cascade import EdgeTransmission, LinearThreshold
-
 from swarm.rng import KeyedRNG
 
 __all__ = ["Cascade", "CascadeConfig"]

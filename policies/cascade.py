@@ -8,6 +8,7 @@ whether the influence received reaches its threshold.
 from __future__ import annotations
 
 import numpy as np
+
 from swarm.policies.base import Policy, PolicyContext
 
 __all__ = ["EdgeTransmission", "LinearThreshold"]

@@ -123,14 +123,13 @@ class _RayShards:
         actor = ray.remote(num_cpus=cpus)(Shard)
         self.actors = [actor.remote(s) for s in specs]
         ray.get([a.health.remote() for a in self.actors])
+        self._step = [a.step.options(num_returns=len(specs) + 1) for a in self.actors]
 
     def submit(self, step: int, outs: list[list[Any]] | None):
         k = len(self.actors)
         return [
-            a.step.options(num_returns=k + 1).remote(
-                step, *([] if outs is None else [outs[i][j] for i in range(k) if i != j])
-            )
-            for j, a in enumerate(self.actors)
+            method.remote(step, *([] if outs is None else [outs[i][j] for i in range(k) if i != j]))
+            for j, method in enumerate(self._step)
         ]
 
     def collect(self, refs):
@@ -178,6 +177,7 @@ def run(
     if backend not in ("ray", "local"):
         raise ConfigError(f"backend must be 'ray' or 'local'; got {backend!r}")
     t_start = time.perf_counter()
+    graph_source = "config" if graph is None else "argument"
     if graph is None:
         graph = build_graph(config)
     elif not isinstance(graph, CSRGraph):
@@ -200,7 +200,10 @@ def run(
         "config": config.dump(),
         "seed": config.seed,
         "versions": versions(),
-        "graph": {**graph.stats(), "build_seconds": round(graph_seconds, 4)},
+        # `source: argument` means the caller passed the graph and config.graph
+        # only describes what they said it was; these stats are the real graph's.
+        "graph": {**graph.stats(), "source": graph_source,
+                  "build_seconds": round(graph_seconds, 4)},
         "partition": part.stats(graph),
         "env": {"kind": env_cls.name, "event_types": list(env_cls.event_types),
                 "metrics": list(env_cls.metric_names)},
@@ -231,7 +234,7 @@ def run(
         steps_run=len(rows),
         stop_reason=stop_reason,
         events=int(sum(r["rows"] for r in reports)),
-        shard_peak_rss_mb=[round(r["peak_rss_mb"], 1) for r in reports],
+        shard_peak_rss_mib=[round(r["peak_rss_mib"], 1) for r in reports],
         timings={
             "graph_seconds": round(graph_seconds, 4),
             "setup_seconds": round(setup_seconds, 4),

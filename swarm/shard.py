@@ -137,11 +137,11 @@ class Shard:
     def close(self) -> dict:
         """Flush the remaining events; report rows written and peak memory."""
         self.log.flush()
-        return {"shard": self.id, "rows": self.log.rows_written, "peak_rss_mb": _peak_rss_mb()}
+        return {"shard": self.id, "rows": self.log.rows_written, "peak_rss_mib": _peak_rss_mib()}
 
     def health(self) -> dict:
         return {"shard": self.id, "ok": True, "steps_done": self.steps_done,
-                "peak_rss_mb": _peak_rss_mb()}
+                "peak_rss_mib": _peak_rss_mib()}
 
 
 def _touch(*arrays: np.ndarray) -> None:
@@ -152,5 +152,5 @@ def _touch(*arrays: np.ndarray) -> None:
             a.reshape(-1)[:: max(1, 4096 // a.itemsize)].sum()
 
 
-def _peak_rss_mb() -> float:
+def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
