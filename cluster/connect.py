@@ -28,6 +28,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=True, logging_level="WARNING")
@@ -49,6 +51,27 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
             "to run on an embedded local Ray."
         ) from exc
     return True
+
+
+def _check_reachable(address: str, timeout: float = 3.0) -> None:
+    """Fail in seconds on an address nothing listens at (ray.init retries for minutes)."""
+    import socket
+
+    if address == "auto" or address.startswith(("http://", "https://")):
+        return  # "auto" finds a local cluster; HTTP addresses are job-server URLs
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ClusterError(f"Ray address {address!r} is not host:port (e.g. 10.0.0.5:6379)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ClusterError(
+            f"nothing answers at Ray address {address!r} ({exc}). Start the head with "
+            f"`ray start --head --port {port}` there, check host and port (default 6379), or "
+            "drop --address to run on an embedded local Ray."
+        ) from None
 
 
 def shard_cpus(num_shards: int) -> float:

@@ -117,7 +117,7 @@ class _RayShards:
 
         from swarm.cluster.connect import ensure_ray, shard_cpus
 
-        ensure_ray(address)
+        ensure_ray(address)  # no-op when run() already connected
         self.ray = ray
         cpus = shard_cpus(len(specs))
         actor = ray.remote(num_cpus=cpus)(Shard)
@@ -192,6 +192,10 @@ def run(
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
+    if backend == "ray":
+        from swarm.cluster.connect import ensure_ray
+
+        ensure_ray(address)  # an unreachable cluster fails here, before anything is written
     path = create_run_dir(out, overwrite=overwrite)
     manifest: dict[str, Any] = {
         "format": "swarm-run/1",

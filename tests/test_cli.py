@@ -65,3 +65,14 @@ def test_malformed_edgelist_through_the_cli(tmp_path, bad_line):
     proc = swarm_cli("run", cfg, "--out", tmp_path / "r", check=False)
     assert proc.returncode == 2 and "line 2" in proc.stderr and "'2 three'" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_unreachable_cluster_fails_fast(tmp_path):
+    import time
+
+    t0 = time.monotonic()
+    proc = swarm_cli("run", "examples/cascade.yaml", "--out", tmp_path / "r", "--set",
+                     "graph.n=500", "--address", "127.0.0.1:1", check=False)
+    assert proc.returncode == 2 and "nothing answers at Ray address '127.0.0.1:1'" in proc.stderr
+    assert time.monotonic() - t0 < 60
+    assert not (tmp_path / "r").exists()
