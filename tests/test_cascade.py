@@ -36,12 +36,14 @@ def test_same_events_for_any_shard_count_and_partition(tmp_path, model, extra):
 
 
 def test_ray_shards_match_local(tmp_path, ray_session):
-    runs = {}
+    runs, steps = {}, {}
     for k in (1, 2, 3):
         cfg = cascade_config(n=4000, shards=k, p=0.08)
-        runs[k] = sorted_events(swarm.run(cfg, tmp_path / f"ray{k}", progress=False))
-    local = sorted_events(swarm.run(cascade_config(n=4000, shards=2, p=0.08), tmp_path / "local",
-                                    backend="local"))
+        run = swarm.run(cfg, tmp_path / f"ray{k}", progress=False)
+        runs[k], steps[k] = sorted_events(run), run.metrics()["ever_active"].to_pylist()
+    run = swarm.run(cascade_config(n=4000, shards=2, p=0.08), tmp_path / "local", backend="local")
+    local = sorted_events(run)
+    assert steps[1] == steps[2] == steps[3] == run.metrics()["ever_active"].to_pylist()
     assert runs[1].num_rows > 50
     assert runs[1].equals(runs[2]) and runs[2].equals(runs[3]) and runs[1].equals(local)
 
