@@ -96,6 +96,9 @@ class _LocalShards:
     def collect(self, results):
         return [r[0] for r in results], [list(r[1:]) for r in results]
 
+    def run_steps(self, start: int, count: int) -> list[dict]:
+        return self.shards[0].run_steps(start, count)
+
     def close(self):
         return [s.close() for s in self.shards]
 
@@ -135,6 +138,9 @@ class _RayShards:
     def collect(self, refs):
         summaries = self.ray.get([r[0] for r in refs])
         return summaries, [list(r[1:]) for r in refs]
+
+    def run_steps(self, start: int, count: int) -> list[dict]:
+        return self.ray.get(self.actors[0].run_steps.remote(start, count))
 
     def close(self):
         reports = self.ray.get([a.close.remote() for a in self.actors])
@@ -250,48 +256,81 @@ def run(
     return open_run(path)
 
 
+def _row(step: int, summaries: list[dict], seconds: float) -> dict:
+    """One metrics row from the shards' summaries of one step."""
+    row = {
+        "step": step,
+        "active": sum(s["active"] for s in summaries),
+        "events": sum(s["events"] for s in summaries),
+        "messages": sum(s["messages"] for s in summaries),
+        "cross_shard_messages": sum(s["cross_shard_messages"] for s in summaries),
+        "seconds": seconds,
+        # The slowest shard's own work; the rest of `seconds` is exchange and barrier.
+        "shard_seconds_max": max(s["seconds"] for s in summaries),
+    }
+    for name in summaries[0]["metrics"]:
+        row[name] = sum(s["metrics"][name] for s in summaries)
+    return row
+
+
 def _loop(config: RunConfig, shards, n: int, progress: bool | None,
           on_step: Callable[[dict], None] | None):
     rows: list[dict] = []
-    stop_reason = "max_steps"
     show = sys.stderr.isatty() if progress is None else progress
     bar = _Progress(config.steps, n) if show else None
-    t0 = t_prev = time.perf_counter()
-    handle = shards.submit(0, None)
+
+    def emit(row: dict) -> bool:
+        rows.append(row)
+        if bar:
+            bar.update(row["step"], row)
+        if on_step:
+            on_step(row)
+        return row["active"] == 0 and row["messages"] == 0
+
+    t0 = time.perf_counter()
     try:
-        for step in range(config.steps):
-            ahead = None
-            if shards.pipelined and step + 1 < config.steps:
-                ahead = shards.submit(step + 1, [list(r[1:]) for r in handle])
-            summaries, outs = shards.collect(handle)
-            row = {
-                "step": step,
-                "active": sum(s["active"] for s in summaries),
-                "events": sum(s["events"] for s in summaries),
-                "messages": sum(s["messages"] for s in summaries),
-                "cross_shard_messages": sum(s["cross_shard_messages"] for s in summaries),
-                "seconds": time.perf_counter() - t_prev,
-                # The slowest shard's own work; the rest of `seconds` is the
-                # exchange and barrier.
-                "shard_seconds_max": max(s["seconds"] for s in summaries),
-            }
-            for name in summaries[0]["metrics"]:
-                row[name] = sum(s["metrics"][name] for s in summaries)
-            rows.append(row)
-            t_prev = time.perf_counter()
-            if bar:
-                bar.update(step, row)
-            if on_step:
-                on_step(row)
-            if row["active"] == 0 and row["messages"] == 0:
-                stop_reason = "quiescent"
-                break
-            if step + 1 < config.steps:
-                handle = ahead if ahead is not None else shards.submit(step + 1, outs)
+        if config.shards == 1:
+            _loop_single(config.steps, shards, emit)
+        else:
+            _loop_exchange(config.steps, shards, emit)
     finally:
         if bar:
             bar.close()
+    last = rows[-1]
+    stop_reason = "quiescent" if last["active"] == 0 and last["messages"] == 0 else "max_steps"
     return rows, stop_reason, time.perf_counter() - t0
+
+
+def _loop_single(steps: int, shards, emit: Callable[[dict], bool]) -> None:
+    # One shard exchanges with nobody: it runs a batch of steps per call (up
+    # to a quarter second) and the driver's round trip is paid per batch.
+    step = 0
+    while step < steps:
+        batch = shards.run_steps(step, steps - step)
+        for s in batch:
+            if emit(_row(s["step"], [s], s["seconds"])):
+                return
+        step += len(batch)
+
+
+def _loop_exchange(steps: int, shards, emit: Callable[[dict], bool]) -> None:
+    # Step t+1 is submitted on step t's outbox refs before the driver waits
+    # for step t's summaries, so the barrier's round trip overlaps the work.
+    # If step t turns out quiescent, step t+1 finds nothing to do (by the env
+    # contract) and its results are dropped.
+    t_prev = time.perf_counter()
+    handle = shards.submit(0, None)
+    for step in range(steps):
+        ahead = None
+        if shards.pipelined and step + 1 < steps:
+            ahead = shards.submit(step + 1, [list(r[1:]) for r in handle])
+        summaries, outs = shards.collect(handle)
+        now = time.perf_counter()
+        if emit(_row(step, summaries, now - t_prev)):
+            return
+        t_prev = now
+        if step + 1 < steps:
+            handle = ahead if ahead is not None else shards.submit(step + 1, outs)
 
 
 def _write_metrics(path: str, rows: list[dict], metric_names) -> None:

@@ -112,6 +112,26 @@ class Shard:
         }
         return (summary, *outboxes)
 
+    def run_steps(self, start: int, count: int, max_seconds: float = 0.25) -> list[dict]:
+        """Run up to ``count`` steps in one call; only for a single shard (no exchange).
+
+        Stops early when the population is quiescent or after ``max_seconds``,
+        so the caller can still show progress. Each summary gains ``step``.
+        """
+        if self.num_shards != 1:
+            raise RuntimeError("run_steps needs the only shard: others wait for its messages")
+        t_end = time.perf_counter() + max_seconds
+        out = []
+        for step in range(start, start + count):
+            summary = self.step(step)[0]
+            summary["step"] = step
+            out.append(summary)
+            if (summary["active"] == 0 and summary["messages"] == 0) or (
+                time.perf_counter() > t_end
+            ):
+                break
+        return out
+
     def _route(self, messages: Messages | None) -> list[Messages | None]:
         out: list[Messages | None] = [None] * self.num_shards
         if messages is None or messages["dst"].shape[0] == 0:
