@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from swarm.config_base import StrictModel
+from swarm.graph import ragged_arange
 from swarm.rng import KeyedRNG
 
 __all__ = [
@@ -110,27 +111,6 @@ class ShardView:
         shifts = self.row_shift
         uniform = shifts.size == 0 or bool((shifts == shifts[0]).all())
         self._uniform_shift = (int(shifts[0]) if shifts.size else 0) if uniform else None
-
-
-def ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Concatenated ``arange(s, s + c)`` for each (s, c), in one cumulative sum.
-
-    Examples
-    --------
-    >>> ragged_arange(np.array([5, 0, 9]), np.array([2, 0, 3])).tolist()
-    [5, 6, 9, 10, 11]
-    """
-    nz = counts > 0
-    st, ct = starts[nz], counts[nz]
-    total = int(ct.sum())
-    out = np.ones(total, dtype=np.int64)
-    if total == 0:
-        return out
-    offsets = np.cumsum(ct) - ct
-    out[0] = st[0]
-    out[offsets[1:]] = st[1:] - (st[:-1] + ct[:-1] - 1)
-    np.cumsum(out, out=out)
-    return out
 
 
 @dataclass

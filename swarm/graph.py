@@ -20,6 +20,7 @@ from swarm.errors import GraphError
 
 __all__ = [
     "CSRGraph",
+    "ragged_arange",
     "from_edges",
     "from_networkx",
     "read_edgelist",
@@ -236,6 +237,27 @@ def _read_text_edges(path: str) -> tuple[np.ndarray, np.ndarray]:
             src.append(u)
             dst.append(v)
     return np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64)
+
+
+def ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(s, s + c)`` for each (s, c), in one cumulative sum.
+
+    Examples
+    --------
+    >>> ragged_arange(np.array([5, 0, 9]), np.array([2, 0, 3])).tolist()
+    [5, 6, 9, 10, 11]
+    """
+    nz = counts > 0
+    st, ct = starts[nz], counts[nz]
+    total = int(ct.sum())
+    out = np.ones(total, dtype=np.int64)
+    if total == 0:
+        return out
+    offsets = np.cumsum(ct) - ct
+    out[0] = st[0]
+    out[offsets[1:]] = st[1:] - (st[:-1] + ct[:-1] - 1)
+    np.cumsum(out, out=out)
+    return out
 
 
 # --- generators ---------------------------------------------------------------
