@@ -5,6 +5,8 @@ object refs of the messages other shards addressed to it in the previous
 step (the exchange, through Ray's object store, shard to shard), then waits
 for the tiny per-shard summaries (the barrier) to update progress, decide on
 early stop and record a metrics row. The driver never touches agent data.
+It submits step t+1 before waiting on step t, and a lone shard, which has
+nobody to exchange with, runs a batch of steps per call.
 """
 
 from __future__ import annotations
@@ -102,6 +104,13 @@ class _LocalShards:
     def close(self):
         return [s.close() for s in self.shards]
 
+    def abort(self) -> None:
+        for s in self.shards:
+            try:
+                s.close()
+            except Exception:  # best effort on the way out of a failure
+                pass
+
 
 class _RayShards:
     """Shards as Ray actors; messages move shard to shard as object refs.
@@ -147,6 +156,16 @@ class _RayShards:
         for a in self.actors:
             self.ray.kill(a)
         return reports
+
+    def abort(self) -> None:
+        from ray.exceptions import GetTimeoutError, RayError
+
+        try:
+            self.ray.get([a.close.remote() for a in self.actors], timeout=10)
+        except (RayError, GetTimeoutError):
+            pass  # a dead shard's unflushed steps are lost; the others' are kept
+        for a in self.actors:
+            self.ray.kill(a)
 
 
 def run(
@@ -221,6 +240,7 @@ def run(
         "address": address or os.environ.get("RAY_ADDRESS"),
     }
     write_manifest(path, manifest)
+    shards = None
     try:
         t_setup = time.perf_counter()
         specs = _shard_specs(config, graph, part, setup, os.path.join(path, EVENTS))
@@ -235,6 +255,8 @@ def run(
         close_seconds = time.perf_counter() - t_close
         _write_metrics(path, rows, env_cls.metric_names)
     except BaseException as exc:
+        if shards is not None:
+            shards.abort()  # keep the events of finished steps, free the actors
         manifest["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         manifest["error"] = f"{type(exc).__name__}: {exc}"
         write_manifest(path, manifest)

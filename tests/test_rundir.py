@@ -70,14 +70,23 @@ def test_damaged_runs_give_clear_errors(tmp_path):
 
 
 def test_failed_run_is_marked_failed(tmp_path, monkeypatch):
-    def boom(self, step, *parts):
-        raise RuntimeError("shard exploded")
+    real_step = Shard.step
 
-    monkeypatch.setattr(Shard, "step", boom)
+    def boom_at_5(self, step, *parts):
+        if step == 5:
+            raise RuntimeError("shard exploded")
+        return real_step(self, step, *parts)
+
+    monkeypatch.setattr(Shard, "step", boom_at_5)
+    cfg = cascade_config(n=3000, model="sir", beta=0.2).model_copy(
+        update={"log": swarm.config.LogConfig(flush_every=100)})
     with pytest.raises(RuntimeError, match="exploded"):
-        swarm.run(cascade_config(n=500), tmp_path / "r", backend="local")
+        swarm.run(cfg, tmp_path / "r", backend="local")
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "shard exploded" in manifest["error"]
+    # The events of the five finished steps were flushed on the way out.
+    steps = swarm.open_run(tmp_path / "r").events()["step"].to_pylist()
+    assert steps and set(steps) == set(range(5))
 
 
 def test_shard_pickled_mid_run_continues_identically(tmp_path):
