@@ -175,10 +175,12 @@ class Env:
         raise NotImplementedError(f"env {self.name!r} must define default_policy()")
 
     def observe(self, step: int, inbox: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Absorb the inbox delivered at the end of the last step; return the policy's batch."""
+        raise NotImplementedError(f"env {self.name!r} must implement observe()")
 
     def apply(self, step: int, batch: dict[str, np.ndarray], actions: dict) -> StepResult:
-        raise NotImplementedError
+        """Turn the policy's actions into state changes, events and outgoing messages."""
+        raise NotImplementedError(f"env {self.name!r} must implement apply()")
 
     @classmethod
     def event_code(cls, name: str) -> int:

@@ -99,7 +99,11 @@ class Cascade(Env):
         ok = (rows >= 0) & (rows < n)
         ok[ok] &= view.agents[rows[ok]] == mine[ok]
         self._seed_rows = np.sort(rows[ok])
+        # Handed from observe to apply within a step: the activations to log,
+        # the candidate edges (IC, SIR) or candidate adopters (LT).
         self._pending: dict[str, np.ndarray] = {}
+        self._edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._lt_candidates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def prepare(cls, config: CascadeConfig, n: int, rng: KeyedRNG) -> dict[str, np.ndarray]:

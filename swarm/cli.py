@@ -169,8 +169,7 @@ def info(run_dir: str = typer.Argument(..., metavar="RUN", help="Run directory."
         if key in m:
             typer.echo(f"{key}: {m[key]}")
     typer.echo("graph: " + json.dumps(m.get("graph", {})))
-    part = {k: v for k, v in m.get("partition", {}).items()}
-    typer.echo("partition: " + json.dumps(part))
+    typer.echo("partition: " + json.dumps(m.get("partition", {})))
     if "timings" in m:
         typer.echo("timings: " + json.dumps(m["timings"]))
     typer.echo("versions: " + json.dumps(m.get("versions", {})))

@@ -96,11 +96,11 @@ class KeyedRNG:
             finish(h, out[s:e])
 
     def _prepare(self, keys) -> int:
+        """The number of draws: the broadcast length of the 1-d (or scalar) keys."""
         if not keys:
             raise ValueError("a keyed draw needs at least one key array")
-        return int(np.broadcast_shapes(*(np.shape(k) for k in keys))[0]) if any(
-            np.ndim(k) for k in keys
-        ) else 1
+        shape = np.broadcast_shapes(*(np.shape(k) for k in keys))
+        return int(shape[0]) if shape else 1
 
     def bits(self, stream: str, *keys: np.ndarray, step: int = 0, draw: int = 0) -> np.ndarray:
         """64 random bits per element of the broadcast 1-d ``keys`` (int arrays)."""
