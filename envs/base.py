@@ -27,6 +27,7 @@ __all__ = [
     "COMMON_EVENT_COLUMNS",
     "Env",
     "EnvConfig",
+    "Inbox",
     "ShardView",
     "StepResult",
     "make_events",
@@ -115,12 +116,35 @@ class ShardView:
 
 @dataclass
 class StepResult:
-    """What ``Env.apply`` hands back to the engine for one step."""
+    """What ``Env.apply`` hands back to the engine for one step.
+
+    ``messages`` go point to point: a ``dst`` column (global id of the
+    receiver) plus the env's ``message_fields``. ``broadcasts`` go from a
+    sender to all its out-neighbours: a ``src`` column (a local agent's global
+    id) plus the env's ``broadcast_fields``; the engine ships each broadcast
+    once to every shard holding an out-neighbour and fans it out there.
+    """
 
     events: dict[str, np.ndarray]
     messages: dict[str, np.ndarray] | None
     active: int
     metrics: dict[str, float] = field(default_factory=dict)
+    broadcasts: dict[str, np.ndarray] | None = None
+
+
+@dataclass
+class Inbox:
+    """What was delivered to a shard's agents at the end of the previous step.
+
+    ``direct``: point-to-point messages (``dst`` plus ``message_fields``).
+    ``broadcast``: broadcasts fanned out to this shard's receivers, one row
+    per edge: ``row`` (local row of the receiver), ``src``, ``edge`` (global
+    edge id, the key for per-edge draws) plus ``broadcast_fields``. Row order
+    depends on arrival order, so envs must not depend on it (use keyed draws).
+    """
+
+    direct: dict[str, np.ndarray] | None = None
+    broadcast: dict[str, np.ndarray] | None = None
 
 
 def make_events(event: np.ndarray, agent: np.ndarray, **columns: np.ndarray) -> dict:
@@ -159,6 +183,14 @@ class Env:
     metric_names: ClassVar[tuple[str, ...]] = ()
     #: Message fields besides ``dst`` (global id of the receiving agent).
     message_fields: ClassVar[dict[str, np.dtype]] = {}
+    #: Broadcast fields besides ``src``; an env that broadcasts must declare them,
+    #: so the engine builds the fan-out tables only for envs that need them.
+    broadcast_fields: ClassVar[dict[str, np.dtype]] = {}
+    #: Attributes that make up the env's state on a shard (numpy arrays or
+    #: scalars): what ``state_dict`` saves in a checkpoint and restores.
+    state_attrs: ClassVar[tuple[str, ...]] = ()
+    #: Bytes of state per agent (for the memory guard's estimate before a run).
+    state_bytes_per_agent: ClassVar[int] = 16
 
     def __init__(self, config: EnvConfig, view: ShardView, setup: Mapping[str, np.ndarray]):
         self.config = config
@@ -174,13 +206,31 @@ class Env:
         """The heuristic policy agents follow when the config names none."""
         raise NotImplementedError(f"env {self.name!r} must define default_policy()")
 
-    def observe(self, step: int, inbox: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    def observe(self, step: int, inbox: Inbox) -> dict[str, np.ndarray]:
         """Absorb the inbox delivered at the end of the last step; return the policy's batch."""
         raise NotImplementedError(f"env {self.name!r} must implement observe()")
 
     def apply(self, step: int, batch: dict[str, np.ndarray], actions: dict) -> StepResult:
         """Turn the policy's actions into state changes, events and outgoing messages."""
         raise NotImplementedError(f"env {self.name!r} must implement apply()")
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The env's state on this shard, for a checkpoint (``state_attrs``; None skipped).
+
+        Called between steps, never between ``observe`` and ``apply``. Envs
+        whose state is not plain attributes override this and ``load_state_dict``.
+        """
+        return {name: np.asarray(getattr(self, name)) for name in self.state_attrs
+                if getattr(self, name, None) is not None}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore what ``state_dict`` returned (0-d arrays become Python scalars)."""
+        unknown = set(state) - set(self.state_attrs)
+        if unknown:
+            raise ValueError(f"checkpoint holds state {sorted(unknown)} that env {self.name!r} "
+                             f"does not declare; its state_attrs are {list(self.state_attrs)}")
+        for name, value in state.items():
+            setattr(self, name, value.item() if value.ndim == 0 else value)
 
     @classmethod
     def event_code(cls, name: str) -> int:

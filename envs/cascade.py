@@ -16,7 +16,15 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from swarm.envs.base import Env, EnvConfig, ShardView, StepResult, make_events, register_env
+from swarm.envs.base import (
+    Env,
+    EnvConfig,
+    Inbox,
+    ShardView,
+    StepResult,
+    make_events,
+    register_env,
+)
 from swarm.policies.cascade import EdgeTransmission, LinearThreshold
 from swarm.rng import KeyedRNG
 
@@ -58,10 +66,13 @@ class CascadeConfig(EnvConfig):
             raise ValueError(f"give one of seed_fraction, seed_count, seed_ids; got {given}")
         if self.seed_ids is not None and (not self.seed_ids or min(self.seed_ids) < 0):
             raise ValueError("seed_ids must be a non-empty list of agent ids >= 0")
+        # Parameters of another model are an error unless left at their default
+        # (a dumped config, e.g. a run's manifest, lists every field).
         foreign = set()
         for model, params in _MODEL_PARAMS.items():
             if model != self.model:
-                foreign |= (params - _MODEL_PARAMS[self.model]) & self.model_fields_set
+                foreign |= {k for k in (params - _MODEL_PARAMS[self.model]) & self.model_fields_set
+                            if getattr(self, k) != type(self).model_fields[k].default}
         if foreign:
             raise ValueError(
                 f"{sorted(foreign)} do not apply to model={self.model!r}; its parameters are "
@@ -72,13 +83,21 @@ class CascadeConfig(EnvConfig):
 
 @register_env
 class Cascade(Env):
-    """Independent cascade, linear threshold (weights 1/in-degree) or SIR."""
+    """Independent cascade, linear threshold (weights 1/in-degree) or SIR.
+
+    Newly active (IC, LT) or still infectious (SIR) agents broadcast their
+    root to all out-neighbours; the engine fans a broadcast out at the
+    receiving shard, where the policy decides per edge (IC, SIR: a keyed
+    draw on the global edge id) or per exposed agent (LT) whether it adopts.
+    """
 
     name = "cascade"
     Config = CascadeConfig
     event_types = ("activate", "recover")
     metric_names = ("new_active", "recovered", "ever_active")
-    message_fields = {"src": np.int64, "root": np.int64}
+    broadcast_fields = {"root": np.int64}
+    # status 1 + root 8 + infected list 8 + LT exposures 4 and threshold 8.
+    state_bytes_per_agent = 29
 
     def __init__(self, config: CascadeConfig, view: ShardView, setup: Mapping[str, np.ndarray]):
         super().__init__(config, view, setup)
@@ -87,8 +106,10 @@ class Cascade(Env):
         self.root = np.full(n, -1, dtype=np.int64)
         self.infected = np.empty(0, dtype=np.int64)  # sir: local rows still infectious
         self.ever_active = 0
+        self.exposures = None
         if config.model == "linear_threshold":
             self.exposures = np.zeros(n, dtype=np.int32)
+            # A keyed draw per agent: recomputed on restart, so not part of the state.
             if config.threshold is None:
                 self.threshold = view.rng.uniform("lt_threshold", view.agents)
             else:
@@ -99,11 +120,13 @@ class Cascade(Env):
         ok = (rows >= 0) & (rows < n)
         ok[ok] &= view.agents[rows[ok]] == mine[ok]
         self._seed_rows = np.sort(rows[ok])
-        # Handed from observe to apply within a step: the activations to log,
-        # the candidate edges (IC, SIR) or candidate adopters (LT).
+        # Handed from observe to apply within a step: the exposures the policy
+        # decides on (receiver rows, senders, roots) and the activations to log.
+        self._candidates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._pending: dict[str, np.ndarray] = {}
-        self._edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self._lt_candidates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        # Rows that left the defaults, in chunks (for sparse checkpoints).
+        self._touched: list[np.ndarray] = []
+        self._exposed: list[np.ndarray] = []
 
     @classmethod
     def prepare(cls, config: CascadeConfig, n: int, rng: KeyedRNG) -> dict[str, np.ndarray]:
@@ -132,6 +155,49 @@ class Cascade(Env):
             return EdgeTransmission(self.config.beta, once=False)
         return LinearThreshold()
 
+    # -- checkpoints -----------------------------------------------------------
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        # Sparse: agents never reached keep the defaults (susceptible, no root,
+        # no exposure) and are usually the great majority. The rows that left
+        # them are collected as they change, so a checkpoint never sweeps all agents.
+        touched = self._collect("_touched", distinct=True)
+        state = {"touched": touched, "touched_status": self.status[touched],
+                 "touched_root": self.root[touched], "infected": self.infected,
+                 "ever_active": np.asarray(self.ever_active)}
+        if self.exposures is not None:
+            exposed = self._collect("_exposed")
+            state.update(exposed=exposed, exposed_count=self.exposures[exposed])
+        return state
+
+    def _collect(self, name: str, distinct: bool = False) -> np.ndarray:
+        """Distinct rows in the chunk list ``name`` (merged into one chunk).
+
+        ``distinct``: the chunks never repeat a row (an agent activates once).
+        """
+        chunks = getattr(self, name)
+        rows = np.concatenate(chunks) if chunks else np.empty(0, np.int64)
+        if len(chunks) > 1 and not distinct:
+            rows.sort()
+            keep = np.ones(rows.shape[0], dtype=bool)
+            keep[1:] = rows[1:] != rows[:-1]
+            rows = rows[keep]
+        setattr(self, name, [rows])
+        return rows
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        self.status[:] = SUSCEPTIBLE
+        self.root[:] = -1
+        self.status[state["touched"]] = state["touched_status"]
+        self.root[state["touched"]] = state["touched_root"]
+        self._touched = [state["touched"]]
+        self.infected = state["infected"]
+        self.ever_active = int(state["ever_active"])
+        if self.exposures is not None:
+            self.exposures[:] = 0
+            self.exposures[state["exposed"]] = state["exposed_count"]
+            self._exposed = [state["exposed"]]
+
     # -- the round -----------------------------------------------------------
 
     def _winners(self, step: int, rows: np.ndarray, src: np.ndarray):
@@ -145,95 +211,89 @@ class Cascade(Env):
         return order[starts], np.diff(np.append(starts, r.shape[0]))
 
     def _activate(self, rows: np.ndarray, parent: np.ndarray, root: np.ndarray) -> None:
+        if rows.shape[0]:
+            self._touched.append(rows)
         self.status[rows] = ACTIVE
         self.root[rows] = root
         self.ever_active += rows.shape[0]
         self._pending = {"rows": rows, "parent": parent, "root": root}
 
-    def observe(self, step: int, inbox: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    def observe(self, step: int, inbox: Inbox) -> dict[str, np.ndarray]:
         view, model = self.view, self.config.model
+        self._candidates, self._pending = None, {}
+        b = inbox.broadcast
         if step == 0:
             rows = self._seed_rows
             self._activate(rows, np.full(rows.shape[0], -1, np.int64), view.agents[rows])
-            new_rows = rows
-        elif inbox is None or inbox["dst"].shape[0] == 0:
-            self._pending = {}
-            new_rows = np.empty(0, dtype=np.int64)
-        else:
-            rows = view.local_index(inbox["dst"])
-            open_ = self.status[rows] == SUSCEPTIBLE
-            rows, src, root = rows[open_], inbox["src"][open_], inbox["root"][open_]
+        elif b is not None and b["row"].shape[0]:
+            rows = b["row"]
+            open_ = np.flatnonzero(self.status[rows] == SUSCEPTIBLE)
+            rows, src, edge, root = rows[open_], b["src"][open_], b["edge"][open_], b["root"][open_]
+            if model != "linear_threshold":
+                self._candidates = (rows, src, root)
+                return {"edge": edge}
             win, counts = self._winners(step, rows, src)
-            if model == "linear_threshold":
-                uniq = rows[win]
-                self.exposures[uniq] += counts.astype(np.int32)
-                self._lt_candidates = (uniq, src[win], root[win])
-                return {
-                    "agent": view.agents[uniq],
-                    "influence": self.exposures[uniq] / np.maximum(view.in_degree[uniq], 1),
-                    "threshold": self.threshold[uniq],
-                }
-            new_rows = rows[win]
-            self._activate(new_rows, src[win], root[win])
+            uniq = rows[win]
+            self.exposures[uniq] += counts.astype(np.int32)
+            self._exposed.append(uniq)
+            self._candidates = (uniq, src[win], root[win])
+            return {
+                "agent": view.agents[uniq],
+                "influence": self.exposures[uniq] / np.maximum(view.in_degree[uniq], 1),
+                "threshold": self.threshold[uniq],
+            }
         if model == "linear_threshold":
-            # Seeds (step 0) or an empty inbox: nobody is deciding this step.
-            self._lt_candidates = None
             empty = np.empty(0, dtype=np.float64)
             return {"agent": np.empty(0, np.int64), "influence": empty, "threshold": empty}
-        if model == "sir":
-            if new_rows.shape[0]:
-                self.infected = np.concatenate([self.infected, new_rows])
-            transmitters = self.infected
-        else:
-            transmitters = new_rows
-        pos, edge, counts = view.out_edges(transmitters)
-        self._edges = (transmitters, pos, counts)
-        return {"edge": edge}
+        return {"edge": np.empty(0, np.int64)}
 
     def apply(self, step: int, batch: dict[str, np.ndarray], actions: dict) -> StepResult:
         view, model = self.view, self.config.model
-        recovered = np.empty(0, dtype=np.int64)
-        if model == "linear_threshold":
-            if self._lt_candidates is not None:
-                rows, src, root = self._lt_candidates
+        if self._candidates is not None:
+            rows, src, root = self._candidates
+            if model == "linear_threshold":
                 adopt = actions["adopt"]
                 self._activate(rows[adopt], src[adopt], root[adopt])
-            new = self._pending.get("rows", np.empty(0, np.int64))
-            pos, _, counts = view.out_edges(new)
-            src_rows, dst = np.repeat(new, counts), view.indices[pos]
-        else:
-            rows, pos, counts = self._edges
-            keep = np.flatnonzero(actions["transmit"])
-            src_rows, dst = view.edge_sources(rows, counts, keep), view.indices[pos[keep]]
-            if model == "sir" and self.infected.shape[0]:
+            else:
+                keep = np.flatnonzero(actions["transmit"])
+                rows, src, root = rows[keep], src[keep], root[keep]
+                win, _ = self._winners(step, rows, src)
+                self._activate(rows[win], src[win], root[win])
+        pend = self._pending
+        new = pend["rows"] if pend else np.empty(0, np.int64)
+        recovered = np.empty(0, dtype=np.int64)
+        if model == "sir":
+            if new.shape[0]:
+                self.infected = np.concatenate([self.infected, new])
+            senders = self.infected  # every infectious agent tries again this step
+            if self.infected.shape[0]:
                 rec = view.rng.bernoulli("recover", view.agents[self.infected], p=self.config.gamma,
                                          step=step)
                 recovered = self.infected[rec]
                 self.status[recovered] = RECOVERED
                 self.infected = self.infected[~rec]
-        messages = {"dst": dst, "src": view.agents[src_rows], "root": self.root[src_rows]}
-        pend = self._pending
-        n_new = pend["rows"].shape[0] if pend else 0
+        else:
+            senders = new
+        broadcasts = {"src": view.agents[senders], "root": self.root[senders]}
+        n_new = new.shape[0]
         if n_new or recovered.shape[0]:
             code_a, code_r = self.event_code("activate"), self.event_code("recover")
-            agents = view.agents
-            event = np.concatenate([np.full(n_new, code_a, np.int8),
-                                    np.full(recovered.shape[0], code_r, np.int8)])
-            agent = np.concatenate([agents[pend["rows"]] if n_new else np.empty(0, np.int64),
-                                    agents[recovered]])
             none = np.full(recovered.shape[0], -1, np.int64)
             events = make_events(
-                event, agent,
+                np.concatenate([np.full(n_new, code_a, np.int8),
+                                np.full(recovered.shape[0], code_r, np.int8)]),
+                np.concatenate([view.agents[new], view.agents[recovered]]),
                 parent=np.concatenate([pend["parent"] if n_new else none[:0], none]),
                 root=np.concatenate([pend["root"] if n_new else none[:0], self.root[recovered]]),
             )
         else:
             events = make_events(np.empty(0, np.int8), np.empty(0, np.int64))
-        self._pending = {}
+        self._pending, self._candidates = {}, None
         active = self.infected.shape[0] if model == "sir" else n_new
         return StepResult(
             events=events,
-            messages=messages,
+            messages=None,
+            broadcasts=broadcasts,
             active=int(active),
             metrics={"new_active": n_new, "recovered": int(recovered.shape[0]),
                      "ever_active": self.ever_active},

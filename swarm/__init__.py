@@ -7,9 +7,16 @@ Arrow event log; ``swarm.open_run(path)`` reads one back.
 __version__ = "0.1.0"
 
 from swarm.config import RunConfig, load_config, validate_config  # noqa: E402
-from swarm.errors import ClusterError, ConfigError, GraphError, LogError, SwarmError  # noqa: E402
+from swarm.errors import (  # noqa: E402
+    ClusterError,
+    ConfigError,
+    GraphError,
+    LogError,
+    RunInterrupted,
+    SwarmError,
+)
 from swarm.rundir import Run, open_run  # noqa: E402
-from swarm.runner import run  # noqa: E402
+from swarm.runner import resume, run  # noqa: E402
 
 __all__ = [
     "ClusterError",
@@ -18,9 +25,11 @@ __all__ = [
     "LogError",
     "Run",
     "RunConfig",
+    "RunInterrupted",
     "SwarmError",
     "load_config",
     "open_run",
+    "resume",
     "run",
     "validate_config",
 ]

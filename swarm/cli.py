@@ -8,13 +8,12 @@ nothing half-written is left behind by a rejected config.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from enum import Enum
 
 import typer
 
-from swarm.errors import SwarmError
+from swarm.errors import RunInterrupted, SwarmError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="swarm: distributed simulation of large agent populations on Ray.")
@@ -52,19 +51,47 @@ def run(
         cfg = load_config(config, overrides)
         result = run_population(cfg, out, address=address, overwrite=overwrite,
                                 progress=progress and sys.stderr.isatty())
+    except RunInterrupted as exc:
+        _interrupted(exc)
     except SwarmError as exc:
         _fail(exc)
     _print_summary(result)
+
+
+@app.command()
+def resume(
+    run_dir: str = typer.Argument(..., metavar="RUN", help="Run directory (path or URI)."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster to join."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Continue a stopped, interrupted or failed run from its last complete checkpoint."""
+    from swarm.runner import resume as resume_run
+
+    try:
+        result = resume_run(run_dir, address=address, progress=progress and sys.stderr.isatty())
+    except RunInterrupted as exc:
+        _interrupted(exc)
+    except SwarmError as exc:
+        _fail(exc)
+    _print_summary(result)
+
+
+def _interrupted(exc: RunInterrupted) -> None:
+    typer.secho(f"interrupted after step {exc.step}; checkpoint written.", err=True,
+                fg=typer.colors.YELLOW)
+    typer.echo(f"resume with: swarm resume {exc.path}", err=True)
+    raise typer.Exit(code=130)
 
 
 def _print_summary(result) -> None:
     m = result.manifest
     g, t = m["graph"], m["timings"]
     metrics = result.metrics()
+    where = result.store.child_uri
     typer.echo(f"run directory: {result.path}")
-    typer.echo(f"  events:   {os.path.join(result.path, 'events')}  ({m['events']:,} rows)")
-    typer.echo(f"  metrics:  {os.path.join(result.path, 'metrics.arrow')}")
-    typer.echo(f"  manifest: {os.path.join(result.path, 'manifest.json')}")
+    typer.echo(f"  events:   {where('events')}  ({m['events']:,} rows)")
+    typer.echo(f"  metrics:  {where('metrics.arrow')}")
+    typer.echo(f"  manifest: {where('manifest.json')}")
     typer.echo(f"graph: n={g['n']:,}, directed edges={g['directed_edges']:,} "
                f"(built in {g['build_seconds']:.2f} s); shards={m['partition']['shards']} "
                f"(edge cut {m['partition']['edge_cut_fraction']:.1%})")
@@ -174,6 +201,75 @@ def info(run_dir: str = typer.Argument(..., metavar="RUN", help="Run directory."
         typer.echo("timings: " + json.dumps(m["timings"]))
     typer.echo("versions: " + json.dumps(m.get("versions", {})))
     typer.echo("config: " + json.dumps(m.get("config", {})))
+
+
+_JOBS_ADDRESS_HELP = ("Ray Jobs API (dashboard) URL; default RAY_API_SERVER_ADDRESS, an "
+                      "http(s):// RAY_ADDRESS, or http://127.0.0.1:8265.")
+
+
+@app.command()
+def submit(
+    config: str = typer.Argument(..., help="Run config (YAML), inside the current folder."),
+    out: str = typer.Option(..., "--out", "-o",
+                            help="Run directory on storage every node sees (absolute or URI)."),
+    address: str | None = typer.Option(None, "--address", help=_JOBS_ADDRESS_HELP),
+    shards: int | None = typer.Option(None, "--shards", "-k", help="Override `shards`."),
+    set_: list[str] = typer.Option(None, "--set", help="Override a key: dotted.key=value."),
+) -> None:
+    """Send a run to a Ray cluster as a job (Ray Jobs API); the current folder is uploaded."""
+    from swarm.cluster.jobs import submit_run
+
+    try:
+        job = submit_run(config, out, address=address, overrides=list(set_ or []),
+                         shards=shards)
+    except SwarmError as exc:
+        _fail(exc)
+    typer.echo(f"submitted job {job.job_id} to {job.address}")
+    typer.echo(f"  entrypoint:    {job.entrypoint}")
+    typer.echo(f"  run directory: {job.out} (on the cluster)")
+    typer.echo("follow it:")
+    typer.echo(f"  swarm status {job.job_id} --address {job.address}")
+    typer.echo(f"  swarm logs {job.job_id} --address {job.address} --follow")
+
+
+@app.command()
+def status(
+    job_id: str = typer.Argument(..., metavar="JOB", help="Job id printed by `swarm submit`."),
+    address: str | None = typer.Option(None, "--address", help=_JOBS_ADDRESS_HELP),
+) -> None:
+    """Print a submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    from swarm.cluster.jobs import job_status
+
+    try:
+        report = job_status(job_id, address=address)
+    except SwarmError as exc:
+        _fail(exc)
+    typer.echo(f"job: {report.job_id}")
+    typer.echo(f"status: {report.status}")
+    if report.message:
+        typer.echo(f"message: {report.message}")
+    typer.echo(f"entrypoint: {report.entrypoint}")
+    if "swarm_out" in report.metadata:
+        typer.echo(f"run directory: {report.metadata['swarm_out']}")
+
+
+@app.command()
+def logs(
+    job_id: str = typer.Argument(..., metavar="JOB", help="Job id printed by `swarm submit`."),
+    address: str | None = typer.Option(None, "--address", help=_JOBS_ADDRESS_HELP),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until it ends."),
+) -> None:
+    """Print a submitted job's output (the `swarm run` summary once it is done)."""
+    from swarm.cluster.jobs import follow_job_logs, job_logs
+
+    try:
+        if follow:
+            for chunk in follow_job_logs(job_id, address=address):
+                typer.echo(chunk, nl=False)
+        else:
+            typer.echo(job_logs(job_id, address=address), nl=False)
+    except SwarmError as exc:
+        _fail(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,8 @@ __all__ = [
     "RunConfig",
     "GraphConfig",
     "LogConfig",
+    "CheckpointConfig",
+    "FaultToleranceConfig",
     "load_config",
     "validate_config",
     "apply_overrides",
@@ -132,6 +134,20 @@ class LogConfig(StrictModel):
     """Steps between flushes of a shard's event buffer to a new Arrow chunk."""
 
 
+class CheckpointConfig(StrictModel):
+    """Checkpoints: each shard's full state, written as Arrow under run_dir/state/."""
+
+    every: int = Field(10, ge=0)
+    """Steps between checkpoints (0 turns them off; a failure then restarts from step 0)."""
+
+
+class FaultToleranceConfig(StrictModel):
+    """What the driver does when a shard actor or its node dies."""
+
+    max_restarts: int = Field(3, ge=0)
+    """Restarts from the last checkpoint before the run stops as `failed` (resumable later)."""
+
+
 class RunConfig(StrictModel):
     """A whole run. ``env`` is validated by the config class of the registered env it names."""
 
@@ -141,11 +157,17 @@ class RunConfig(StrictModel):
     """Maximum number of steps; a run also stops when nothing is active."""
     shards: int = Field(1, ge=1)
     """Number of shard actors the population is split over."""
-    partition: Literal["contiguous", "hash"] = "contiguous"
-    """How agents are assigned to shards: id ranges, or a hash of the id."""
+    partition: Literal["contiguous", "hash", "metis", "label_propagation"] = "contiguous"
+    """How agents are assigned to shards: id ranges, a hash of the id, or a graph partition
+    that cuts fewer edges: METIS (needs pymetis; falls back to label_propagation with a
+    warning), or label_propagation (numpy only; a larger cut than METIS)."""
     graph: GraphConfig
     env: EnvConfig
     log: LogConfig = LogConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    fault_tolerance: FaultToleranceConfig = FaultToleranceConfig()
+    memory_check: bool = True
+    """Refuse to start when the estimated peak memory exceeds the cluster's memory."""
 
     def dump(self) -> dict:
         """Plain data, with the env's own fields (not just the base class's)."""

@@ -6,7 +6,14 @@ values, the file and line, the address that could not be reached.
 
 from __future__ import annotations
 
-__all__ = ["SwarmError", "ConfigError", "GraphError", "LogError", "ClusterError"]
+__all__ = [
+    "SwarmError",
+    "ConfigError",
+    "GraphError",
+    "LogError",
+    "ClusterError",
+    "RunInterrupted",
+]
 
 
 class SwarmError(Exception):
@@ -27,3 +34,11 @@ class LogError(SwarmError):
 
 class ClusterError(SwarmError):
     """A Ray cluster cannot be reached or cannot host the run."""
+
+
+class RunInterrupted(SwarmError):
+    """A run stopped on Ctrl-C after writing a checkpoint; ``swarm resume`` continues it."""
+
+    def __init__(self, message: str, path: str, step: int):
+        super().__init__(message)
+        self.path, self.step = path, step

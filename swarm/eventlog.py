@@ -1,22 +1,27 @@
 """The log step of the round: events buffered as columns, flushed as Arrow IPC chunks.
 
 Each shard appends its step's events (numpy columns, never Python rows) and
-every ``flush_every`` steps writes one chunk ``events/shard=K/part-NNNNN.arrow``.
-A chunk is written under a dot-prefixed temporary name and renamed into
-place, so a reader never sees a half-written file and a crash loses at most
-the unflushed steps.
+every ``flush_every`` steps (and at every checkpoint) writes one chunk
+``events/shard=K/part-NNNNN.arrow``. A chunk is written under a dot-prefixed
+temporary name and renamed into place, so a reader never sees a half-written
+file and a crash loses at most the unflushed steps. A checkpoint records how
+many chunks existed; a restart from it deletes the later ones, whose steps
+are replayed, so a resumed run has no duplicated rows.
 """
 
 from __future__ import annotations
 
-import os
+import re
 
 import numpy as np
 import pyarrow as pa
 
 from swarm.envs.base import COMMON_EVENT_COLUMNS
+from swarm.storage import RunStore
 
-__all__ = ["EventLog", "event_schema", "write_ipc_atomic"]
+__all__ = ["EventLog", "event_schema"]
+
+_PART = re.compile(r"part-(\d+)\.arrow$")
 
 
 def event_schema(extra: dict[str, pa.DataType] | None = None) -> pa.Schema:
@@ -27,20 +32,13 @@ def event_schema(extra: dict[str, pa.DataType] | None = None) -> pa.Schema:
     return pa.schema(fields)
 
 
-def write_ipc_atomic(table: pa.Table, path: str) -> None:
-    """Write ``table`` as an Arrow IPC file at ``path`` via a temporary file and rename."""
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.tmp")
-    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    os.replace(tmp, path)
-
-
 class EventLog:
     """Column buffers of one shard's events and the chunk files they flush to."""
 
-    def __init__(self, directory: str, shard: int, event_types: tuple[str, ...],
-                 extra: dict[str, pa.DataType] | None = None, flush_every: int = 10):
+    def __init__(self, store: RunStore, directory: str, shard: int,
+                 event_types: tuple[str, ...], extra: dict[str, pa.DataType] | None = None,
+                 flush_every: int = 10):
+        self.store = store
         self.directory = directory
         self.shard = shard
         self.schema = event_schema(extra)
@@ -50,7 +48,7 @@ class EventLog:
         self._buffer: list[tuple[int, dict]] = []
         self._parts = 0
         self.rows_written = 0
-        os.makedirs(directory, exist_ok=True)
+        store.makedirs(directory)
 
     def append(self, step: int, events: dict[str, np.ndarray]) -> None:
         if events["agent"].shape[0]:
@@ -84,9 +82,25 @@ class EventLog:
         if not self._buffer:
             return 0
         table = self._table()
-        path = os.path.join(self.directory, f"part-{self._parts:05d}.arrow")
-        write_ipc_atomic(table, path)
+        self.store.write_table(f"{self.directory}/part-{self._parts:05d}.arrow", table)
         self._parts += 1
         self._buffer.clear()
         self.rows_written += table.num_rows
         return table.num_rows
+
+    def position(self) -> dict[str, int]:
+        """Chunks and rows written so far (what a checkpoint records)."""
+        return {"parts": self._parts, "rows": self.rows_written}
+
+    def rewind(self, parts: int, rows: int) -> int:
+        """Forget everything after a checkpoint: drop the buffer and delete chunks
+        numbered ``parts`` and up (and stray temporary files). Returns chunks deleted."""
+        self._buffer.clear()
+        deleted = 0
+        for name in self.store.listdir(self.directory):
+            m = _PART.match(name)
+            if (m and int(m.group(1)) >= parts) or name.startswith("."):
+                self.store.delete(f"{self.directory}/{name}")
+                deleted += bool(m)
+        self._parts, self.rows_written = parts, rows
+        return deleted

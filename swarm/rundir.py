@@ -6,9 +6,12 @@
       manifest.json                      config, seed, versions, graph and partition stats, status
       events/shard=K/part-NNNNN.arrow    Arrow IPC chunks, one per flush
       metrics.arrow                      one row per step
+      state/step=S/shard=K.arrow         the last complete checkpoint (see swarm.checkpoint)
 
-``open_run`` is how everything downstream (the CLI, analysis, tests) reads a
-run: the events as one pyarrow dataset, the metrics as a table.
+The directory may be a local path or any pyarrow filesystem URI (see
+swarm.storage). ``open_run`` is how everything downstream (the CLI,
+analysis, tests) reads a run: the events as one pyarrow dataset, the metrics
+as a table.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from swarm.errors import LogError
+from swarm.storage import RunStore
 
 __all__ = ["Run", "open_run", "create_run_dir", "write_manifest", "versions"]
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.arrow"
 EVENTS = "events"
+STATE = "state"
 
 
 def versions() -> dict:
@@ -46,51 +51,49 @@ def versions() -> dict:
     }
 
 
-def create_run_dir(path: str, overwrite: bool = False) -> str:
-    """Make ``path`` ready for a new run; refuse to mix with an earlier run's files."""
-    path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path):
-        if not os.path.isdir(path):
-            raise LogError(f"--out {path} is a file; choose a directory path")
-        if os.listdir(path):
-            if not overwrite or not os.path.exists(os.path.join(path, MANIFEST)):
+def create_run_dir(location: str | os.PathLike, overwrite: bool = False) -> RunStore:
+    """Make ``location`` ready for a new run; refuse to mix with an earlier run's files."""
+    store = RunStore(location)
+    if store.exists():
+        if not store.isdir():
+            raise LogError(f"--out {store.uri} is a file; choose a directory path")
+        if store.listdir():
+            if not overwrite or not store.exists(MANIFEST):
                 raise LogError(
-                    f"--out {path} already holds files; choose a new directory"
+                    f"--out {store.uri} already holds files; choose a new directory"
                     + (" (or pass --overwrite to replace an earlier run)" if not overwrite else
                        " (--overwrite only replaces a directory that holds a swarm run)")
                 )
-            import shutil
-
-            shutil.rmtree(path)
-    os.makedirs(os.path.join(path, EVENTS), exist_ok=True)
-    return path
+            store.clear()
+    store.makedirs(EVENTS)
+    return store
 
 
-def write_manifest(path: str, manifest: dict) -> None:
+def write_manifest(store: RunStore, manifest: dict) -> None:
     """Write manifest.json atomically (temporary file, then rename)."""
-    tmp = os.path.join(path, f".{MANIFEST}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, os.path.join(path, MANIFEST))
+    store.write_json(MANIFEST, manifest)
 
 
 @dataclass
 class Run:
-    """A run directory opened for reading."""
+    """A run directory opened for reading; ``path`` is a local path or a URI."""
 
-    path: str
+    store: RunStore
+
+    @property
+    def path(self) -> str:
+        return self.store.uri
 
     @cached_property
     def manifest(self) -> dict:
-        p = os.path.join(self.path, MANIFEST)
+        p = self.store.child_uri(MANIFEST)
         try:
-            with open(p) as fh:
-                return json.load(fh)
+            return self.store.read_json(MANIFEST)
         except FileNotFoundError:
             raise LogError(f"{self.path} is not a swarm run: {MANIFEST} is missing") from None
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise LogError(f"{p} is corrupt ({exc}); the run's events may still be readable "
-                           f"with pyarrow.dataset on {os.path.join(self.path, EVENTS)}") from None
+                           f"with pyarrow.dataset on {self.store.child_uri(EVENTS)}") from None
 
     @property
     def status(self) -> str:
@@ -98,11 +101,12 @@ class Run:
 
     def events_dataset(self) -> ds.Dataset:
         """The event chunks of every shard as one pyarrow dataset (lazy)."""
-        folder = os.path.join(self.path, EVENTS)
-        if not os.path.isdir(folder):
+        folder = self.store.child_uri(EVENTS)
+        if not self.store.isdir(EVENTS):
             raise LogError(f"{self.path}: no {EVENTS}/ directory; is this a swarm run?")
         try:
-            return ds.dataset(folder, format="ipc", exclude_invalid_files=False)
+            return ds.dataset(self.store.path(EVENTS), filesystem=self.store.fs, format="ipc",
+                              exclude_invalid_files=False)
         except (pa.ArrowInvalid, OSError) as exc:
             raise LogError(f"{folder}: an event chunk is unreadable ({exc})") from None
 
@@ -121,30 +125,28 @@ class Run:
         return table
 
     def metrics(self) -> pa.Table:
-        p = os.path.join(self.path, METRICS)
-        if not os.path.exists(p):
+        if not self.store.exists(METRICS):
             raise LogError(f"{self.path}: {METRICS} is missing (status {self.status!r})")
         try:
-            with pa.memory_map(p) as src:
-                return pa.ipc.open_file(src).read_all()
+            return self.store.read_table(METRICS)
         except pa.ArrowInvalid as exc:
-            raise LogError(f"{p} is corrupt ({exc})") from None
+            raise LogError(f"{self.store.child_uri(METRICS)} is corrupt ({exc})") from None
 
     def __repr__(self) -> str:
         return f"Run({self.path!r}, status={self.status!r})"
 
 
 def open_run(path: str | os.PathLike) -> Run:
-    """Open a run directory written by ``swarm run``.
+    """Open a run directory written by ``swarm run`` (a local path or a pyarrow URI).
 
     Examples
     --------
     >>> run = open_run("runs/demo")          # doctest: +SKIP
     >>> run.events().group_by("root").aggregate([("agent", "count")])  # doctest: +SKIP
     """
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isdir(path):
-        raise LogError(f"run directory not found: {path}")
-    run = Run(path)
+    store = RunStore(path)
+    if not store.isdir():
+        raise LogError(f"run directory not found: {store.uri}")
+    run = Run(store)
     run.manifest  # noqa: B018 - fail early on a directory that is not a run
     return run

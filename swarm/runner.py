@@ -7,30 +7,40 @@ for the tiny per-shard summaries (the barrier) to update progress, decide on
 early stop and record a metrics row. The driver never touches agent data.
 It submits step t+1 before waiting on step t, and a lone shard, which has
 nobody to exchange with, runs a batch of steps per call.
+
+Every ``checkpoint.every`` steps the shards write their state; when a shard
+or its node dies the driver restarts all shards from the last complete
+checkpoint (bounded by ``fault_tolerance.max_restarts``), and Ctrl-C stops
+after the current step with a checkpoint that ``swarm resume`` continues.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from swarm import checkpoint as ckpt
 from swarm import graph as graphs
-from swarm.config import RunConfig
+from swarm.config import RunConfig, validate_config
 from swarm.envs.base import ENV_REGISTRY
-from swarm.errors import ConfigError, GraphError
-from swarm.eventlog import write_ipc_atomic
-from swarm.graph import CSRGraph
+from swarm.errors import ClusterError, ConfigError, GraphError, LogError, RunInterrupted
+from swarm.graph import CSRGraph, ragged_arange
+from swarm.memory import check_memory, estimate_memory
 from swarm.partition import Partition
 from swarm.rng import KeyedRNG
-from swarm.rundir import EVENTS, METRICS, Run, create_run_dir, open_run, versions, write_manifest
-from swarm.shard import Shard, ShardSpec
+from swarm.rundir import METRICS, STATE, Run, create_run_dir, open_run, versions, write_manifest
+from swarm.shard import Fanout, Shard, ShardSpec
+from swarm.storage import RunStore
 
-__all__ = ["run", "build_graph"]
+__all__ = ["run", "resume", "build_graph"]
 
 
 def build_graph(config: RunConfig) -> CSRGraph:
@@ -53,8 +63,11 @@ def build_graph(config: RunConfig) -> CSRGraph:
 
 
 def _shard_specs(config: RunConfig, graph: CSRGraph, part: Partition, setup: dict,
-                 events_root: str) -> list[ShardSpec]:
+                 store: RunStore) -> list[ShardSpec]:
     in_degree = graph.in_degree().astype(np.int32)
+    env_cls = ENV_REGISTRY[config.env.kind]
+    fanouts = (_fanouts(graph, part) if env_cls.broadcast_fields and part.num_shards > 1
+               else [None] * part.num_shards)
     specs = []
     for k in range(part.num_shards):
         agents = part.agents_of(k)
@@ -66,17 +79,61 @@ def _shard_specs(config: RunConfig, graph: CSRGraph, part: Partition, setup: dic
             lo = int(graph.indptr[agents[0]]) if agents.size else 0
             indices = graph.indices[lo: lo + int(indptr[-1])].copy()
         else:
-            pos = np.arange(indptr[-1], dtype=np.int64) + np.repeat(starts - indptr[:-1], counts)
-            indices = graph.indices[pos]
+            indices = graph.indices[ragged_arange(starts, counts)]
         specs.append(ShardSpec(
             shard=k, num_shards=part.num_shards, seed=config.seed, partition=part,
             agents=agents, indptr=indptr, indices=indices,
             row_shift=(starts - indptr[:-1]).astype(np.int64),
             in_degree=in_degree[agents], env_config=config.env, env_setup=setup,
-            events_dir=os.path.join(events_root, f"shard={k}"),
-            flush_every=config.log.flush_every,
+            store=store, flush_every=config.log.flush_every, fanout=fanouts[k],
         ))
     return specs
+
+
+def _fanouts(graph: CSRGraph, part: Partition) -> list[Fanout]:
+    """Broadcast routing tables of every shard (see ``swarm.shard.Fanout``).
+
+    Global edge id = position in the global CSR, which is sorted by source, so
+    the edges into a shard, taken in CSR order, are already grouped by sender.
+    """
+    n, k_shards = graph.n, part.num_shards
+    owner = part.shard_of(np.arange(n, dtype=np.int64))
+    local_row = np.empty(n, dtype=np.int64)
+    for k in range(k_shards):
+        agents = part.agents_of(k)
+        local_row[agents] = np.arange(agents.shape[0])
+    dst_owner = owner[graph.indices]
+    deg = graph.out_degree()
+    shard_dtype = np.int16 if k_shards < 2**15 else np.int32
+    out = []
+    for k in range(k_shards):
+        agents = part.agents_of(k)
+        starts, counts = graph.indptr[agents], deg[agents]
+        # Sending: distinct (row, destination shard) pairs of this shard's out-edges.
+        key = np.repeat(np.arange(agents.shape[0], dtype=np.int64), counts) * k_shards
+        key += dst_owner[ragged_arange(starts, counts)]
+        key.sort()
+        keep = np.ones(key.shape[0], dtype=bool)
+        keep[1:] = key[1:] != key[:-1]
+        key = key[keep]
+        dest_indptr = np.zeros(agents.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(key // k_shards, minlength=agents.shape[0]), out=dest_indptr[1:])
+        # Receiving: the edges into this shard, grouped by sender.
+        edge = np.flatnonzero(dst_owner == k)
+        src = np.searchsorted(graph.indptr, edge, side="right") - 1
+        first = np.ones(edge.shape[0], dtype=bool)
+        first[1:] = src[1:] != src[:-1]
+        bounds = np.append(np.flatnonzero(first), edge.shape[0]).astype(np.int64)
+        row_dtype = np.int32 if agents.shape[0] < 2**31 else np.int64
+        out.append(Fanout(
+            dest_indptr=dest_indptr,
+            dest_shard=(key % k_shards).astype(shard_dtype),
+            recv_src=src[first].astype(np.int64),
+            recv_indptr=bounds,
+            recv_row=local_row[graph.indices[edge]].astype(row_dtype),
+            recv_edge=edge.astype(np.int64),
+        ))
+    return out
 
 
 class _LocalShards:
@@ -84,22 +141,26 @@ class _LocalShards:
 
     pipelined = False
 
-    def __init__(self, specs):
-        self.shards = [Shard(s) for s in specs]
+    def __init__(self, specs, restore_step: int | None):
+        self.shards = [Shard(s, restore_step) for s in specs]
 
-    def submit(self, step: int, outs: list[list[Any]] | None):
+    def submit(self, step: int, outs: list[list[Any]] | None, checkpoint: bool = False):
         k = len(self.shards)
-        results = [
-            s.step(step, *([] if outs is None else [outs[i][j] for i in range(k) if i != j]))
+        return [
+            s.step(step, *([] if outs is None else [outs[i][j] for i in range(k) if i != j]),
+                   checkpoint=checkpoint)
             for j, s in enumerate(self.shards)
         ]
-        return results
 
     def collect(self, results):
         return [r[0] for r in results], [list(r[1:]) for r in results]
 
-    def run_steps(self, start: int, count: int) -> list[dict]:
-        return self.shards[0].run_steps(start, count)
+    def run_steps(self, start: int, count: int, checkpoint_every: int) -> list[dict]:
+        return self.shards[0].run_steps(start, count, checkpoint_every)
+
+    def checkpoint(self, step: int) -> None:
+        for s in self.shards:
+            s.checkpoint(step)
 
     def close(self):
         return [s.close() for s in self.shards]
@@ -123,24 +184,39 @@ class _RayShards:
     """
 
     pipelined = True
+    #: How long new shard actors may take to be placed and built before the
+    #: run gives up (a cluster without room for them leaves them pending).
+    start_timeout = 120.0
 
-    def __init__(self, specs, address: str | None):
+    def __init__(self, spec_refs, restore_step: int | None, name: str):
         import ray
 
-        from swarm.cluster.connect import ensure_ray, shard_cpus
+        from swarm.cluster.connect import shard_cpus
 
-        ensure_ray(address)  # no-op when run() already connected
         self.ray = ray
-        cpus = shard_cpus(len(specs))
-        actor = ray.remote(num_cpus=cpus)(Shard)
-        self.actors = [actor.remote(s) for s in specs]
-        ray.get([a.health.remote() for a in self.actors])
-        self._step = [a.step.options(num_returns=len(specs) + 1) for a in self.actors]
+        cpus = shard_cpus(len(spec_refs))
+        # Restarts are the driver's job (from a checkpoint, all shards together):
+        # Ray restarting one actor from its constructor would lose its state.
+        actor = ray.remote(num_cpus=cpus, max_restarts=0)(Shard)
+        # Named `swarm-<run id>-<attempt>-shard<k>` so operators (and tests) can find them.
+        self.actors = [actor.options(name=f"{name}-shard{k}").remote(s, restore_step)
+                       for k, s in enumerate(spec_refs)]
+        try:
+            ray.get([a.health.remote() for a in self.actors], timeout=self.start_timeout)
+        except ray.exceptions.GetTimeoutError:
+            self.abort()
+            raise ClusterError(
+                f"{len(spec_refs)} shard actors ({cpus:g} CPU each) could not start within "
+                f"{self.start_timeout:.0f} s: the cluster has {ray.cluster_resources()}. Add "
+                "nodes or lower `shards`."
+            ) from None
+        self._step = [a.step.options(num_returns=len(spec_refs) + 1) for a in self.actors]
 
-    def submit(self, step: int, outs: list[list[Any]] | None):
+    def submit(self, step: int, outs: list[list[Any]] | None, checkpoint: bool = False):
         k = len(self.actors)
         return [
-            method.remote(step, *([] if outs is None else [outs[i][j] for i in range(k) if i != j]))
+            method.remote(step, *([] if outs is None else [outs[i][j] for i in range(k) if i != j]),
+                          checkpoint=checkpoint)
             for j, method in enumerate(self._step)
         ]
 
@@ -148,14 +224,23 @@ class _RayShards:
         summaries = self.ray.get([r[0] for r in refs])
         return summaries, [list(r[1:]) for r in refs]
 
-    def run_steps(self, start: int, count: int) -> list[dict]:
-        return self.ray.get(self.actors[0].run_steps.remote(start, count))
+    def run_steps(self, start: int, count: int, checkpoint_every: int) -> list[dict]:
+        return self.ray.get(self.actors[0].run_steps.remote(start, count, checkpoint_every))
+
+    def checkpoint(self, step: int) -> None:
+        self.ray.get([a.checkpoint.remote(step) for a in self.actors])
 
     def close(self):
         reports = self.ray.get([a.close.remote() for a in self.actors])
-        for a in self.actors:
-            self.ray.kill(a)
+        self.kill()
         return reports
+
+    def kill(self) -> None:
+        for a in self.actors:
+            try:
+                self.ray.kill(a)
+            except Exception:  # already dead with its node
+                pass
 
     def abort(self) -> None:
         from ray.exceptions import GetTimeoutError, RayError
@@ -164,8 +249,7 @@ class _RayShards:
             self.ray.get([a.close.remote() for a in self.actors], timeout=10)
         except (RayError, GetTimeoutError):
             pass  # a dead shard's unflushed steps are lost; the others' are kept
-        for a in self.actors:
-            self.ray.kill(a)
+        self.kill()
 
 
 def run(
@@ -186,8 +270,9 @@ def run(
     ----------
     config : RunConfig
         A validated config (``swarm.load_config`` / ``swarm.validate_config``).
-    out : path
-        The run directory to create; it must not hold files yet.
+    out : path or URI
+        The run directory to create (a local path, ``file://``, ``s3://``,
+        ... through pyarrow.fs); it must not hold files yet.
     graph : CSRGraph or networkx graph, optional
         Use this graph instead of building ``config.graph``.
     partition : int array, optional
@@ -196,6 +281,14 @@ def run(
         A Ray cluster to join; default an embedded local Ray.
     backend : {"ray", "local"}
         ``local`` runs the shards in this process (for debugging and tests).
+    on_step : callable, optional
+        Called with each step's metrics row (progress hooks, tests).
+
+    Raises
+    ------
+    RunInterrupted
+        On Ctrl-C, after the current step and a checkpoint; ``swarm resume``
+        continues the run.
     """
     if not isinstance(config, RunConfig):
         raise ConfigError(f"run() needs a RunConfig (see swarm.load_config); got {type(config)}")
@@ -210,7 +303,8 @@ def run(
     graph_seconds = time.perf_counter() - t_start
     if graph.n < 1:
         raise GraphError("the graph has no agents")
-    part = Partition(config.partition if partition is None else partition, graph.n, config.shards)
+    part = Partition(config.partition if partition is None else partition, graph.n, config.shards,
+                     graph=graph, seed=config.seed)
     env_cls = ENV_REGISTRY[config.env.kind]
     try:
         setup = env_cls.prepare(config.env, graph.n, KeyedRNG(config.seed))
@@ -221,9 +315,12 @@ def run(
         from swarm.cluster.connect import ensure_ray
 
         ensure_ray(address)  # an unreachable cluster fails here, before anything is written
-    path = create_run_dir(out, overwrite=overwrite)
+    if config.memory_check:
+        check_memory(estimate_memory(graph, config, env_cls), backend=backend)
+    store = create_run_dir(out, overwrite=overwrite)
     manifest: dict[str, Any] = {
         "format": "swarm-run/1",
+        "run_id": uuid.uuid4().hex[:12],
         "status": "running",
         "created_unix": time.time(),
         "config": config.dump(),
@@ -238,44 +335,340 @@ def run(
                 "metrics": list(env_cls.metric_names)},
         "backend": backend,
         "address": address or os.environ.get("RAY_ADDRESS"),
+        "timings": {"graph_seconds": round(graph_seconds, 4)},
     }
-    write_manifest(path, manifest)
-    shards = None
+    write_manifest(store, manifest)
+    # What `swarm resume` cannot rebuild from the config alone.
+    if graph_source == "argument":
+        ckpt.write_arrays(store, f"{STATE}/graph.arrow",
+                          {"indptr": graph.indptr, "indices": graph.indices},
+                          {"directed": graph.directed})
+    if part.kind not in ("contiguous", "hash"):
+        ckpt.write_arrays(store, f"{STATE}/partition.arrow",
+                          {"shard": part.shard_of(np.arange(graph.n, dtype=np.int64))})
+    return _execute(config, store, manifest, graph, part, setup, address=address,
+                    backend=backend, progress=progress, on_step=on_step)
+
+
+def resume(
+    path: str | os.PathLike,
+    *,
+    address: str | None = None,
+    backend: str | None = None,
+    progress: bool | None = None,
+    on_step: Callable[[dict], None] | None = None,
+) -> Run:
+    """Continue a stopped, interrupted or failed run from its last complete checkpoint.
+
+    Events after the checkpoint are discarded and replayed (keyed randomness
+    makes the replay exact), so the finished log equals an uninterrupted
+    run's. Without a checkpoint the run starts again from step 0.
+    """
+    prior = open_run(path)
+    manifest = dict(prior.manifest)
+    if manifest.get("status") == "completed":
+        raise LogError(f"{prior.path} already completed; nothing to resume")
+    config = validate_config(manifest["config"])
+    store = prior.store
+    backend = backend or manifest.get("backend", "ray")
+    if manifest["graph"].get("source") == "argument":
+        if not store.exists(f"{STATE}/graph.arrow"):
+            raise LogError(f"{prior.path}: the graph was passed in Python and not saved; "
+                           "start a new run")
+        arrays, meta = ckpt.read_arrays(store, f"{STATE}/graph.arrow")
+        graph = CSRGraph(arrays["indptr"], arrays["indices"], directed=meta["directed"])
+    else:
+        graph = build_graph(config)
+    if graph.n != manifest["graph"]["n"] or graph.num_edges != manifest["graph"].get(
+            "directed_edges", graph.num_edges):
+        raise LogError(f"{prior.path}: rebuilt graph (n={graph.n}, edges={graph.num_edges}) does "
+                       f"not match the run's ({manifest['graph']}); was the edge list changed?")
+    if store.exists(f"{STATE}/partition.arrow"):
+        arrays, _ = ckpt.read_arrays(store, f"{STATE}/partition.arrow")
+        part = Partition(arrays["shard"], graph.n, config.shards)
+    else:
+        part = Partition(config.partition, graph.n, config.shards, graph=graph, seed=config.seed)
+    setup = ENV_REGISTRY[config.env.kind].prepare(config.env, graph.n, KeyedRNG(config.seed))
+    if backend == "ray":
+        from swarm.cluster.connect import ensure_ray
+
+        ensure_ray(address)
+    restore = manifest.get("checkpoint", {}).get("step")
+    rows: list[dict] = []
+    if restore is not None:
+        rows = store.read_table(f"{ckpt.step_dir(restore)}/metrics.arrow").to_pylist()
+    manifest.update(status="running", error=None,
+                    resumes=manifest.get("resumes", 0) + 1,
+                    resumed_from=-1 if restore is None else restore)
+    write_manifest(store, manifest)
+    return _execute(config, store, manifest, graph, part, setup, address=address,
+                    backend=backend, progress=progress, on_step=on_step,
+                    restore_step=restore, rows=rows)
+
+
+def _execute(config: RunConfig, store: RunStore, manifest: dict, graph: CSRGraph,
+             part: Partition, setup: dict, *, address, backend, progress, on_step,
+             restore_step: int | None = None, rows: list[dict] | None = None) -> Run:
+    """Start the shards, run the rounds, close, and keep the manifest true on every exit."""
+    env_cls = ENV_REGISTRY[config.env.kind]
+    driver = None
     try:
         t_setup = time.perf_counter()
-        specs = _shard_specs(config, graph, part, setup, os.path.join(path, EVENTS))
+        specs = _shard_specs(config, graph, part, setup, store)
         n = graph.n
         del graph
-        shards = _LocalShards(specs) if backend == "local" else _RayShards(specs, address)
+        driver = _Driver(config, store, manifest, specs, backend, n, progress, on_step)
         del specs
+        driver.start(restore_step, rows or [])
         setup_seconds = time.perf_counter() - t_setup
-        rows, stop_reason, run_seconds = _loop(config, shards, n, progress, on_step)
+        with _SigintToStop(driver):
+            driver.loop()
         t_close = time.perf_counter()
-        reports = shards.close()
+        reports = driver.shards.close()
+        driver.drop_unfinished_checkpoints()
         close_seconds = time.perf_counter() - t_close
-        _write_metrics(path, rows, env_cls.metric_names)
+        _write_metrics(store, METRICS, driver.rows, env_cls.metric_names)
     except BaseException as exc:
-        if shards is not None:
-            shards.abort()  # keep the events of finished steps, free the actors
-        manifest["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        if driver is not None and driver.shards is not None:
+            driver.shards.abort()  # keep the events of finished steps, free the actors
+        interrupted = isinstance(exc, (KeyboardInterrupt, RunInterrupted))
+        manifest["status"] = "interrupted" if interrupted else "failed"
         manifest["error"] = f"{type(exc).__name__}: {exc}"
-        write_manifest(path, manifest)
+        write_manifest(store, manifest)
         raise
+    rows = driver.rows
     manifest.update(
         status="completed",
+        error=None,
         steps_run=len(rows),
-        stop_reason=stop_reason,
+        stop_reason=driver.stop_reason,
         events=int(sum(r["rows"] for r in reports)),
         shard_peak_rss_mib=[round(r["peak_rss_mib"], 1) for r in reports],
-        timings={
-            "graph_seconds": round(graph_seconds, 4),
-            "setup_seconds": round(setup_seconds, 4),
-            "run_seconds": round(run_seconds, 4),
-            "close_seconds": round(close_seconds, 4),
-        },
+        restarts=driver.restarts,
     )
-    write_manifest(path, manifest)
-    return open_run(path)
+    manifest["timings"].update(
+        setup_seconds=round(setup_seconds, 4),
+        run_seconds=round(driver.run_seconds, 4),
+        close_seconds=round(close_seconds, 4),
+        checkpoint_seconds=round(sum(r.get("checkpoint_seconds", 0.0) for r in rows), 4),
+    )
+    write_manifest(store, manifest)
+    return open_run(store.uri)
+
+
+class _SigintToStop:
+    """Ctrl-C asks the driver to stop after the current step and write a checkpoint;
+    a second Ctrl-C stops at once. Only the main thread can take signals."""
+
+    def __init__(self, driver: _Driver):
+        self.driver = driver
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.driver.stop_requested:
+            raise KeyboardInterrupt
+        self.driver.stop_requested = True
+        print("\nstopping after this step and writing a checkpoint "
+              "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+class _Driver:
+    """The loop over steps: barrier, metrics rows, checkpoints, restarts, stop on Ctrl-C."""
+
+    def __init__(self, config: RunConfig, store: RunStore, manifest: dict, specs, backend: str,
+                 n: int, progress: bool | None, on_step):
+        self.config, self.store, self.manifest = config, store, manifest
+        self.backend, self.n, self.on_step = backend, n, on_step
+        self.show = sys.stderr.isatty() if progress is None else progress
+        self.every = config.checkpoint.every
+        self.restarts = 0
+        self.stop_requested = False
+        self.stop_reason = "max_steps"
+        self.run_seconds = 0.0
+        self.shards = None
+        self.last_checkpoint: int | None = manifest.get("checkpoint", {}).get("step")
+        if backend == "ray":
+            import ray
+
+            # In the object store once, so restarts re-create actors from it.
+            self.specs = [ray.put(s) for s in specs]
+        else:
+            self.specs = specs
+
+    def _make_shards(self, restore_step: int | None):
+        if self.backend == "local":
+            return _LocalShards(self.specs, restore_step)
+        return _RayShards(self.specs, restore_step,
+                          f"swarm-{self.manifest['run_id']}-a{self.restarts}")
+
+    def start(self, restore_step: int | None, rows: list[dict]) -> None:
+        self.rows = rows
+        self.start_step = 0 if restore_step is None else restore_step + 1
+        self.shards = self._make_shards(restore_step)
+
+    def loop(self) -> None:
+        bar = _Progress(self.config.steps, self.n) if self.show else None
+        t0 = time.perf_counter()
+        try:
+            while True:
+                try:
+                    if self.config.shards == 1:
+                        self._loop_single(bar)
+                    else:
+                        self._loop_exchange(bar)
+                    break
+                except Exception as exc:
+                    if not self._recoverable(exc):
+                        raise
+                    self._restart(exc)
+        finally:
+            if bar:
+                bar.close()
+            self.run_seconds = time.perf_counter() - t0
+        if self.rows:
+            last = self.rows[-1]
+            if last["active"] == 0 and last["messages"] == 0:
+                self.stop_reason = "quiescent"
+
+    # -- steps -------------------------------------------------------------------
+
+    def _emit(self, row: dict, bar) -> bool:
+        self.rows.append(row)
+        if bar:
+            bar.update(row["step"], row)
+        if self.on_step:
+            self.on_step(row)
+        return row["active"] == 0 and row["messages"] == 0
+
+    def _due(self, step: int) -> bool:
+        return self.every > 0 and (step + 1) % self.every == 0
+
+    def _loop_single(self, bar) -> None:
+        # One shard exchanges with nobody: it runs a batch of steps per call (up
+        # to a quarter second) and the driver's round trip is paid per batch.
+        step, steps = self.start_step, self.config.steps
+        while step < steps:
+            batch = self.shards.run_steps(step, steps - step, self.every)
+            for s in batch:
+                done = self._emit(_row(s["step"], [s], s["seconds"]), bar)
+                if "checkpoint" in s:
+                    self._checkpoint_complete(s["step"])
+                if done:
+                    return
+            step += len(batch)
+            if self.stop_requested and step < steps:
+                self._stop(step - 1)
+
+    def _loop_exchange(self, bar) -> None:
+        # Step t+1 is submitted on step t's outbox refs before the driver waits
+        # for step t's summaries, so the barrier's round trip overlaps the work.
+        # If step t turns out quiescent, step t+1 finds nothing to do (by the env
+        # contract) and its results are dropped.
+        steps = self.config.steps
+        t_prev = time.perf_counter()
+        step = self.start_step
+        handle = self.shards.submit(step, None, self._due(step))
+        while step < steps:
+            ahead = None
+            if self.shards.pipelined and step + 1 < steps and not self.stop_requested:
+                ahead = self.shards.submit(step + 1, [list(r[1:]) for r in handle],
+                                           self._due(step + 1))
+            summaries, outs = self.shards.collect(handle)
+            now = time.perf_counter()
+            done = self._emit(_row(step, summaries, now - t_prev), bar)
+            if "checkpoint" in summaries[0]:
+                self._checkpoint_complete(step)
+            if done:
+                return
+            t_prev = now
+            if self.stop_requested:
+                if ahead is not None:  # finish the step already under way
+                    step += 1
+                    summaries, _ = self.shards.collect(ahead)
+                    self._emit(_row(step, summaries, time.perf_counter() - t_prev), bar)
+                    if "checkpoint" in summaries[0]:
+                        self._checkpoint_complete(step)
+                self._stop(step)
+            step += 1
+            if step < steps:
+                handle = ahead if ahead is not None else self.shards.submit(
+                    step, outs, self._due(step))
+
+    # -- checkpoints, stops and restarts -------------------------------------------
+
+    def _checkpoint_complete(self, step: int) -> None:
+        """Every shard wrote step ``step``: record it, then drop older checkpoints."""
+        _write_metrics(self.store, f"{ckpt.step_dir(step)}/metrics.arrow",
+                       self.rows[: step + 1], ENV_REGISTRY[self.config.env.kind].metric_names)
+        self.last_checkpoint = step
+        self.manifest["checkpoint"] = {"step": step, "path": ckpt.step_dir(step),
+                                       "unix": time.time()}
+        write_manifest(self.store, self.manifest)
+        # Only older ones: with every=1 the next step's checkpoint may be being
+        # written right now (the driver runs one step ahead).
+        for name in self.store.listdir(STATE):
+            if name.startswith("step=") and int(name[5:]) < step:
+                self.store.delete(f"{STATE}/{name}")
+
+    def drop_unfinished_checkpoints(self) -> None:
+        """A step run ahead of a quiescent one may have started a checkpoint; drop it."""
+        last = -1 if self.last_checkpoint is None else self.last_checkpoint
+        for name in self.store.listdir(STATE):
+            if name.startswith("step=") and int(name[5:]) > last:
+                self.store.delete(f"{STATE}/{name}")
+
+    def _stop(self, step: int) -> None:
+        """Ctrl-C: write a checkpoint of the last finished step and stop."""
+        if self.last_checkpoint != step:
+            self.shards.checkpoint(step)
+            self._checkpoint_complete(step)
+        raise RunInterrupted(
+            f"interrupted after step {step}; checkpoint written. Continue with: "
+            f"swarm resume {self.store.uri}", self.store.uri, step)
+
+    def _recoverable(self, exc: Exception) -> bool:
+        if self.backend != "ray":
+            return False
+        from ray.exceptions import RayError, RayTaskError
+
+        # A dead actor, a lost node or lost objects are worth a restart; a
+        # shard's own exception (a bug, bad data) would fail again on replay.
+        if isinstance(exc, RayTaskError):
+            return isinstance(exc.cause, RayError)
+        return isinstance(exc, RayError)
+
+    def _restart(self, exc: Exception) -> None:
+        self.restarts += 1
+        self.shards.kill()
+        where = (f"the checkpoint of step {self.last_checkpoint}"
+                 if self.last_checkpoint is not None else "step 0 (no checkpoint yet)")
+        if self.restarts > self.config.fault_tolerance.max_restarts:
+            raise ClusterError(
+                f"a shard died ({type(exc).__name__}: {exc}) and "
+                f"fault_tolerance.max_restarts={self.config.fault_tolerance.max_restarts} "
+                f"restarts are used up. Fix the cause, then continue from {where} with: "
+                f"swarm resume {self.store.uri}"
+            ) from exc
+        print(f"shard failure ({type(exc).__name__}); restart {self.restarts}/"
+              f"{self.config.fault_tolerance.max_restarts} from {where}",
+              file=sys.stderr, flush=True)
+        keep = 0 if self.last_checkpoint is None else self.last_checkpoint + 1
+        del self.rows[keep:]
+        self.start_step = keep
+        self.shards = None
+        self.shards = self._make_shards(self.last_checkpoint)
+        self.manifest["restarts"] = self.restarts
+        write_manifest(self.store, self.manifest)
 
 
 def _row(step: int, summaries: list[dict], seconds: float) -> dict:
@@ -286,84 +679,27 @@ def _row(step: int, summaries: list[dict], seconds: float) -> dict:
         "events": sum(s["events"] for s in summaries),
         "messages": sum(s["messages"] for s in summaries),
         "cross_shard_messages": sum(s["cross_shard_messages"] for s in summaries),
+        "cross_shard_bytes": sum(s["cross_shard_bytes"] for s in summaries),
         "seconds": seconds,
         # The slowest shard's own work; the rest of `seconds` is exchange and barrier.
         "shard_seconds_max": max(s["seconds"] for s in summaries),
+        "checkpoint_seconds": max(s.get("checkpoint_seconds", 0.0) for s in summaries),
     }
     for name in summaries[0]["metrics"]:
         row[name] = sum(s["metrics"][name] for s in summaries)
     return row
 
 
-def _loop(config: RunConfig, shards, n: int, progress: bool | None,
-          on_step: Callable[[dict], None] | None):
-    rows: list[dict] = []
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = _Progress(config.steps, n) if show else None
-
-    def emit(row: dict) -> bool:
-        rows.append(row)
-        if bar:
-            bar.update(row["step"], row)
-        if on_step:
-            on_step(row)
-        return row["active"] == 0 and row["messages"] == 0
-
-    t0 = time.perf_counter()
-    try:
-        if config.shards == 1:
-            _loop_single(config.steps, shards, emit)
-        else:
-            _loop_exchange(config.steps, shards, emit)
-    finally:
-        if bar:
-            bar.close()
-    last = rows[-1]
-    stop_reason = "quiescent" if last["active"] == 0 and last["messages"] == 0 else "max_steps"
-    return rows, stop_reason, time.perf_counter() - t0
-
-
-def _loop_single(steps: int, shards, emit: Callable[[dict], bool]) -> None:
-    # One shard exchanges with nobody: it runs a batch of steps per call (up
-    # to a quarter second) and the driver's round trip is paid per batch.
-    step = 0
-    while step < steps:
-        batch = shards.run_steps(step, steps - step)
-        for s in batch:
-            if emit(_row(s["step"], [s], s["seconds"])):
-                return
-        step += len(batch)
-
-
-def _loop_exchange(steps: int, shards, emit: Callable[[dict], bool]) -> None:
-    # Step t+1 is submitted on step t's outbox refs before the driver waits
-    # for step t's summaries, so the barrier's round trip overlaps the work.
-    # If step t turns out quiescent, step t+1 finds nothing to do (by the env
-    # contract) and its results are dropped.
-    t_prev = time.perf_counter()
-    handle = shards.submit(0, None)
-    for step in range(steps):
-        ahead = None
-        if shards.pipelined and step + 1 < steps:
-            ahead = shards.submit(step + 1, [list(r[1:]) for r in handle])
-        summaries, outs = shards.collect(handle)
-        now = time.perf_counter()
-        if emit(_row(step, summaries, now - t_prev)):
-            return
-        t_prev = now
-        if step + 1 < steps:
-            handle = ahead if ahead is not None else shards.submit(step + 1, outs)
-
-
-def _write_metrics(path: str, rows: list[dict], metric_names) -> None:
+def _write_metrics(store: RunStore, rel: str, rows: list[dict], metric_names) -> None:
     import pyarrow as pa
 
-    cols = ["step", "active", "events", "messages", "cross_shard_messages", "seconds",
-            "shard_seconds_max", *metric_names]
-    types = {"step": pa.int32(), "seconds": pa.float64(), "shard_seconds_max": pa.float64()}
+    floats = ("seconds", "shard_seconds_max", "checkpoint_seconds")
+    cols = ["step", "active", "events", "messages", "cross_shard_messages", "cross_shard_bytes",
+            *floats, *metric_names]
+    types = {"step": pa.int32(), **{c: pa.float64() for c in floats}}
     table = pa.table({c: pa.array([r.get(c, 0) for r in rows], type=types.get(c, pa.int64()))
                       for c in cols})
-    write_ipc_atomic(table, os.path.join(path, METRICS))
+    store.write_table(rel, table)
 
 
 class _Progress:

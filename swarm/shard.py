@@ -3,12 +3,16 @@
 A shard owns a partition of the agents (their state columns, their CSR rows,
 their inbox, their policy and their event log) and runs the round on them:
 observe -> decide -> apply -> log -> hand outgoing messages to the exchange,
-grouped per destination shard as columnar arrays. It knows nothing of Ray,
-so it unit-tests as an ordinary object.
+grouped per destination shard as columnar arrays. A broadcast (one sender,
+all its out-neighbours) crosses to each destination shard once and is fanned
+out there through the shard's ``Fanout`` table. The shard also writes and
+restores its checkpoints. It knows nothing of Ray, so it unit-tests as an
+ordinary object.
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -16,15 +20,42 @@ from typing import Any
 
 import numpy as np
 
-from swarm.envs.base import ENV_REGISTRY, EnvConfig, ShardView
+from swarm import checkpoint as ckpt
+from swarm.envs.base import ENV_REGISTRY, EnvConfig, Inbox, ShardView
 from swarm.eventlog import EventLog
+from swarm.graph import ragged_arange
 from swarm.partition import Partition
 from swarm.policies.base import PolicyContext
 from swarm.rng import KeyedRNG
+from swarm.storage import RunStore
 
-__all__ = ["Shard", "ShardSpec"]
+__all__ = ["Fanout", "Shard", "ShardSpec"]
 
 Messages = dict[str, np.ndarray]
+#: What one shard sends another in a step: {"direct": Messages, "broadcast": Messages}.
+Outbox = dict[str, Messages]
+
+
+@dataclass
+class Fanout:
+    """Broadcast routing of one shard (built by the driver from the whole graph).
+
+    Sending: ``dest_shard[dest_indptr[r]:dest_indptr[r + 1]]`` are the shards
+    holding at least one out-neighbour of local row ``r``. Receiving: the
+    edges into this shard grouped by sender: ``recv_src`` (sorted global ids),
+    ``recv_indptr``, and per edge the receiver's local row and the global edge id.
+    """
+
+    dest_indptr: np.ndarray
+    dest_shard: np.ndarray
+    recv_src: np.ndarray
+    recv_indptr: np.ndarray
+    recv_row: np.ndarray
+    recv_edge: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in vars(self).values())
 
 
 @dataclass
@@ -42,12 +73,13 @@ class ShardSpec:
     in_degree: np.ndarray
     env_config: EnvConfig
     env_setup: dict[str, Any] = field(default_factory=dict)
-    events_dir: str = ""
+    store: RunStore | None = None
     flush_every: int = 10
+    fanout: Fanout | None = None
 
 
-def _concat(parts: list[Messages]) -> Messages | None:
-    parts = [p for p in parts if p is not None and p["dst"].shape[0]]
+def _concat(parts: list[Messages | None]) -> Messages | None:
+    parts = [p for p in parts if p is not None and next(iter(p.values())).shape[0]]
     if not parts:
         return None
     if len(parts) == 1:
@@ -55,14 +87,22 @@ def _concat(parts: list[Messages]) -> Messages | None:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def _nbytes(box: Outbox | None) -> int:
+    if not box:
+        return 0
+    return sum(a.nbytes for m in box.values() for a in m.values())
+
+
 class Shard:
     """Runs the round for the agents of one partition."""
 
-    def __init__(self, spec: ShardSpec):
+    def __init__(self, spec: ShardSpec, restore_step: int | None = None):
         self.id = spec.shard
         self.num_shards = spec.num_shards
         self.partition = spec.partition
+        self.store = spec.store
         self.rng = KeyedRNG(spec.seed)
+        self.fanout = spec.fanout
         self.view = ShardView(
             shard=spec.shard,
             num_shards=spec.num_shards,
@@ -78,41 +118,65 @@ class Shard:
         env_cls = ENV_REGISTRY[spec.env_config.kind]
         self.env = env_cls(spec.env_config, self.view, spec.env_setup)
         self.policy = self.env.default_policy()
-        self.log = EventLog(spec.events_dir, spec.shard, env_cls.event_types,
-                            env_cls.event_columns, spec.flush_every)
-        self._own_inbox: Messages | None = None
+        self.log = EventLog(spec.store, f"events/shard={spec.shard}", spec.shard,
+                            env_cls.event_types, env_cls.event_columns, spec.flush_every)
+        # Messages to this shard's own agents never leave it; `_restored` holds
+        # what other shards sent in the checkpoint step, read back on restart.
+        self._own: Outbox | None = None
+        self._restored: list[Outbox | None] = []
+        self._sent: list[Outbox | None] = [None] * self.num_shards
         self.steps_done = 0
+        if restore_step is None:
+            self.log.rewind(0, 0)  # a fresh start after a failure: nothing of the old try
+        else:
+            self._restore(restore_step)
 
-    def step(self, step: int, *inbox_parts: Messages | None) -> tuple:
+    # -- the round ---------------------------------------------------------------
+
+    def step(self, step: int, *inbox_parts: Outbox | None, checkpoint: bool = False) -> tuple:
         """Run one round; returns ``(summary, outbox_to_shard_0, ..., outbox_to_shard_K-1)``.
 
         The outbox to this shard itself stays here (None in its slot) and is
         delivered at the next step without a trip through the object store.
+        With ``checkpoint`` the shard writes its state after the step.
         """
         t0 = time.perf_counter()
-        inbox = _concat([*inbox_parts, self._own_inbox])
-        self._own_inbox = None
+        parts = [*inbox_parts, *self._restored, self._own]
+        self._own, self._restored = None, []
+        inbox = Inbox(direct=_concat([p.get("direct") for p in parts if p]),
+                      broadcast=self._fan_out([p.get("broadcast") for p in parts if p]))
         batch = self.env.observe(step, inbox)
         actions = self.policy.decide(batch, PolicyContext(step=step, rng=self.rng))
         result = self.env.apply(step, batch, actions)
         self.log.append(step, result.events)
-        self.log.end_step(step)
-        outboxes = self._route(result.messages)
-        n_msgs = result.messages["dst"].shape[0] if result.messages else 0
-        cross = sum(o["dst"].shape[0] for o in outboxes if o is not None)
-        self.steps_done = step + 1
+        if not checkpoint:
+            self.log.end_step(step)
+        outboxes = self._route(result.messages, result.broadcasts)
+        self._sent = outboxes
+        n_msgs = sum(m[next(iter(m))].shape[0] for m in (result.messages, result.broadcasts)
+                     if m is not None)
         summary = {
             "shard": self.id,
             "active": result.active,
             "events": int(result.events["agent"].shape[0]),
             "messages": int(n_msgs),
-            "cross_shard_messages": int(cross),
+            "cross_shard_messages": int(sum(
+                m[next(iter(m))].shape[0] for o in outboxes if o for m in o.values())),
+            "cross_shard_bytes": int(sum(_nbytes(o) for o in outboxes)),
             "metrics": result.metrics,
-            "seconds": time.perf_counter() - t0,
         }
+        self.steps_done = step + 1
+        if checkpoint:
+            self.log.flush()  # a checkpoint step ends a chunk (flush_every aside)
+            t_ck = time.perf_counter()
+            self._write_state(step)
+            summary["checkpoint"] = step
+            summary["checkpoint_seconds"] = time.perf_counter() - t_ck
+        summary["seconds"] = time.perf_counter() - t0
         return (summary, *outboxes)
 
-    def run_steps(self, start: int, count: int, max_seconds: float = 0.25) -> list[dict]:
+    def run_steps(self, start: int, count: int, checkpoint_every: int = 0,
+                  max_seconds: float = 0.25) -> list[dict]:
         """Run up to ``count`` steps in one call; only for a single shard (no exchange).
 
         Stops early when the population is quiescent or after ``max_seconds``,
@@ -123,7 +187,8 @@ class Shard:
         t_end = time.perf_counter() + max_seconds
         out = []
         for step in range(start, start + count):
-            summary = self.step(step)[0]
+            due = checkpoint_every > 0 and (step + 1) % checkpoint_every == 0
+            summary = self.step(step, checkpoint=due)[0]
             summary["step"] = step
             out.append(summary)
             if (summary["active"] == 0 and summary["messages"] == 0) or (
@@ -132,27 +197,113 @@ class Shard:
                 break
         return out
 
-    def _route(self, messages: Messages | None) -> list[Messages | None]:
-        out: list[Messages | None] = [None] * self.num_shards
-        if messages is None or messages["dst"].shape[0] == 0:
-            return out
+    # -- exchange ----------------------------------------------------------------
+
+    def _route(self, messages: Messages | None,
+               broadcasts: Messages | None) -> list[Outbox | None]:
+        """Group outgoing messages by destination shard; keep this shard's own part."""
+        out: list[Outbox | None] = [None] * self.num_shards
+        groups: dict[str, list[Messages | None]] = {}
+        if messages is not None and messages["dst"].shape[0]:
+            groups["direct"] = self._split(messages, self.partition.shard_of(messages["dst"]))
+        if broadcasts is not None and broadcasts["src"].shape[0]:
+            if self.num_shards == 1:
+                groups["broadcast"] = [broadcasts]
+            else:
+                # One copy per destination shard that holds an out-neighbour.
+                fan = self.fanout
+                rows = self.view.local_index(broadcasts["src"])
+                starts = fan.dest_indptr[rows]
+                counts = fan.dest_indptr[rows + 1] - starts
+                dest = fan.dest_shard[ragged_arange(starts, counts)]
+                which = np.repeat(np.arange(rows.shape[0]), counts)
+                groups["broadcast"] = self._split(broadcasts, dest, which)
+        for kind, parts in groups.items():
+            for k, part in enumerate(parts):
+                if part is not None:
+                    box = self._own if k == self.id else out[k]
+                    if box is None:
+                        box = {}
+                        if k == self.id:
+                            self._own = box
+                        else:
+                            out[k] = box
+                    box[kind] = part
+        return out
+
+    def _split(self, cols: Messages, dest: np.ndarray,
+               which: np.ndarray | None = None) -> list[Messages | None]:
         if self.num_shards == 1:
-            self._own_inbox = messages
-            return out
-        dest = self.partition.shard_of(messages["dst"])
+            return [cols]
         order = np.argsort(dest, kind="stable")
         bounds = np.searchsorted(dest[order], np.arange(self.num_shards + 1))
+        if which is not None:
+            order = which[order]
+        parts: list[Messages | None] = [None] * self.num_shards
         for k in range(self.num_shards):
-            lo, hi = bounds[k], bounds[k + 1]
-            if hi == lo:
-                continue
-            sel = order[lo:hi]
-            part = {name: col[sel] for name, col in messages.items()}
-            if k == self.id:
-                self._own_inbox = part
-            else:
-                out[k] = part
+            if bounds[k + 1] > bounds[k]:
+                sel = order[bounds[k]:bounds[k + 1]]
+                parts[k] = {name: col[sel] for name, col in cols.items()}
+        return parts
+
+    def _fan_out(self, parts: list[Messages | None]) -> Messages | None:
+        """Expand broadcasts to one row per (sender, local receiver) edge."""
+        b = _concat(parts)
+        if b is None:
+            return None
+        src = b["src"]
+        if self.fanout is None:  # one shard: every out-edge is local
+            rows = self.view.local_index(src)
+            pos, edge, counts = self.view.out_edges(rows)
+            recv_row = self.view.local_index(self.view.indices[pos])
+        else:
+            fan = self.fanout
+            at = np.searchsorted(fan.recv_src, src)
+            starts = fan.recv_indptr[at]
+            counts = fan.recv_indptr[at + 1] - starts
+            pos = ragged_arange(starts, counts)
+            recv_row, edge = fan.recv_row[pos].astype(np.int64), fan.recv_edge[pos]
+        out = {"row": recv_row, "src": np.repeat(src, counts), "edge": edge}
+        for name, col in b.items():
+            if name != "src":
+                out[name] = np.repeat(col, counts)
         return out
+
+    # -- checkpoints -------------------------------------------------------------
+
+    def checkpoint(self, step: int) -> int:
+        """Flush events and write this shard's state after ``step``; returns bytes written."""
+        self.log.flush()
+        return self._write_state(step)
+
+    def _write_state(self, step: int) -> int:
+        arrays = {f"env.{k}": v for k, v in self.env.state_dict().items()}
+        for kind, cols in (self._own or {}).items():
+            arrays.update({f"own.{kind}.{k}": v for k, v in cols.items()})
+        meta = {"step": step, "shard": self.id, "num_shards": self.num_shards,
+                **{f"log_{k}": v for k, v in self.log.position().items()}}
+        written = ckpt.write_arrays(self.store, ckpt.shard_file(step, self.id), arrays, meta)
+        for k, box in enumerate(self._sent):
+            if box:
+                cols = {f"{kind}.{name}": v for kind, m in box.items() for name, v in m.items()}
+                written += ckpt.write_arrays(self.store, ckpt.messages_file(step, self.id, k),
+                                             cols)
+        return written
+
+    def _restore(self, step: int) -> None:
+        arrays, meta = ckpt.read_arrays(self.store, ckpt.shard_file(step, self.id))
+        if meta.get("num_shards") != self.num_shards:
+            raise ValueError(f"checkpoint step {step} has {meta.get('num_shards')} shards; "
+                             f"this run has {self.num_shards}")
+        self.env.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("env.")})
+        self._own = _unflatten({k[4:]: v for k, v in arrays.items() if k.startswith("own.")})
+        self.log.rewind(meta["log_parts"], meta["log_rows"])
+        folder = ckpt.step_dir(step)
+        for name in self.store.listdir(folder):
+            if name.startswith("msgs-") and name.endswith(f"-to-{self.id}.arrow"):
+                cols, _ = ckpt.read_arrays(self.store, f"{folder}/{name}")
+                self._restored.append(_unflatten(cols))
+        self.steps_done = step + 1
 
     def close(self) -> dict:
         """Flush the remaining events; report rows written and peak memory."""
@@ -160,8 +311,16 @@ class Shard:
         return {"shard": self.id, "rows": self.log.rows_written, "peak_rss_mib": _peak_rss_mib()}
 
     def health(self) -> dict:
-        return {"shard": self.id, "ok": True, "steps_done": self.steps_done,
+        return {"shard": self.id, "ok": True, "steps_done": self.steps_done, "pid": os.getpid(),
                 "peak_rss_mib": _peak_rss_mib()}
+
+
+def _unflatten(cols: dict[str, np.ndarray]) -> Outbox | None:
+    box: Outbox = {}
+    for key, value in cols.items():
+        kind, name = key.split(".", 1)
+        box.setdefault(kind, {})[name] = value
+    return box or None
 
 
 def _touch(*arrays: np.ndarray) -> None:

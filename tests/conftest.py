@@ -16,8 +16,10 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2,
-                 logging_level="WARNING")
+        # address="local": a new Ray of our own even when a `ray start` cluster
+        # runs on this machine (plain ray.init() would join it).
+        ray.init(address="local", num_cpus=2, include_dashboard=False,
+                 object_store_memory=256 * 1024**2, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

@@ -76,3 +76,36 @@ def test_unreachable_cluster_fails_fast(tmp_path):
     assert proc.returncode == 2 and "nothing answers at Ray address '127.0.0.1:1'" in proc.stderr
     assert time.monotonic() - t0 < 60
     assert not (tmp_path / "r").exists()
+
+
+def test_ctrl_c_checkpoints_then_resume_finishes(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    # SIR with gamma=0 never goes quiet: the run lasts until it is stopped.
+    args = ["run", "examples/cascade.yaml", "--out", out, "--shards", "1", "--no-progress",
+            "--set", "graph.n=3000", "--set", "env.model=sir", "--set", "env.p=0.05",
+            "--set", "env.beta=0.01", "--set", "env.gamma=0.0", "--set", "steps=100000",
+            "--set", "checkpoint.every=50"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen([*SWARM, *map(str, args)], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    manifest_path = out / "manifest.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the run is stepping (a checkpoint exists)
+        if manifest_path.exists() and "checkpoint" in json.loads(manifest_path.read_text()):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert f"swarm resume {out}" in stderr
+    manifest = json.loads(manifest_path.read_text())
+    step = manifest["checkpoint"]["step"]
+    assert manifest["status"] == "interrupted" and step >= 49
+    assert (out / "state" / f"step={step:08d}" / "shard=0.arrow").exists()
+    # Resume runs to the end of the configured steps; too long here, so check
+    # that it picks the run up (a bad directory would fail at once instead).
+    bad = swarm_cli("resume", tmp_path / "missing", check=False)
+    assert bad.returncode == 2 and "run directory not found" in bad.stderr

@@ -54,7 +54,7 @@ def test_good_config_is_frozen_and_dumps_env_fields():
         ("env.seed_count", 3, ["seed_fraction", "seed_count"]),
         ("env.beta", 0.3, ["['beta'] do not apply to model='independent_cascade'"]),
         ("graph", KeyError, ["graph: required key is missing"]),
-        ("partition", "metis", ["partition", "'contiguous'", "'hash'"]),
+        ("partition", "spectral", ["partition", "'contiguous'", "'metis'"]),
     ],
 )
 def test_bad_configs_name_the_key_the_value_and_what_is_allowed(path, value, needles):

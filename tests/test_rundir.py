@@ -12,6 +12,7 @@ from swarm.errors import LogError
 from swarm.partition import Partition
 from swarm.runner import _shard_specs, build_graph
 from swarm.shard import Shard
+from swarm.storage import RunStore
 
 
 def test_layout_manifest_and_chunks(tmp_path):
@@ -72,10 +73,10 @@ def test_damaged_runs_give_clear_errors(tmp_path):
 def test_failed_run_is_marked_failed(tmp_path, monkeypatch):
     real_step = Shard.step
 
-    def boom_at_5(self, step, *parts):
+    def boom_at_5(self, step, *parts, **kw):
         if step == 5:
             raise RuntimeError("shard exploded")
-        return real_step(self, step, *parts)
+        return real_step(self, step, *parts, **kw)
 
     monkeypatch.setattr(Shard, "step", boom_at_5)
     cfg = cascade_config(n=3000, model="sir", beta=0.2).model_copy(
@@ -96,7 +97,7 @@ def test_shard_pickled_mid_run_continues_identically(tmp_path):
     g = build_graph(cfg)
     part = Partition("contiguous", g.n, 1)
     setup = swarm.envs.Cascade.prepare(cfg.env, g.n, swarm.rng.KeyedRNG(cfg.seed))
-    (spec,) = _shard_specs(cfg, g, part, setup, str(tmp_path / "events"))
+    (spec,) = _shard_specs(cfg, g, part, setup, RunStore(tmp_path))
     shard = Shard(spec)
     for t in range(3):
         shard.step(t)

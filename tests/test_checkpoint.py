@@ -1,0 +1,205 @@
+"""Checkpoints, resume, Ctrl-C and shard restarts: a stopped run finishes with the same log."""
+
+import os
+import signal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from conftest import cascade_config
+
+import swarm
+from swarm.errors import ClusterError, LogError, RunInterrupted
+from swarm.shard import Shard
+
+
+def sir_config(n=3000, shards=2, every=4, **over):
+    cfg = cascade_config(n=n, shards=shards, model="sir", beta=0.15, gamma=0.1)
+    update = {"checkpoint": swarm.config.CheckpointConfig(every=every), "steps": 60, **over}
+    return cfg.model_copy(update=update)
+
+
+def sorted_events(run) -> pa.Table:
+    ev = run.events().drop_columns(["shard"])
+    ev = ev.cast(ev.schema.set(ev.schema.get_field_index("event"),
+                               pa.field("event", pa.string())))
+    return ev.sort_by([("step", "ascending"), ("agent", "ascending"), ("event", "ascending")])
+
+
+def same_metrics(a, b) -> None:
+    keep = [c for c in a.metrics().column_names if "seconds" not in c and "cross" not in c]
+    assert a.metrics().select(keep).equals(b.metrics().select(keep))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return swarm.run(sir_config(), tmp_path_factory.mktemp("ref") / "r", backend="local")
+
+
+def test_checkpoint_files_and_only_the_last_kept(reference):
+    m = reference.manifest
+    assert m["steps_run"] > 12, "the reference run must outlast several checkpoints"
+    step = m["checkpoint"]["step"]
+    assert (step + 1) % 4 == 0 and step >= m["steps_run"] - 5
+    state = os.path.join(reference.path, "state")
+    assert os.listdir(state) == [f"step={step:08d}"]
+    files = os.listdir(os.path.join(state, f"step={step:08d}"))
+    assert {"shard=0.arrow", "shard=1.arrow", "metrics.arrow"} <= set(files)
+    arrays, meta = swarm.checkpoint.read_arrays(reference.store,
+                                                f"state/step={step:08d}/shard=0.arrow")
+    assert meta["step"] == step and arrays["env.ever_active"].ndim == 0
+    # Sparse state: only the agents the epidemic reached, never all 1500.
+    touched = arrays["env.touched"]
+    assert 0 < touched.shape[0] < 1500 and (arrays["env.touched_status"] > 0).all()
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch, reference):
+    real_step = Shard.step
+
+    def crash_at_14(self, step, *parts, **kw):
+        if step == 14 and self.id == 1:
+            raise RuntimeError("power cut")
+        return real_step(self, step, *parts, **kw)
+
+    monkeypatch.setattr(Shard, "step", crash_at_14)
+    with pytest.raises(RuntimeError, match="power cut"):
+        swarm.run(sir_config(), tmp_path / "r", backend="local")
+    crashed = swarm.open_run(tmp_path / "r")
+    assert crashed.status == "failed" and crashed.manifest["checkpoint"]["step"] == 11
+    # Shard 0 flushed steps past the checkpoint on its way out: resume must drop them.
+    assert pc.max(crashed.events()["step"]).as_py() > 11
+    monkeypatch.setattr(Shard, "step", real_step)
+    resumed = swarm.resume(tmp_path / "r")
+    assert resumed.status == "completed" and resumed.manifest["resumed_from"] == 11
+    assert sorted_events(resumed).equals(sorted_events(reference))
+    same_metrics(resumed, reference)
+    with pytest.raises(LogError, match="already completed"):
+        swarm.resume(tmp_path / "r")
+
+
+def test_resume_without_a_checkpoint_starts_over(tmp_path, monkeypatch, reference):
+    real_step = Shard.step
+
+    def crash_at_2(self, step, *parts, **kw):
+        if step == 2:
+            raise RuntimeError("early")
+        return real_step(self, step, *parts, **kw)
+
+    monkeypatch.setattr(Shard, "step", crash_at_2)
+    with pytest.raises(RuntimeError):
+        swarm.run(sir_config(), tmp_path / "r", backend="local")
+    monkeypatch.setattr(Shard, "step", real_step)
+    resumed = swarm.resume(tmp_path / "r")
+    assert resumed.manifest["resumed_from"] == -1
+    assert sorted_events(resumed).equals(sorted_events(reference))
+
+
+def test_ctrl_c_finishes_the_step_checkpoints_and_resumes(tmp_path, reference):
+    def interrupt(row):
+        if row["step"] == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(RunInterrupted, match="swarm resume") as info:
+        swarm.run(sir_config(), tmp_path / "r", backend="local", on_step=interrupt)
+    stopped = swarm.open_run(tmp_path / "r")
+    assert stopped.status == "interrupted"
+    assert stopped.manifest["checkpoint"]["step"] == info.value.step == 6
+    resumed = swarm.resume(tmp_path / "r")
+    assert sorted_events(resumed).equals(sorted_events(reference))
+    same_metrics(resumed, reference)
+
+
+def test_run_directory_as_file_uri(tmp_path, reference):
+    uri = f"file://{tmp_path}/r"
+    run = swarm.run(sir_config(), uri, backend="local")
+    assert run.path == uri and run.status == "completed"
+    assert os.path.exists(tmp_path / "r" / "manifest.json")
+    assert sorted_events(swarm.open_run(uri)).equals(sorted_events(reference))
+
+
+def test_fan_out_ships_a_broadcast_once_per_shard(tmp_path):
+    import networkx as nx
+
+    # A star: the centre (agent 0, shard 0) reaches 99 leaves, half of them on shard 1.
+    cfg = cascade_config(shards=2, seed_ids=[0], p=1.0)
+    run = swarm.run(cfg, tmp_path / "r", graph=nx.star_graph(99), backend="local")
+    m = run.metrics().to_pylist()
+    assert m[0]["cross_shard_messages"] == 1 and m[0]["messages"] == 1
+    assert 0 < m[0]["cross_shard_bytes"] <= 64
+    assert m[1]["new_active"] == 99
+
+
+def test_cross_shard_traffic_is_measured(ray_session, tmp_path):
+    one = swarm.run(sir_config(shards=1), tmp_path / "one")
+    two = swarm.run(sir_config(shards=2), tmp_path / "two")
+    assert pc.sum(one.metrics()["cross_shard_bytes"]).as_py() == 0
+    assert pc.sum(two.metrics()["cross_shard_bytes"]).as_py() > 0
+    assert sorted_events(one).equals(sorted_events(two))
+
+
+def _kill_shard_at(step_to_kill, run_dir, shard=1):
+    import ray
+
+    done = []
+
+    def hook(row):
+        if row["step"] == step_to_kill and not done:
+            run_id = swarm.open_run(run_dir).manifest["run_id"]
+            actor = ray.get_actor(f"swarm-{run_id}-a0-shard{shard}")
+            os.kill(ray.get(actor.health.remote())["pid"], signal.SIGKILL)
+            done.append(step_to_kill)
+
+    return hook
+
+
+def test_killed_shard_actor_restarts_from_the_checkpoint(ray_session, tmp_path, reference):
+    out = tmp_path / "r"
+    run = swarm.run(sir_config(), out, on_step=_kill_shard_at(9, out))
+    assert run.status == "completed" and run.manifest["restarts"] == 1
+    assert sorted_events(run).equals(sorted_events(reference))
+    same_metrics(run, reference)
+
+
+def test_restarts_run_out_then_resume_works(ray_session, tmp_path, reference):
+    out = tmp_path / "r"
+    cfg = sir_config(fault_tolerance=swarm.config.FaultToleranceConfig(max_restarts=0))
+    with pytest.raises(ClusterError, match="max_restarts=0.*swarm resume"):
+        swarm.run(cfg, out, on_step=_kill_shard_at(9, out))
+    failed = swarm.open_run(out)
+    assert failed.status == "failed" and failed.manifest["checkpoint"]["step"] == 7
+    resumed = swarm.resume(out)
+    assert sorted_events(resumed).equals(sorted_events(reference))
+
+
+def test_checkpoint_state_roundtrip_is_exact():
+    arrays = {"a": np.arange(5, dtype=np.int8), "b": np.array(3.5), "c": np.empty(0, np.int64),
+              "d": np.array([True, False])}
+    back, meta = swarm.checkpoint.unpack(swarm.checkpoint.pack(arrays, {"step": 4}))
+    assert meta == {"step": 4}
+    for k, v in arrays.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape
+        assert np.array_equal(back[k], v)
+
+
+@pytest.mark.parametrize("model, params", [("linear_threshold", {}),
+                                           ("independent_cascade", {"p": 0.2})])
+def test_other_models_resume_exactly(tmp_path, monkeypatch, model, params):
+    cfg = cascade_config(n=3000, shards=3, model=model, **params).model_copy(
+        update={"checkpoint": swarm.config.CheckpointConfig(every=2)})
+    ref = swarm.run(cfg, tmp_path / "ref", backend="local")
+    assert ref.manifest["steps_run"] > 4
+    real_step = Shard.step
+
+    def crash_at_4(self, step, *parts, **kw):
+        if step == 4:
+            raise RuntimeError("crash")
+        return real_step(self, step, *parts, **kw)
+
+    monkeypatch.setattr(Shard, "step", crash_at_4)
+    with pytest.raises(RuntimeError):
+        swarm.run(cfg, tmp_path / "r", backend="local")
+    monkeypatch.setattr(Shard, "step", real_step)
+    resumed = swarm.resume(tmp_path / "r")
+    assert resumed.manifest["resumed_from"] == 3
+    assert sorted_events(resumed).equals(sorted_events(ref))
