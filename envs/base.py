@@ -27,6 +27,7 @@ __all__ = [
     "COMMON_EVENT_COLUMNS",
     "Env",
     "EnvConfig",
+    "FannedOut",
     "Inbox",
     "ShardView",
     "StepResult",
@@ -107,6 +108,11 @@ class ShardView:
         return rows[np.searchsorted(np.cumsum(counts), which, side="right")]
 
     def __post_init__(self):
+        # Agents that form one id range (any partition with one shard, say)
+        # map to local rows by a subtraction instead of a binary search.
+        a = self.agents
+        if self.contiguous_start is None and a.size and a[-1] - a[0] + 1 == a.size:
+            self.contiguous_start = int(a[0])
         # With contiguous ranges every row's edges are shifted by the same
         # offset from their global edge ids; skip the per-edge repeat then.
         shifts = self.row_shift
@@ -132,19 +138,47 @@ class StepResult:
     broadcasts: dict[str, np.ndarray] | None = None
 
 
+class FannedOut:
+    """Broadcasts fanned out to a shard's receivers: one entry per (sender, receiver) edge.
+
+    Only the global edge ids exist up front (``edge``, the key for per-edge
+    draws); ``take`` builds the other columns (``row``: the receiver's local
+    row, ``src``, and the env's ``broadcast_fields``) for the entries asked
+    for, so an env that keeps 5% of the edges after a draw never builds the
+    other 95%. Entry order depends on arrival order: envs must not rely on it.
+    """
+
+    def __init__(self, edge: np.ndarray, pos: np.ndarray, receivers: np.ndarray,
+                 to_row, counts: np.ndarray, senders: dict[str, np.ndarray]):
+        self.edge = edge
+        self._pos, self._receivers, self._to_row = pos, receivers, to_row
+        self._ends = np.cumsum(counts)
+        self._senders = senders
+
+    def __len__(self) -> int:
+        return int(self.edge.shape[0])
+
+    def take(self, which: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Columns ``row``, ``src``, ``edge`` and the broadcast fields of entries ``which``."""
+        if which is None:
+            which = np.arange(len(self))
+        sender = np.searchsorted(self._ends, which, side="right")
+        out = {"row": self._to_row(self._receivers[self._pos[which]]), "edge": self.edge[which]}
+        out.update({name: col[sender] for name, col in self._senders.items()})
+        return out
+
+
 @dataclass
 class Inbox:
     """What was delivered to a shard's agents at the end of the previous step.
 
     ``direct``: point-to-point messages (``dst`` plus ``message_fields``).
-    ``broadcast``: broadcasts fanned out to this shard's receivers, one row
-    per edge: ``row`` (local row of the receiver), ``src``, ``edge`` (global
-    edge id, the key for per-edge draws) plus ``broadcast_fields``. Row order
-    depends on arrival order, so envs must not depend on it (use keyed draws).
+    ``broadcast``: broadcasts fanned out to this shard's receivers (see
+    ``FannedOut``), or None when none arrived.
     """
 
     direct: dict[str, np.ndarray] | None = None
-    broadcast: dict[str, np.ndarray] | None = None
+    broadcast: FannedOut | None = None
 
 
 def make_events(event: np.ndarray, agent: np.ndarray, **columns: np.ndarray) -> dict:

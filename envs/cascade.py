@@ -121,8 +121,9 @@ class Cascade(Env):
         ok[ok] &= view.agents[rows[ok]] == mine[ok]
         self._seed_rows = np.sort(rows[ok])
         # Handed from observe to apply within a step: the exposures the policy
-        # decides on (receiver rows, senders, roots) and the activations to log.
-        self._candidates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        # decides on (IC, SIR: the fanned-out broadcasts; LT: receiver rows,
+        # senders, roots) and the activations to log.
+        self._candidates = None
         self._pending: dict[str, np.ndarray] = {}
         # Rows that left the defaults, in chunks (for sparse checkpoints).
         self._touched: list[np.ndarray] = []
@@ -225,13 +226,15 @@ class Cascade(Env):
         if step == 0:
             rows = self._seed_rows
             self._activate(rows, np.full(rows.shape[0], -1, np.int64), view.agents[rows])
-        elif b is not None and b["row"].shape[0]:
-            rows = b["row"]
-            open_ = np.flatnonzero(self.status[rows] == SUSCEPTIBLE)
-            rows, src, edge, root = rows[open_], b["src"][open_], b["edge"][open_], b["root"][open_]
+        elif b is not None and len(b):
             if model != "linear_threshold":
-                self._candidates = (rows, src, root)
-                return {"edge": edge}
+                # The draw is keyed by the edge alone, so decide on every arriving
+                # edge and build receivers and roots only for those that transmit.
+                self._candidates = b
+                return {"edge": b.edge}
+            got = b.take()
+            open_ = np.flatnonzero(self.status[got["row"]] == SUSCEPTIBLE)
+            rows, src, root = got["row"][open_], got["src"][open_], got["root"][open_]
             win, counts = self._winners(step, rows, src)
             uniq = rows[win]
             self.exposures[uniq] += counts.astype(np.int32)
@@ -250,13 +253,14 @@ class Cascade(Env):
     def apply(self, step: int, batch: dict[str, np.ndarray], actions: dict) -> StepResult:
         view, model = self.view, self.config.model
         if self._candidates is not None:
-            rows, src, root = self._candidates
             if model == "linear_threshold":
+                rows, src, root = self._candidates
                 adopt = actions["adopt"]
                 self._activate(rows[adopt], src[adopt], root[adopt])
             else:
-                keep = np.flatnonzero(actions["transmit"])
-                rows, src, root = rows[keep], src[keep], root[keep]
+                got = self._candidates.take(np.flatnonzero(actions["transmit"]))
+                open_ = np.flatnonzero(self.status[got["row"]] == SUSCEPTIBLE)
+                rows, src, root = got["row"][open_], got["src"][open_], got["root"][open_]
                 win, _ = self._winners(step, rows, src)
                 self._activate(rows[win], src[win], root[win])
         pend = self._pending

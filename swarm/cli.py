@@ -192,11 +192,17 @@ def info(run_dir: str = typer.Argument(..., metavar="RUN", help="Run directory."
     m = result.manifest
     typer.echo(f"run: {result.path}")
     typer.echo(f"status: {m.get('status')}" + (f" ({m['error']})" if m.get("error") else ""))
-    for key in ("seed", "steps_run", "stop_reason", "events", "backend"):
+    for key in ("seed", "steps_run", "stop_reason", "events", "backend", "restarts",
+                "resumes"):
         if key in m:
             typer.echo(f"{key}: {m[key]}")
     typer.echo("graph: " + json.dumps(m.get("graph", {})))
     typer.echo("partition: " + json.dumps(m.get("partition", {})))
+    if m.get("checkpoint"):
+        typer.echo(f"checkpoint: step {m['checkpoint']['step']} "
+                   f"({result.store.child_uri(m['checkpoint']['path'])})")
+        if m.get("status") != "completed":
+            typer.echo(f"continue with: swarm resume {result.path}")
     if "timings" in m:
         typer.echo("timings: " + json.dumps(m["timings"]))
     typer.echo("versions: " + json.dumps(m.get("versions", {})))

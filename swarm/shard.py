@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from swarm import checkpoint as ckpt
-from swarm.envs.base import ENV_REGISTRY, EnvConfig, Inbox, ShardView
+from swarm.envs.base import ENV_REGISTRY, EnvConfig, FannedOut, Inbox, ShardView
 from swarm.eventlog import EventLog
 from swarm.graph import ragged_arange
 from swarm.partition import Partition
@@ -246,28 +246,25 @@ class Shard:
                 parts[k] = {name: col[sel] for name, col in cols.items()}
         return parts
 
-    def _fan_out(self, parts: list[Messages | None]) -> Messages | None:
-        """Expand broadcasts to one row per (sender, local receiver) edge."""
+    def _fan_out(self, parts: list[Messages | None]) -> FannedOut | None:
+        """Broadcasts that arrived, as one entry per (sender, local receiver) edge."""
         b = _concat(parts)
         if b is None:
             return None
         src = b["src"]
+        view = self.view
         if self.fanout is None:  # one shard: every out-edge is local
-            rows = self.view.local_index(src)
-            pos, edge, counts = self.view.out_edges(rows)
-            recv_row = self.view.local_index(self.view.indices[pos])
+            pos, edge, counts = view.out_edges(view.local_index(src))
+            receivers, to_row = view.indices, view.local_index
         else:
             fan = self.fanout
             at = np.searchsorted(fan.recv_src, src)
             starts = fan.recv_indptr[at]
             counts = fan.recv_indptr[at + 1] - starts
             pos = ragged_arange(starts, counts)
-            recv_row, edge = fan.recv_row[pos].astype(np.int64), fan.recv_edge[pos]
-        out = {"row": recv_row, "src": np.repeat(src, counts), "edge": edge}
-        for name, col in b.items():
-            if name != "src":
-                out[name] = np.repeat(col, counts)
-        return out
+            edge = fan.recv_edge[pos]
+            receivers, to_row = fan.recv_row, _as_int64
+        return FannedOut(edge, pos, receivers, to_row, counts, b)
 
     # -- checkpoints -------------------------------------------------------------
 
@@ -313,6 +310,10 @@ class Shard:
     def health(self) -> dict:
         return {"shard": self.id, "ok": True, "steps_done": self.steps_done, "pid": os.getpid(),
                 "peak_rss_mib": _peak_rss_mib()}
+
+
+def _as_int64(rows: np.ndarray) -> np.ndarray:
+    return rows.astype(np.int64)
 
 
 def _unflatten(cols: dict[str, np.ndarray]) -> Outbox | None:
