@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from swarm.errors import ConfigError
+from swarm.errors import ConfigError, GraphError
 from swarm.graph import CSRGraph, ragged_arange
 from swarm.rng import mix64, stream_id
 
@@ -194,19 +194,45 @@ def _symmetric_adjacency(graph: CSRGraph) -> tuple[np.ndarray, np.ndarray]:
     return indptr, d
 
 
+# METIS runs in a child process of its own: in a process where Ray is running
+# (the driver), repeated calls with the same seed were seen to return
+# different partitions (1 in 10 at n=2e4), so it gets a quiet process.
+_METIS_CHILD = """
+import sys
+import numpy as np
+import pymetis
+folder, k, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+indptr, adj = np.load(folder + "/indptr.npy"), np.load(folder + "/adj.npy")
+options = pymetis.Options(seed=seed)
+csr = getattr(pymetis, "CSRAdjacency", None)  # pymetis >= 2025.2; xadj/adjncy before
+if csr is not None:
+    result = pymetis.part_graph(k, csr(indptr, adj), options=options)
+else:
+    result = pymetis.part_graph(k, xadj=indptr, adjncy=adj, options=options)
+np.save(folder + "/parts.npy", np.asarray(result[1], dtype=np.int64))
+"""
+
+
 def _metis(pymetis, indptr: np.ndarray, adj: np.ndarray, k: int, seed: int) -> np.ndarray:
+    import subprocess
+    import sys
+    import tempfile
+
     if adj.size == 0:  # nothing to cut; METIS has nothing to work with either
         return (np.arange(indptr.size - 1, dtype=np.int64) * k) // (indptr.size - 1)
     # METIS draws random matchings from its own generator; seed it from the
     # run seed so a run's partition (and so its timings) repeat.
     h = mix64(np.array([seed ^ stream_id("partition.metis")], dtype=np.uint64))
-    options = pymetis.Options(seed=int(h[0] & np.uint64(0x7FFFFFFF)))
-    csr = getattr(pymetis, "CSRAdjacency", None)  # pymetis >= 2025.2; xadj/adjncy before
-    if csr is not None:
-        result = pymetis.part_graph(k, csr(indptr, adj), options=options)
-    else:  # pragma: no cover - older pymetis
-        result = pymetis.part_graph(k, xadj=indptr, adjncy=adj, options=options)
-    return np.asarray(result[1], dtype=np.int64)
+    metis_seed = int(h[0] & np.uint64(0x7FFFFFFF))
+    with tempfile.TemporaryDirectory(prefix="swarm-metis-") as folder:
+        np.save(f"{folder}/indptr.npy", indptr)
+        np.save(f"{folder}/adj.npy", adj)
+        proc = subprocess.run([sys.executable, "-c", _METIS_CHILD, folder, str(k),
+                               str(metis_seed)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise GraphError(f"METIS failed on this graph ({proc.stderr.strip()[-500:]}); "
+                             "use partition: label_propagation or hash")
+        return np.load(f"{folder}/parts.npy")
 
 
 def _label_propagation(indptr: np.ndarray, adj: np.ndarray, k: int,

@@ -105,7 +105,7 @@ def _fanouts(graph: CSRGraph, part: Partition) -> list[Fanout]:
     dst_owner = owner[graph.indices]
     deg = graph.out_degree()
     shard_dtype = np.int16 if k_shards < 2**15 else np.int32
-    out = []
+    sending, receiving = [], []
     for k in range(k_shards):
         agents = part.agents_of(k)
         starts, counts = graph.indptr[agents], deg[agents]
@@ -118,18 +118,31 @@ def _fanouts(graph: CSRGraph, part: Partition) -> list[Fanout]:
         key = key[keep]
         dest_indptr = np.zeros(agents.shape[0] + 1, dtype=np.int64)
         np.cumsum(np.bincount(key // k_shards, minlength=agents.shape[0]), out=dest_indptr[1:])
+        sending.append((agents, key, dest_indptr))
         # Receiving: the edges into this shard, grouped by sender.
         edge = np.flatnonzero(dst_owner == k)
         src = np.searchsorted(graph.indptr, edge, side="right") - 1
         first = np.ones(edge.shape[0], dtype=bool)
         first[1:] = src[1:] != src[:-1]
-        bounds = np.append(np.flatnonzero(first), edge.shape[0]).astype(np.int64)
+        receiving.append((edge, src[first], np.append(np.flatnonzero(first), edge.shape[0])))
+    out = []
+    for k, (agents, key, dest_indptr) in enumerate(sending):
+        dest = key % k_shards
+        sender = agents[key // k_shards]
+        # Where each (sender, destination) pair sits in the destination's table,
+        # found once here so that no shard searches for senders during the run.
+        slot = np.empty(key.shape[0], dtype=np.int64)
+        for j in range(k_shards):
+            mine = dest == j
+            slot[mine] = np.searchsorted(receiving[j][1], sender[mine])
+        edge, recv_src, bounds = receiving[k]
         row_dtype = np.int32 if agents.shape[0] < 2**31 else np.int64
         out.append(Fanout(
             dest_indptr=dest_indptr,
-            dest_shard=(key % k_shards).astype(shard_dtype),
-            recv_src=src[first].astype(np.int64),
-            recv_indptr=bounds,
+            dest_shard=dest.astype(shard_dtype),
+            dest_slot=slot,
+            recv_src=recv_src.astype(np.int64),
+            recv_indptr=bounds.astype(np.int64),
             recv_row=local_row[graph.indices[edge]].astype(row_dtype),
             recv_edge=edge.astype(np.int64),
         ))

@@ -41,13 +41,17 @@ class Fanout:
     """Broadcast routing of one shard (built by the driver from the whole graph).
 
     Sending: ``dest_shard[dest_indptr[r]:dest_indptr[r + 1]]`` are the shards
-    holding at least one out-neighbour of local row ``r``. Receiving: the
-    edges into this shard grouped by sender: ``recv_src`` (sorted global ids),
+    holding at least one out-neighbour of local row ``r``, and ``dest_slot``
+    the sender's place in each one's receiving table. Receiving: the edges into
+    this shard grouped by sender: ``recv_src`` (sorted global ids),
     ``recv_indptr``, and per edge the receiver's local row and the global edge id.
+    A broadcast travels as (slot, payload): the receiver finds the sender's
+    edges by index, never by searching.
     """
 
     dest_indptr: np.ndarray
     dest_shard: np.ndarray
+    dest_slot: np.ndarray
     recv_src: np.ndarray
     recv_indptr: np.ndarray
     recv_row: np.ndarray
@@ -215,9 +219,12 @@ class Shard:
                 rows = self.view.local_index(broadcasts["src"])
                 starts = fan.dest_indptr[rows]
                 counts = fan.dest_indptr[rows + 1] - starts
-                dest = fan.dest_shard[ragged_arange(starts, counts)]
+                pairs = ragged_arange(starts, counts)
                 which = np.repeat(np.arange(rows.shape[0]), counts)
-                groups["broadcast"] = self._split(broadcasts, dest, which)
+                # The slot replaces the sender id: the receiver reads it back from its table.
+                cols = {"slot": fan.dest_slot[pairs]}
+                cols.update({k: v[which] for k, v in broadcasts.items() if k != "src"})
+                groups["broadcast"] = self._split(cols, fan.dest_shard[pairs])
         for kind, parts in groups.items():
             for k, part in enumerate(parts):
                 if part is not None:
@@ -251,19 +258,19 @@ class Shard:
         b = _concat(parts)
         if b is None:
             return None
-        src = b["src"]
         view = self.view
         if self.fanout is None:  # one shard: every out-edge is local
-            pos, edge, counts = view.out_edges(view.local_index(src))
+            pos, edge, counts = view.out_edges(view.local_index(b["src"]))
             receivers, to_row = view.indices, view.local_index
         else:
             fan = self.fanout
-            at = np.searchsorted(fan.recv_src, src)
-            starts = fan.recv_indptr[at]
-            counts = fan.recv_indptr[at + 1] - starts
+            slot = b.pop("slot")
+            starts = fan.recv_indptr[slot]
+            counts = fan.recv_indptr[slot + 1] - starts
             pos = ragged_arange(starts, counts)
             edge = fan.recv_edge[pos]
             receivers, to_row = fan.recv_row, _as_int64
+            b = {"src": fan.recv_src[slot], **b}
         return FannedOut(edge, pos, receivers, to_row, counts, b)
 
     # -- checkpoints -------------------------------------------------------------
