@@ -236,6 +236,11 @@ class Env:
         """Global set-up computed once on the driver and given to every shard."""
         return {}
 
+    @classmethod
+    def uses_broadcasts(cls, config: EnvConfig) -> bool:
+        """Whether a run with ``config`` broadcasts (the engine then builds fan-out tables)."""
+        return bool(cls.broadcast_fields)
+
     def default_policy(self):
         """The heuristic policy agents follow when the config names none."""
         raise NotImplementedError(f"env {self.name!r} must define default_policy()")

@@ -85,16 +85,19 @@ class CascadeConfig(EnvConfig):
 class Cascade(Env):
     """Independent cascade, linear threshold (weights 1/in-degree) or SIR.
 
-    Newly active (IC, LT) or still infectious (SIR) agents broadcast their
-    root to all out-neighbours; the engine fans a broadcast out at the
-    receiving shard, where the policy decides per edge (IC, SIR: a keyed
-    draw on the global edge id) or per exposed agent (LT) whether it adopts.
+    IC and SIR decide at the sender: the policy draws per out-edge of each
+    newly active (IC) or infectious (SIR) agent, keyed by the global edge id,
+    and only transmissions travel, as point-to-point messages. LT exposes every
+    out-neighbour, so newly active agents broadcast their root: the engine
+    ships a broadcast once to each shard and fans it out there, where the
+    policy decides per exposed agent whether it adopts.
     """
 
     name = "cascade"
     Config = CascadeConfig
     event_types = ("activate", "recover")
     metric_names = ("new_active", "recovered", "ever_active")
+    message_fields = {"src": np.int64, "root": np.int64}
     broadcast_fields = {"root": np.int64}
     # status 1 + root 8 + infected list 8 + LT exposures 4 and threshold 8.
     state_bytes_per_agent = 29
@@ -120,8 +123,8 @@ class Cascade(Env):
         ok = (rows >= 0) & (rows < n)
         ok[ok] &= view.agents[rows[ok]] == mine[ok]
         self._seed_rows = np.sort(rows[ok])
-        # Handed from observe to apply within a step: the exposures the policy
-        # decides on (IC, SIR: the fanned-out broadcasts; LT: receiver rows,
+        # Handed from observe to apply within a step: what the policy decides
+        # on (IC, SIR: transmitter rows and their out-edges; LT: receiver rows,
         # senders, roots) and the activations to log.
         self._candidates = None
         self._pending: dict[str, np.ndarray] = {}
@@ -148,6 +151,10 @@ class Cascade(Env):
         keys = rng.bits("seeds", np.arange(n, dtype=np.int64))
         ids = np.argpartition(keys, count - 1)[:count] if count < n else np.arange(n)
         return {"seed_ids": np.sort(ids.astype(np.int64))}
+
+    @classmethod
+    def uses_broadcasts(cls, config: CascadeConfig) -> bool:
+        return config.model == "linear_threshold"
 
     def default_policy(self):
         if self.config.model == "independent_cascade":
@@ -222,63 +229,74 @@ class Cascade(Env):
     def observe(self, step: int, inbox: Inbox) -> dict[str, np.ndarray]:
         view, model = self.view, self.config.model
         self._candidates, self._pending = None, {}
-        b = inbox.broadcast
         if step == 0:
             rows = self._seed_rows
             self._activate(rows, np.full(rows.shape[0], -1, np.int64), view.agents[rows])
-        elif b is not None and len(b):
-            if model != "linear_threshold":
-                # The draw is keyed by the edge alone, so decide on every arriving
-                # edge and build receivers and roots only for those that transmit.
-                self._candidates = b
-                return {"edge": b.edge}
-            got = b.take()
-            open_ = np.flatnonzero(self.status[got["row"]] == SUSCEPTIBLE)
-            rows, src, root = got["row"][open_], got["src"][open_], got["root"][open_]
-            win, counts = self._winners(step, rows, src)
-            uniq = rows[win]
-            self.exposures[uniq] += counts.astype(np.int32)
-            self._exposed.append(uniq)
-            self._candidates = (uniq, src[win], root[win])
-            return {
-                "agent": view.agents[uniq],
-                "influence": self.exposures[uniq] / np.maximum(view.in_degree[uniq], 1),
-                "threshold": self.threshold[uniq],
-            }
+        elif model == "linear_threshold":
+            b = inbox.broadcast
+            if b is not None and len(b):
+                got = b.take()
+                open_ = np.flatnonzero(self.status[got["row"]] == SUSCEPTIBLE)
+                rows, src, root = got["row"][open_], got["src"][open_], got["root"][open_]
+                win, counts = self._winners(step, rows, src)
+                uniq = rows[win]
+                self.exposures[uniq] += counts.astype(np.int32)
+                self._exposed.append(uniq)
+                self._candidates = (uniq, src[win], root[win])
+                return {
+                    "agent": view.agents[uniq],
+                    "influence": self.exposures[uniq] / np.maximum(view.in_degree[uniq], 1),
+                    "threshold": self.threshold[uniq],
+                }
+        elif inbox.direct is not None and inbox.direct["dst"].shape[0]:
+            d = inbox.direct
+            rows = view.local_index(d["dst"])
+            open_ = np.flatnonzero(self.status[rows] == SUSCEPTIBLE)
+            rows, src, root = rows[open_], d["src"][open_], d["root"][open_]
+            win, _ = self._winners(step, rows, src)
+            self._activate(rows[win], src[win], root[win])
         if model == "linear_threshold":
             empty = np.empty(0, dtype=np.float64)
             return {"agent": np.empty(0, np.int64), "influence": empty, "threshold": empty}
-        return {"edge": np.empty(0, np.int64)}
-
-    def apply(self, step: int, batch: dict[str, np.ndarray], actions: dict) -> StepResult:
-        view, model = self.view, self.config.model
-        if self._candidates is not None:
-            if model == "linear_threshold":
-                rows, src, root = self._candidates
-                adopt = actions["adopt"]
-                self._activate(rows[adopt], src[adopt], root[adopt])
-            else:
-                got = self._candidates.take(np.flatnonzero(actions["transmit"]))
-                open_ = np.flatnonzero(self.status[got["row"]] == SUSCEPTIBLE)
-                rows, src, root = got["row"][open_], got["src"][open_], got["root"][open_]
-                win, _ = self._winners(step, rows, src)
-                self._activate(rows[win], src[win], root[win])
-        pend = self._pending
-        new = pend["rows"] if pend else np.empty(0, np.int64)
-        recovered = np.empty(0, dtype=np.int64)
+        # IC and SIR: the transmitters' out-edges, each decided by its keyed draw.
+        new = self._pending["rows"] if self._pending else np.empty(0, np.int64)
         if model == "sir":
             if new.shape[0]:
                 self.infected = np.concatenate([self.infected, new])
-            senders = self.infected  # every infectious agent tries again this step
-            if self.infected.shape[0]:
-                rec = view.rng.bernoulli("recover", view.agents[self.infected], p=self.config.gamma,
-                                         step=step)
-                recovered = self.infected[rec]
-                self.status[recovered] = RECOVERED
-                self.infected = self.infected[~rec]
+            transmitters = self.infected  # every infectious agent tries again each step
         else:
-            senders = new
-        broadcasts = {"src": view.agents[senders], "root": self.root[senders]}
+            transmitters = new
+        pos, edge, counts = view.out_edges(transmitters)
+        self._candidates = (transmitters, pos, counts)
+        return {"edge": edge}
+
+    def apply(self, step: int, batch: dict[str, np.ndarray], actions: dict) -> StepResult:
+        view, model = self.view, self.config.model
+        messages = broadcasts = None
+        if model == "linear_threshold":
+            if self._candidates is not None:
+                rows, src, root = self._candidates
+                adopt = actions["adopt"]
+                self._activate(rows[adopt], src[adopt], root[adopt])
+            new = self._pending["rows"] if self._pending else np.empty(0, np.int64)
+            broadcasts = {"src": view.agents[new], "root": self.root[new]}
+        else:
+            # Only the edges that transmit travel, point to point: at small p that
+            # is a few percent of what a broadcast to every neighbour would be.
+            rows, pos, counts = self._candidates
+            keep = np.flatnonzero(actions["transmit"])
+            src_rows = view.edge_sources(rows, counts, keep)
+            messages = {"dst": view.indices[pos[keep]], "src": view.agents[src_rows],
+                        "root": self.root[src_rows]}
+        pend = self._pending
+        new = pend["rows"] if pend else np.empty(0, np.int64)
+        recovered = np.empty(0, dtype=np.int64)
+        if model == "sir" and self.infected.shape[0]:
+            rec = view.rng.bernoulli("recover", view.agents[self.infected], p=self.config.gamma,
+                                     step=step)
+            recovered = self.infected[rec]
+            self.status[recovered] = RECOVERED
+            self.infected = self.infected[~rec]
         n_new = new.shape[0]
         if n_new or recovered.shape[0]:
             code_a, code_r = self.event_code("activate"), self.event_code("recover")
@@ -296,7 +314,7 @@ class Cascade(Env):
         active = self.infected.shape[0] if model == "sir" else n_new
         return StepResult(
             events=events,
-            messages=None,
+            messages=messages,
             broadcasts=broadcasts,
             active=int(active),
             metrics={"new_active": n_new, "recovered": int(recovered.shape[0]),

@@ -62,7 +62,7 @@ def estimate_memory(graph, config, env_cls) -> MemoryEstimate:
     csr = 8 * (n + 1) + 8 * edges
     # Shard specs: CSR slices (indptr, indices, row shift, in-degree) and, for
     # broadcasting envs on several shards, the fan-out tables (12 B per edge).
-    fanout = 12 * edges + 24 * n if (env_cls.broadcast_fields and k > 1) else 0
+    fanout = 12 * edges + 24 * n if (env_cls.uses_broadcasts(config.env) and k > 1) else 0
     specs = 8 * edges + 28 * n + fanout
     driver = int(max(BUILD_FACTOR * csr, csr + specs + 8 * n)) + PROCESS_BYTES
     n_k, e_k = math.ceil(n / k), math.ceil(edges / k)

@@ -66,7 +66,7 @@ def _shard_specs(config: RunConfig, graph: CSRGraph, part: Partition, setup: dic
                  store: RunStore) -> list[ShardSpec]:
     in_degree = graph.in_degree().astype(np.int32)
     env_cls = ENV_REGISTRY[config.env.kind]
-    fanouts = (_fanouts(graph, part) if env_cls.broadcast_fields and part.num_shards > 1
+    fanouts = (_fanouts(graph, part) if env_cls.uses_broadcasts(config.env) and part.num_shards > 1
                else [None] * part.num_shards)
     specs = []
     for k in range(part.num_shards):

@@ -121,13 +121,18 @@ def test_run_directory_as_file_uri(tmp_path, reference):
 def test_fan_out_ships_a_broadcast_once_per_shard(tmp_path):
     import networkx as nx
 
-    # A star: the centre (agent 0, shard 0) reaches 99 leaves, half of them on shard 1.
-    cfg = cascade_config(shards=2, seed_ids=[0], p=1.0)
+    # A star: the centre (agent 0, shard 0) exposes 99 leaves, half of them on
+    # shard 1; linear threshold exposes every out-neighbour, so it broadcasts.
+    cfg = cascade_config(shards=2, seed_ids=[0], model="linear_threshold", threshold=0.5)
     run = swarm.run(cfg, tmp_path / "r", graph=nx.star_graph(99), backend="local")
     m = run.metrics().to_pylist()
     assert m[0]["cross_shard_messages"] == 1 and m[0]["messages"] == 1
     assert 0 < m[0]["cross_shard_bytes"] <= 64
     assert m[1]["new_active"] == 99
+    # Independent cascade sends only transmissions, one message per edge.
+    ic = swarm.run(cascade_config(shards=2, seed_ids=[0], p=1.0), tmp_path / "ic",
+                   graph=nx.star_graph(99), backend="local").metrics().to_pylist()
+    assert ic[0]["cross_shard_messages"] == 50 and ic[1]["new_active"] == 99
 
 
 def test_cross_shard_traffic_is_measured(ray_session, tmp_path):
