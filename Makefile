@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,6 +37,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q -r benchmarks/requirements.txt
 	$(PY) -m benchmarks.bench_cascade
+
+# Scale-out harness: 1, 2, 4 shards x contiguous, hash, METIS at n=1e6; checkpoint cost.
+bench-scale: $(STAMP)
+	$(PY) -m benchmarks.bench_scale
 
 clean:
 	rm -rf runs .pytest_cache

@@ -2,7 +2,8 @@
 
 What it measures
 ----------------
-Independent cascade (``p``, default 0.05, and 1% seeds) on one Barabási–Albert graph
+Independent cascade (``p``, default 0.05, and 1% seeds; or ``--model linear_threshold``,
+whose agents broadcast to every out-neighbour) on one Barabási–Albert graph
 (``m = 5``, default ``n = 1e6``) built once, on an embedded local Ray, for every
 combination of shard count (default 1, 2, 4) and partition (contiguous, hash, metis):
 
@@ -32,6 +33,7 @@ From the repository root::
     .venv/bin/python -m benchmarks.bench_scale                 # n=1e6, shards 1,2,4
     .venv/bin/python -m benchmarks.bench_scale --n 100000 --repeats 3 --markdown
     .venv/bin/python -m benchmarks.bench_scale --p 0.2         # heavier: most agents activate
+    .venv/bin/python -m benchmarks.bench_scale --model linear_threshold   # broadcasts, fan-out
 
 Targets printed at the end: 2 shards >= 1.6x the 1-shard throughput (best partition);
 METIS edge cut <= half of hash's; checkpoint cost (``ckpt share``) < 10% of run time at
@@ -59,14 +61,19 @@ def _log(msg: str) -> None:
     print(f"[bench_scale {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+MODEL = "independent_cascade"
+
+
 def _config(n: int, p: float, shards: int, every: int):
     from swarm import validate_config
 
+    env = {"kind": "cascade", "model": MODEL, "seed_fraction": 0.01}
+    if MODEL == "independent_cascade":
+        env["p"] = p
     return validate_config({
         "seed": 1, "steps": 1000, "shards": shards,
         "graph": {"kind": "barabasi_albert", "n": n, "m": 5},
-        "env": {"kind": "cascade", "model": "independent_cascade", "p": p,
-                "seed_fraction": 0.01},
+        "env": env,
         "checkpoint": {"every": every},
         "log": {"flush_every": 10},
     })
@@ -110,12 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=float, default=1e6)
     ap.add_argument("--p", type=float, default=0.05)
+    ap.add_argument("--model", default="independent_cascade",
+                    choices=["independent_cascade", "linear_threshold"],
+                    help="linear_threshold broadcasts to every out-neighbour (fan-out)")
     ap.add_argument("--shards", default="1,2,4")
     ap.add_argument("--partitions", default="contiguous,hash,metis")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--out", default="benchmarks/results_scale.json")
     args = ap.parse_args(argv)
+    global MODEL
+    MODEL = args.model
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
     from swarm.cluster.connect import ensure_ray
@@ -179,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     print(_targets(results, markdown=args.markdown))
     same = len(digests) == 1
     print(f"\nidentical events in every run: {'yes' if same else 'NO'} "
-          f"({results[0]['events']:,} events, {results[0]['steps']} steps, n={n:,}, p={args.p})")
+          f"({results[0]['events']:,} events, {results[0]['steps']} steps, n={n:,}, {args.model}"
+          + (f", p={args.p})" if args.model == "independent_cascade" else ")"))
     Path(args.out).write_text(json.dumps({"n": n, "p": args.p, "rows": results}, indent=2))
     return 0 if same else 1
 
