@@ -1,7 +1,8 @@
 """swarm: a distributed simulator of large agent populations on social graphs.
 
 ``swarm.run(config, out)`` runs a population on Ray shards and leaves an
-Arrow event log; ``swarm.open_run(path)`` reads one back.
+Arrow event log; ``swarm.resume(path)`` continues a stopped run from its last
+checkpoint; ``swarm.open_run(path)`` reads one back.
 """
 
 __version__ = "0.1.0"

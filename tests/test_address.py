@@ -120,37 +120,34 @@ class RayNode:
     def log_tail(self) -> str:
         return Path(self.log_path).read_text(errors="replace")[-3000:]
 
-    def wait_alive_nodes(self, count: int, timeout: float = 90) -> None:
-        """Wait until the GCS lists ``count`` live nodes (the raylets have registered)."""
+    def _wait(self, ready, what: str, timeout: float = 90) -> None:
+        """Poll ``ready()`` until true; fail early if `ray start` exits, late with its log."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ray start exited ({self.proc.returncode}):\n"
                                    f"{self.log_tail()}")
             try:
-                if alive_nodes(self.gcs_address) >= count:
+                if ready():
                     return
-            except Exception:  # the GCS is not up yet
+            except Exception:  # not up yet
                 pass
             time.sleep(0.3)
-        raise TimeoutError(f"{count} Ray nodes not alive after {timeout} s:\n{self.log_tail()}")
+        raise TimeoutError(f"{what} after {timeout} s:\n{self.log_tail()}")
+
+    def wait_alive_nodes(self, count: int, timeout: float = 90) -> None:
+        """Wait until the GCS lists ``count`` live nodes (the raylets have registered)."""
+        self._wait(lambda: alive_nodes(self.gcs_address) >= count,
+                   f"{count} Ray nodes not alive", timeout)
 
     def wait_dashboard(self, timeout: float = 90) -> None:
         import requests
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited ({self.proc.returncode}):\n"
-                                   f"{self.log_tail()}")
-            try:
-                r = requests.get(f"{self.dashboard_url}/api/version", timeout=2)
-                if r.status_code == 200 and r.json().get("ray_version"):
-                    return
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"the dashboard did not answer in {timeout} s:\n{self.log_tail()}")
+        def answers() -> bool:
+            r = requests.get(f"{self.dashboard_url}/api/version", timeout=2)
+            return r.status_code == 200 and bool(r.json().get("ray_version"))
+
+        self._wait(answers, "the dashboard did not answer", timeout)
 
     def stop(self) -> None:
         """SIGTERM the `ray start --block` process (it stops its node), then clean up."""

@@ -32,6 +32,19 @@ def same_metrics(a, b) -> None:
     assert a.metrics().select(keep).equals(b.metrics().select(keep))
 
 
+def crash_shards_at(monkeypatch, step, shard=None, message="crash"):
+    """Make ``Shard.step`` raise at ``step`` (on ``shard``, or on every shard); returns the undo."""
+    real_step = Shard.step
+
+    def step_or_crash(self, t, *parts, **kw):
+        if t == step and shard in (None, self.id):
+            raise RuntimeError(message)
+        return real_step(self, t, *parts, **kw)
+
+    monkeypatch.setattr(Shard, "step", step_or_crash)
+    return lambda: monkeypatch.setattr(Shard, "step", real_step)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     return swarm.run(sir_config(), tmp_path_factory.mktemp("ref") / "r", backend="local")
@@ -55,21 +68,14 @@ def test_checkpoint_files_and_only_the_last_kept(reference):
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch, reference):
-    real_step = Shard.step
-
-    def crash_at_14(self, step, *parts, **kw):
-        if step == 14 and self.id == 1:
-            raise RuntimeError("power cut")
-        return real_step(self, step, *parts, **kw)
-
-    monkeypatch.setattr(Shard, "step", crash_at_14)
+    undo = crash_shards_at(monkeypatch, 14, shard=1, message="power cut")
     with pytest.raises(RuntimeError, match="power cut"):
         swarm.run(sir_config(), tmp_path / "r", backend="local")
     crashed = swarm.open_run(tmp_path / "r")
     assert crashed.status == "failed" and crashed.manifest["checkpoint"]["step"] == 11
     # Shard 0 flushed steps past the checkpoint on its way out: resume must drop them.
     assert pc.max(crashed.events()["step"]).as_py() > 11
-    monkeypatch.setattr(Shard, "step", real_step)
+    undo()
     resumed = swarm.resume(tmp_path / "r")
     assert resumed.status == "completed" and resumed.manifest["resumed_from"] == 11
     assert sorted_events(resumed).equals(sorted_events(reference))
@@ -79,17 +85,10 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch,
 
 
 def test_resume_without_a_checkpoint_starts_over(tmp_path, monkeypatch, reference):
-    real_step = Shard.step
-
-    def crash_at_2(self, step, *parts, **kw):
-        if step == 2:
-            raise RuntimeError("early")
-        return real_step(self, step, *parts, **kw)
-
-    monkeypatch.setattr(Shard, "step", crash_at_2)
+    undo = crash_shards_at(monkeypatch, 2)
     with pytest.raises(RuntimeError):
         swarm.run(sir_config(), tmp_path / "r", backend="local")
-    monkeypatch.setattr(Shard, "step", real_step)
+    undo()
     resumed = swarm.resume(tmp_path / "r")
     assert resumed.manifest["resumed_from"] == -1
     assert sorted_events(resumed).equals(sorted_events(reference))
@@ -194,17 +193,10 @@ def test_other_models_resume_exactly(tmp_path, monkeypatch, model, params):
         update={"checkpoint": swarm.config.CheckpointConfig(every=2)})
     ref = swarm.run(cfg, tmp_path / "ref", backend="local")
     assert ref.manifest["steps_run"] > 4
-    real_step = Shard.step
-
-    def crash_at_4(self, step, *parts, **kw):
-        if step == 4:
-            raise RuntimeError("crash")
-        return real_step(self, step, *parts, **kw)
-
-    monkeypatch.setattr(Shard, "step", crash_at_4)
+    undo = crash_shards_at(monkeypatch, 4)
     with pytest.raises(RuntimeError):
         swarm.run(cfg, tmp_path / "r", backend="local")
-    monkeypatch.setattr(Shard, "step", real_step)
+    undo()
     resumed = swarm.resume(tmp_path / "r")
     assert resumed.manifest["resumed_from"] == 3
     assert sorted_events(resumed).equals(sorted_events(ref))
