@@ -53,6 +53,8 @@ def run(
                                 progress=progress and sys.stderr.isatty())
     except RunInterrupted as exc:
         _interrupted(exc)
+    except KeyboardInterrupt:
+        _stopped_at_once(out)
     except SwarmError as exc:
         _fail(exc)
     _print_summary(result)
@@ -71,9 +73,18 @@ def resume(
         result = resume_run(run_dir, address=address, progress=progress and sys.stderr.isatty())
     except RunInterrupted as exc:
         _interrupted(exc)
+    except KeyboardInterrupt:
+        _stopped_at_once(run_dir)
     except SwarmError as exc:
         _fail(exc)
     _print_summary(result)
+
+
+def _stopped_at_once(where: str) -> None:
+    typer.secho("stopped at once (second Ctrl-C); steps after the last checkpoint will be "
+                "replayed.", err=True, fg=typer.colors.YELLOW)
+    typer.echo(f"resume with: swarm resume {where}", err=True)
+    raise typer.Exit(code=130)
 
 
 def _interrupted(exc: RunInterrupted) -> None:

@@ -66,8 +66,10 @@ def estimate_memory(graph, config, env_cls) -> MemoryEstimate:
     specs = 8 * edges + 28 * n + fanout
     driver = int(max(BUILD_FACTOR * csr, csr + specs + 8 * n)) + PROCESS_BYTES
     n_k, e_k = math.ceil(n / k), math.ceil(edges / k)
+    # A graph-aware partition gives every shard the whole assignment (1 B per agent).
+    assignment = n if config.partition not in ("contiguous", "hash") else 0
     per_shard = (PROCESS_BYTES + n_k * (env_cls.state_bytes_per_agent + EVENT_BYTES_PER_AGENT)
-                 + e_k * MESSAGE_BYTES_PER_EDGE)
+                 + e_k * MESSAGE_BYTES_PER_EDGE + assignment)
     return MemoryEstimate(driver=driver, object_store=specs, per_shard=per_shard, shards=k)
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from swarm import checkpoint as ckpt
 from swarm import graph as graphs
@@ -217,12 +218,15 @@ class _RayShards:
         try:
             ray.get([a.health.remote() for a in self.actors], timeout=self.start_timeout)
         except ray.exceptions.GetTimeoutError:
-            self.abort()
+            self.kill()
             raise ClusterError(
                 f"{len(spec_refs)} shard actors ({cpus:g} CPU each) could not start within "
                 f"{self.start_timeout:.0f} s: the cluster has {ray.cluster_resources()}. Add "
                 "nodes or lower `shards`."
             ) from None
+        except BaseException:
+            self.kill()  # the shards that did start must not keep their CPUs
+            raise
         self._step = [a.step.options(num_returns=len(spec_refs) + 1) for a in self.actors]
 
     def submit(self, step: int, outs: list[list[Any]] | None, checkpoint: bool = False):
@@ -350,8 +354,8 @@ def run(
         "address": address or os.environ.get("RAY_ADDRESS"),
         "timings": {"graph_seconds": round(graph_seconds, 4)},
     }
-    write_manifest(store, manifest)
-    # What `swarm resume` cannot rebuild from the config alone.
+    # What `swarm resume` cannot rebuild from the config alone; written before the
+    # manifest, so a failure here leaves no run that claims to be running.
     if graph_source == "argument":
         ckpt.write_arrays(store, f"{STATE}/graph.arrow",
                           {"indptr": graph.indptr, "indices": graph.indices},
@@ -359,6 +363,7 @@ def run(
     if part.kind not in ("contiguous", "hash"):
         ckpt.write_arrays(store, f"{STATE}/partition.arrow",
                           {"shard": part.shard_of(np.arange(graph.n, dtype=np.int64))})
+    write_manifest(store, manifest)
     return _execute(config, store, manifest, graph, part, setup, address=address,
                     backend=backend, progress=progress, on_step=on_step)
 
@@ -384,6 +389,8 @@ def resume(
     config = validate_config(manifest["config"])
     store = prior.store
     backend = backend or manifest.get("backend", "ray")
+    if backend not in ("ray", "local"):
+        raise ConfigError(f"backend must be 'ray' or 'local'; got {backend!r}")
     if manifest["graph"].get("source") == "argument":
         if not store.exists(f"{STATE}/graph.arrow"):
             raise LogError(f"{prior.path}: the graph was passed in Python and not saved; "
@@ -409,7 +416,13 @@ def resume(
     restore = manifest.get("checkpoint", {}).get("step")
     rows: list[dict] = []
     if restore is not None:
-        rows = store.read_table(f"{ckpt.step_dir(restore)}/metrics.arrow").to_pylist()
+        snapshot = f"{ckpt.step_dir(restore)}/metrics.arrow"
+        try:
+            rows = store.read_table(snapshot).to_pylist()
+        except (FileNotFoundError, OSError, pa.ArrowInvalid) as exc:
+            raise LogError(f"{store.child_uri(snapshot)} is missing or corrupt ({exc}), so the "
+                           f"checkpoint of step {restore} cannot be resumed; start a new run "
+                           "from the config in the manifest") from None
     manifest.update(status="running", error=None,
                     resumes=manifest.get("resumes", 0) + 1,
                     resumed_from=-1 if restore is None else restore)
@@ -457,7 +470,7 @@ def _execute(config: RunConfig, store: RunStore, manifest: dict, graph: CSRGraph
         stop_reason=driver.stop_reason,
         events=int(sum(r["rows"] for r in reports)),
         shard_peak_rss_mib=[round(r["peak_rss_mib"], 1) for r in reports],
-        restarts=driver.restarts,
+        restarts=driver.prior_restarts + driver.restarts,
     )
     manifest["timings"].update(
         setup_seconds=round(setup_seconds, 4),
@@ -508,6 +521,7 @@ class _Driver:
         self.show = sys.stderr.isatty() if progress is None else progress
         self.every = config.checkpoint.every
         self.restarts = 0
+        self.prior_restarts = manifest.get("restarts", 0)  # from before a resume
         self.checkpoint_driver_seconds = 0.0
         self.stop_requested = False
         self.stop_reason = "max_steps"
@@ -537,7 +551,7 @@ class _Driver:
         bar = _Progress(self.config.steps, self.n) if self.show else None
         t0 = time.perf_counter()
         try:
-            while True:
+            while self.start_step < self.config.steps:  # a resume may find nothing left
                 try:
                     if self.config.shards == 1:
                         self._loop_single(bar)
@@ -612,9 +626,13 @@ class _Driver:
                 if ahead is not None:  # finish the step already under way
                     step += 1
                     summaries, _ = self.shards.collect(ahead)
-                    self._emit(_row(step, summaries, time.perf_counter() - t_prev), bar)
+                    done = self._emit(_row(step, summaries, time.perf_counter() - t_prev), bar)
                     if "checkpoint" in summaries[0]:
                         self._checkpoint_complete(step)
+                    if done:
+                        return
+                if step >= steps - 1:  # nothing was left to stop: the run is complete
+                    return
                 self._stop(step)
             step += 1
             if step < steps:
@@ -667,27 +685,32 @@ class _Driver:
         return isinstance(exc, RayError)
 
     def _restart(self, exc: Exception) -> None:
-        self.restarts += 1
         self.shards.kill()
+        self.shards = None
+        limit = self.config.fault_tolerance.max_restarts
         where = (f"the checkpoint of step {self.last_checkpoint}"
                  if self.last_checkpoint is not None else "step 0 (no checkpoint yet)")
-        if self.restarts > self.config.fault_tolerance.max_restarts:
-            raise ClusterError(
-                f"a shard died ({type(exc).__name__}: {exc}) and "
-                f"fault_tolerance.max_restarts={self.config.fault_tolerance.max_restarts} "
-                f"restarts are used up. Fix the cause, then continue from {where} with: "
-                f"swarm resume {self.store.uri}"
-            ) from exc
-        print(f"shard failure ({type(exc).__name__}); restart {self.restarts}/"
-              f"{self.config.fault_tolerance.max_restarts} from {where}",
-              file=sys.stderr, flush=True)
         keep = 0 if self.last_checkpoint is None else self.last_checkpoint + 1
         del self.rows[keep:]
         self.start_step = keep
-        self.shards = None
-        self.shards = self._make_shards(self.last_checkpoint)
-        self.manifest["restarts"] = self.restarts
-        write_manifest(self.store, self.manifest)
+        while self.shards is None:  # a start that fails (no room yet) uses a restart too
+            self.restarts += 1
+            self.manifest["restarts"] = self.prior_restarts + self.restarts
+            write_manifest(self.store, self.manifest)
+            if self.restarts > limit:
+                raise ClusterError(
+                    f"a shard died ({type(exc).__name__}: {exc}) and "
+                    f"fault_tolerance.max_restarts={limit} restarts are used up. Fix the "
+                    f"cause, then continue from {where} with: swarm resume {self.store.uri}"
+                ) from exc
+            print(f"shard failure ({type(exc).__name__}); restart {self.restarts}/{limit} "
+                  f"from {where}", file=sys.stderr, flush=True)
+            try:
+                self.shards = self._make_shards(self.last_checkpoint)
+            except Exception as again:
+                if not self._recoverable(again):
+                    raise
+                exc = again
 
 
 def _row(step: int, summaries: list[dict], seconds: float) -> dict:

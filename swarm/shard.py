@@ -22,6 +22,7 @@ import numpy as np
 
 from swarm import checkpoint as ckpt
 from swarm.envs.base import ENV_REGISTRY, EnvConfig, FannedOut, Inbox, ShardView
+from swarm.errors import LogError
 from swarm.eventlog import EventLog
 from swarm.graph import ragged_arange
 from swarm.partition import Partition
@@ -297,8 +298,9 @@ class Shard:
     def _restore(self, step: int) -> None:
         arrays, meta = ckpt.read_arrays(self.store, ckpt.shard_file(step, self.id))
         if meta.get("num_shards") != self.num_shards:
-            raise ValueError(f"checkpoint step {step} has {meta.get('num_shards')} shards; "
-                             f"this run has {self.num_shards}")
+            raise LogError(f"the checkpoint of step {step} was written by "
+                           f"{meta.get('num_shards')} shards, not {self.num_shards}; resume "
+                           "with the run's own config (its `shards` and `partition`)")
         self.env.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("env.")})
         self._own = _unflatten({k[4:]: v for k, v in arrays.items() if k.startswith("own.")})
         self.log.rewind(meta["log_parts"], meta["log_rows"])

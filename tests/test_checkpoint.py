@@ -200,3 +200,40 @@ def test_other_models_resume_exactly(tmp_path, monkeypatch, model, params):
     resumed = swarm.resume(tmp_path / "r")
     assert resumed.manifest["resumed_from"] == 3
     assert sorted_events(resumed).equals(sorted_events(ref))
+
+
+def test_ctrl_c_in_the_last_step_completes_the_run(tmp_path):
+    cfg = sir_config(steps=10)
+    ref = swarm.run(cfg, tmp_path / "ref", backend="local")
+    assert ref.manifest["steps_run"] == 10, "the run must reach max steps"
+
+    def interrupt(row):
+        if row["step"] == 9:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    run = swarm.run(cfg, tmp_path / "r", backend="local", on_step=interrupt)
+    assert run.status == "completed" and run.manifest["steps_run"] == 10
+    assert sorted_events(run).equals(sorted_events(ref))
+
+
+def test_resume_from_a_checkpoint_at_the_last_step_adds_nothing(tmp_path, monkeypatch):
+    import swarm.runner as runner
+
+    cfg = sir_config(steps=12)  # every=4: the last checkpoint is step 11, the last step
+    ref = swarm.run(cfg, tmp_path / "ref", backend="local")
+    real = runner._write_metrics
+
+    def fail_final_metrics(store, rel, *args):
+        if rel == "metrics.arrow":
+            raise OSError("disk full")
+        return real(store, rel, *args)
+
+    monkeypatch.setattr(runner, "_write_metrics", fail_final_metrics)
+    with pytest.raises(OSError):
+        swarm.run(cfg, tmp_path / "r", backend="local")
+    monkeypatch.setattr(runner, "_write_metrics", real)
+    assert swarm.open_run(tmp_path / "r").manifest["checkpoint"]["step"] == 11
+    resumed = swarm.resume(tmp_path / "r")
+    assert resumed.status == "completed" and resumed.manifest["steps_run"] == 12
+    assert sorted_events(resumed).equals(sorted_events(ref))
+    same_metrics(resumed, ref)
