@@ -47,17 +47,9 @@ def run(
     overrides = list(set_ or [])
     if shards is not None:
         overrides.append(f"shards={shards}")
-    try:
-        cfg = load_config(config, overrides)
-        result = run_population(cfg, out, address=address, overwrite=overwrite,
-                                progress=progress and sys.stderr.isatty())
-    except RunInterrupted as exc:
-        _interrupted(exc)
-    except KeyboardInterrupt:
-        _stopped_at_once(out)
-    except SwarmError as exc:
-        _fail(exc)
-    _print_summary(result)
+    _run_and_report(out, lambda: run_population(
+        load_config(config, overrides), out, address=address, overwrite=overwrite,
+        progress=progress and sys.stderr.isatty()))
 
 
 @app.command()
@@ -69,29 +61,30 @@ def resume(
     """Continue a stopped, interrupted or failed run from its last complete checkpoint."""
     from swarm.runner import resume as resume_run
 
+    _run_and_report(run_dir, lambda: resume_run(run_dir, address=address,
+                                                progress=progress and sys.stderr.isatty()))
+
+
+def _run_and_report(where: str, start) -> None:
+    """Call ``start()`` (a run or a resume) and print its summary, or say how it stopped.
+
+    Ctrl-C exits with 130 and the resume command; swarm's own errors exit with 2.
+    """
     try:
-        result = resume_run(run_dir, address=address, progress=progress and sys.stderr.isatty())
+        result = start()
     except RunInterrupted as exc:
-        _interrupted(exc)
+        typer.secho(f"interrupted after step {exc.step}; checkpoint written.", err=True,
+                    fg=typer.colors.YELLOW)
+        typer.echo(f"resume with: swarm resume {exc.path}", err=True)
+        raise typer.Exit(code=130) from None
     except KeyboardInterrupt:
-        _stopped_at_once(run_dir)
+        typer.secho("stopped at once (second Ctrl-C); steps after the last checkpoint will "
+                    "be replayed.", err=True, fg=typer.colors.YELLOW)
+        typer.echo(f"resume with: swarm resume {where}", err=True)
+        raise typer.Exit(code=130) from None
     except SwarmError as exc:
         _fail(exc)
     _print_summary(result)
-
-
-def _stopped_at_once(where: str) -> None:
-    typer.secho("stopped at once (second Ctrl-C); steps after the last checkpoint will be "
-                "replayed.", err=True, fg=typer.colors.YELLOW)
-    typer.echo(f"resume with: swarm resume {where}", err=True)
-    raise typer.Exit(code=130)
-
-
-def _interrupted(exc: RunInterrupted) -> None:
-    typer.secho(f"interrupted after step {exc.step}; checkpoint written.", err=True,
-                fg=typer.colors.YELLOW)
-    typer.echo(f"resume with: swarm resume {exc.path}", err=True)
-    raise typer.Exit(code=130)
 
 
 def _print_summary(result) -> None:
