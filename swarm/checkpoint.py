@@ -27,13 +27,11 @@ import numpy as np
 import pyarrow as pa
 
 from swarm.errors import LogError
+from swarm.rundir import STATE
 from swarm.storage import RunStore
 
 __all__ = ["pack", "unpack", "step_dir", "shard_file", "messages_file", "write_arrays",
            "read_arrays"]
-
-STATE = "state"
-
 
 def step_dir(step: int) -> str:
     return f"{STATE}/step={step:08d}"

@@ -320,18 +320,7 @@ def run(
     graph_seconds = time.perf_counter() - t_start
     if graph.n < 1:
         raise GraphError("the graph has no agents")
-    part = Partition(config.partition if partition is None else partition, graph.n, config.shards,
-                     graph=graph, seed=config.seed)
-    env_cls = ENV_REGISTRY[config.env.kind]
-    try:
-        setup = env_cls.prepare(config.env, graph.n, KeyedRNG(config.seed))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-    if backend == "ray":
-        from swarm.cluster.connect import ensure_ray
-
-        ensure_ray(address)  # an unreachable cluster fails here, before anything is written
+    part, env_cls, setup = _prepare(config, graph, partition, backend, address)
     if config.memory_check:
         check_memory(estimate_memory(graph, config, env_cls), backend=backend)
     store = create_run_dir(out, overwrite=overwrite)
@@ -403,16 +392,10 @@ def resume(
             "directed_edges", graph.num_edges):
         raise LogError(f"{prior.path}: rebuilt graph (n={graph.n}, edges={graph.num_edges}) does "
                        f"not match the run's ({manifest['graph']}); was the edge list changed?")
+    saved = None
     if store.exists(f"{STATE}/partition.arrow"):
-        arrays, _ = ckpt.read_arrays(store, f"{STATE}/partition.arrow")
-        part = Partition(arrays["shard"], graph.n, config.shards)
-    else:
-        part = Partition(config.partition, graph.n, config.shards, graph=graph, seed=config.seed)
-    setup = ENV_REGISTRY[config.env.kind].prepare(config.env, graph.n, KeyedRNG(config.seed))
-    if backend == "ray":
-        from swarm.cluster.connect import ensure_ray
-
-        ensure_ray(address)
+        saved = ckpt.read_arrays(store, f"{STATE}/partition.arrow")[0]["shard"]
+    part, _, setup = _prepare(config, graph, saved, backend, address)
     restore = manifest.get("checkpoint", {}).get("step")
     rows: list[dict] = []
     if restore is not None:
@@ -430,6 +413,27 @@ def resume(
     return _execute(config, store, manifest, graph, part, setup, address=address,
                     backend=backend, progress=progress, on_step=on_step,
                     restore_step=restore, rows=rows)
+
+
+def _prepare(config: RunConfig, graph: CSRGraph, partition: np.ndarray | None, backend: str,
+             address: str | None):
+    """Partition, the env's global set-up and the Ray connection, shared by run and resume.
+
+    Everything here can fail on bad input or an unreachable cluster, and does
+    so before anything is written.
+    """
+    part = Partition(config.partition if partition is None else partition, graph.n,
+                     config.shards, graph=graph, seed=config.seed)
+    env_cls = ENV_REGISTRY[config.env.kind]
+    try:
+        setup = env_cls.prepare(config.env, graph.n, KeyedRNG(config.seed))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if backend == "ray":
+        from swarm.cluster.connect import ensure_ray
+
+        ensure_ray(address)
+    return part, env_cls, setup
 
 
 def _execute(config: RunConfig, store: RunStore, manifest: dict, graph: CSRGraph,

@@ -207,12 +207,13 @@ class Shard:
     def _route(self, messages: Messages | None,
                broadcasts: Messages | None) -> list[Outbox | None]:
         """Group outgoing messages by destination shard; keep this shard's own part."""
-        out: list[Outbox | None] = [None] * self.num_shards
+        single = self.num_shards == 1  # everything stays here: no routing at all
         groups: dict[str, list[Messages | None]] = {}
         if messages is not None and messages["dst"].shape[0]:
-            groups["direct"] = self._split(messages, self.partition.shard_of(messages["dst"]))
+            groups["direct"] = [messages] if single else self._split(
+                messages, self.partition.shard_of(messages["dst"]))
         if broadcasts is not None and broadcasts["src"].shape[0]:
-            if self.num_shards == 1:
+            if single:
                 groups["broadcast"] = [broadcasts]
             else:
                 # One copy per destination shard that holds an out-neighbour.
@@ -226,27 +227,18 @@ class Shard:
                 cols = {"slot": fan.dest_slot[pairs]}
                 cols.update({k: v[which] for k, v in broadcasts.items() if k != "src"})
                 groups["broadcast"] = self._split(cols, fan.dest_shard[pairs])
+        boxes: list[Outbox] = [{} for _ in range(self.num_shards)]
         for kind, parts in groups.items():
             for k, part in enumerate(parts):
                 if part is not None:
-                    box = self._own if k == self.id else out[k]
-                    if box is None:
-                        box = {}
-                        if k == self.id:
-                            self._own = box
-                        else:
-                            out[k] = box
-                    box[kind] = part
-        return out
+                    boxes[k][kind] = part
+        self._own = boxes[self.id] or None
+        return [None if k == self.id else (box or None) for k, box in enumerate(boxes)]
 
-    def _split(self, cols: Messages, dest: np.ndarray,
-               which: np.ndarray | None = None) -> list[Messages | None]:
-        if self.num_shards == 1:
-            return [cols]
+    def _split(self, cols: Messages, dest: np.ndarray) -> list[Messages | None]:
+        """``cols`` cut into one part per destination shard (None where nothing goes)."""
         order = np.argsort(dest, kind="stable")
         bounds = np.searchsorted(dest[order], np.arange(self.num_shards + 1))
-        if which is not None:
-            order = which[order]
         parts: list[Messages | None] = [None] * self.num_shards
         for k in range(self.num_shards):
             if bounds[k + 1] > bounds[k]:

@@ -40,3 +40,15 @@ def cascade_config(n=2000, shards=1, model="independent_cascade", graph=None, **
         "log": {"flush_every": 3},
     }
     return validate_config(raw)
+
+
+def sorted_events(run):
+    """Events without the shard column (which names the writer), in a canonical order.
+
+    Runs that must agree (any shard count, partition, resume) compare equal this way.
+    """
+    import pyarrow as pa
+
+    t = run.events().drop_columns(["shard"])
+    t = t.set_column(t.schema.get_field_index("event"), "event", t["event"].cast(pa.string()))
+    return t.sort_by([("step", "ascending"), ("agent", "ascending"), ("event", "ascending")])

@@ -1,20 +1,12 @@
 """The cascade env end to end: determinism across shards, exact trees, theory."""
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from conftest import cascade_config
+from conftest import cascade_config, sorted_events
 
 import swarm
 from swarm.runner import build_graph
-
-
-def sorted_events(run):
-    """Events without the shard column (which names the writer), in a canonical order."""
-    t = run.events().drop_columns(["shard"])
-    t = t.set_column(t.schema.get_field_index("event"), "event", t["event"].cast(pa.string()))
-    return t.sort_by([("step", "ascending"), ("agent", "ascending"), ("event", "ascending")])
 
 
 @pytest.mark.parametrize("model, extra", [("independent_cascade", {}), ("sir", {}),

@@ -4,10 +4,9 @@ import os
 import signal
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from conftest import cascade_config
+from conftest import cascade_config, sorted_events
 
 import swarm
 from swarm.errors import ClusterError, LogError, RunInterrupted
@@ -18,13 +17,6 @@ def sir_config(n=3000, shards=2, every=4, **over):
     cfg = cascade_config(n=n, shards=shards, model="sir", beta=0.15, gamma=0.1)
     update = {"checkpoint": swarm.config.CheckpointConfig(every=every), "steps": 60, **over}
     return cfg.model_copy(update=update)
-
-
-def sorted_events(run) -> pa.Table:
-    ev = run.events().drop_columns(["shard"])
-    ev = ev.cast(ev.schema.set(ev.schema.get_field_index("event"),
-                               pa.field("event", pa.string())))
-    return ev.sort_by([("step", "ascending"), ("agent", "ascending"), ("event", "ascending")])
 
 
 def same_metrics(a, b) -> None:
@@ -237,3 +229,24 @@ def test_resume_from_a_checkpoint_at_the_last_step_adds_nothing(tmp_path, monkey
     assert resumed.status == "completed" and resumed.manifest["steps_run"] == 12
     assert sorted_events(resumed).equals(sorted_events(ref))
     same_metrics(resumed, ref)
+
+
+def test_env_default_state_dict_round_trips_the_declared_attributes():
+    from swarm.envs.base import Env
+
+    class Counter(Env):
+        name = "counter-test"
+        state_attrs = ("count", "level", "unset")
+
+        def __init__(self, count, level):
+            self.count, self.level, self.unset = count, level, None
+
+    a = Counter(3, np.arange(4.0))
+    state = a.state_dict()
+    assert set(state) == {"count", "level"}  # None is skipped
+    back, _ = swarm.checkpoint.unpack(swarm.checkpoint.pack(state))
+    b = Counter(0, np.zeros(4))
+    b.load_state_dict(back)
+    assert b.count == 3 and isinstance(b.count, int) and np.array_equal(b.level, a.level)
+    with pytest.raises(ValueError, match="does not declare"):
+        b.load_state_dict({"other": np.zeros(1)})

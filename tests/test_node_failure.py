@@ -6,7 +6,8 @@ check, so a removed node is declared dead in about a second.
 """
 
 import pytest
-from test_checkpoint import same_metrics, sir_config, sorted_events
+from conftest import sorted_events
+from test_checkpoint import same_metrics, sir_config
 
 import swarm
 

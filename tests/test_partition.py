@@ -5,9 +5,8 @@ import typing
 import warnings
 
 import numpy as np
-import pyarrow as pa
 import pytest
-from conftest import cascade_config
+from conftest import cascade_config, sorted_events
 
 import swarm
 from swarm.config import RunConfig
@@ -105,12 +104,6 @@ def test_directed_and_disconnected_graphs(kind):
         stats = part.stats(g)
         assert sum(stats["edges_per_shard"]) == g.num_edges
         assert stats["edge_cut_fraction"] < 0.7 * cut(Partition("hash", g.n, 3), g)
-
-
-def sorted_events(run):
-    t = run.events().drop_columns(["shard"])
-    t = t.set_column(t.schema.get_field_index("event"), "event", t["event"].cast(pa.string()))
-    return t.sort_by([("step", "ascending"), ("agent", "ascending"), ("event", "ascending")])
 
 
 def test_events_are_identical_under_every_partition(tmp_path):
