@@ -25,6 +25,7 @@ from swarm.rng import KeyedRNG
 __all__ = [
     "ENV_REGISTRY",
     "COMMON_EVENT_COLUMNS",
+    "ChoiceSpec",
     "Env",
     "EnvConfig",
     "FannedOut",
@@ -118,6 +119,30 @@ class ShardView:
         shifts = self.row_shift
         uniform = shifts.size == 0 or bool((shifts == shifts[0]).all())
         self._uniform_shift = (int(shifts[0]) if shifts.size else 0) if uniform else None
+
+
+@dataclass(frozen=True)
+class ChoiceSpec:
+    """How LLM-style policies act in an env: one discrete choice per batch row.
+
+    The policy returns ``actions[action]`` as the index of the chosen label
+    (an int tensor); for two labels the env may read it as a boolean. A
+    failed model call gives the ``idle`` label (``on_error: idle``).
+    ``fields`` are the batch columns a prompt template may name, besides
+    ``persona``, ``memory`` and ``actions``.
+    """
+
+    action: str
+    labels: tuple[str, ...]
+    fields: tuple[str, ...] = ()
+    idle: int = 0
+    #: The action key for free text (a list of strings, None where no text);
+    #: empty when the env has nowhere to put text.
+    text: str = ""
+    #: The prompt template used when the policy config gives none.
+    template: str = ""
+    #: The prompt for free text, rendered after the choice (``{choice}`` is its label).
+    text_template: str = ""
 
 
 @dataclass
@@ -240,6 +265,15 @@ class Env:
     def uses_broadcasts(cls, config: EnvConfig) -> bool:
         """Whether a run with ``config`` broadcasts (the engine then builds fan-out tables)."""
         return bool(cls.broadcast_fields)
+
+    @classmethod
+    def choice_spec(cls, config: EnvConfig) -> ChoiceSpec | None:
+        """What an LLM-style policy decides in a run with ``config`` (None: no LLM agents).
+
+        The batch must then carry an ``agent`` column (global ids): the engine
+        groups rows by the agent's policy and keys per-agent draws by it.
+        """
+        return None
 
     def default_policy(self):
         """The heuristic policy agents follow when the config names none."""

@@ -14,9 +14,11 @@ from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 from pydantic import Field, model_validator
 
 from swarm.envs.base import (
+    ChoiceSpec,
     Env,
     EnvConfig,
     Inbox,
@@ -25,6 +27,7 @@ from swarm.envs.base import (
     make_events,
     register_env,
 )
+from swarm.policies.base import as_numpy
 from swarm.policies.cascade import EdgeTransmission, LinearThreshold
 from swarm.rng import KeyedRNG
 
@@ -96,6 +99,8 @@ class Cascade(Env):
     name = "cascade"
     Config = CascadeConfig
     event_types = ("activate", "recover")
+    # What an LLM-style agent wrote when it shared (null for rule-based agents).
+    event_columns = {"text": pa.string()}
     metric_names = ("new_active", "recovered", "ever_active")
     message_fields = {"src": np.int64, "root": np.int64}
     broadcast_fields = {"root": np.int64}
@@ -150,6 +155,22 @@ class Cascade(Env):
         keys = rng.bits("seeds", np.arange(n, dtype=np.int64))
         ids = np.argpartition(keys, count - 1)[:count] if count < n else np.arange(n)
         return {"seed_ids": np.sort(ids.astype(np.int64))}
+
+    @classmethod
+    def choice_spec(cls, config: CascadeConfig) -> ChoiceSpec | None:
+        # Only linear threshold decides per agent (share an item it was exposed
+        # to, or not); IC and SIR decide per edge, which is not an agent's choice.
+        if config.model != "linear_threshold":
+            return None
+        return ChoiceSpec(
+            action="adopt", labels=("ignore", "share"),
+            fields=("exposures", "in_degree", "influence"), idle=0, text="text",
+            template=("You are {persona}.\n{exposures} of the {in_degree} people you follow "
+                      "shared a post.\nYour last actions: {memory}.\nYou can {actions}.\n"
+                      "You choose to"),
+            text_template=("You are {persona}. You {choice} a post that {exposures} people "
+                           "you follow shared, and you add a short comment:"),
+        )
 
     @classmethod
     def uses_broadcasts(cls, config: CascadeConfig) -> bool:
@@ -208,13 +229,16 @@ class Cascade(Env):
         starts = np.flatnonzero(first)
         return order[starts], np.diff(np.append(starts, r.shape[0]))
 
-    def _activate(self, rows: np.ndarray, parent: np.ndarray, root: np.ndarray) -> None:
+    def _activate(self, rows: np.ndarray, parent: np.ndarray, root: np.ndarray,
+                  text: np.ndarray | None = None) -> None:
         if rows.shape[0]:
             self._touched.append(rows)
         self.status[rows] = ACTIVE
         self.root[rows] = root
         self.ever_active += rows.shape[0]
         self._pending = {"rows": rows, "parent": parent, "root": root}
+        if text is not None:
+            self._pending["text"] = text
 
     def observe(self, step: int, inbox: Inbox) -> dict[str, np.ndarray]:
         view, model = self.view, self.config.model
@@ -232,10 +256,13 @@ class Cascade(Env):
                 uniq = rows[win]
                 self.exposures[uniq] += counts.astype(np.int32)
                 self._candidates = (uniq, src[win], root[win])
+                in_degree = view.in_degree[uniq]
                 return {
                     "agent": view.agents[uniq],
-                    "influence": self.exposures[uniq] / np.maximum(view.in_degree[uniq], 1),
+                    "influence": self.exposures[uniq] / np.maximum(in_degree, 1),
                     "threshold": self.threshold[uniq],
+                    "exposures": self.exposures[uniq],
+                    "in_degree": in_degree,
                 }
         elif inbox.direct is not None and inbox.direct["dst"].shape[0]:
             d = inbox.direct
@@ -246,7 +273,8 @@ class Cascade(Env):
             self._activate(rows[win], src[win], root[win])
         if model == "linear_threshold":
             empty = np.empty(0, dtype=np.float64)
-            return {"agent": np.empty(0, np.int64), "influence": empty, "threshold": empty}
+            return {"agent": np.empty(0, np.int64), "influence": empty, "threshold": empty,
+                    "exposures": np.empty(0, np.int32), "in_degree": np.empty(0, np.int32)}
         # IC and SIR: the transmitters' out-edges, each decided by its keyed draw.
         new = self._pending["rows"] if self._pending else np.empty(0, np.int64)
         if model == "sir":
@@ -265,15 +293,18 @@ class Cascade(Env):
         if model == "linear_threshold":
             if self._candidates is not None:
                 rows, src, root = self._candidates
-                adopt = actions["adopt"]
-                self._activate(rows[adopt], src[adopt], root[adopt])
+                adopt = as_numpy(actions["adopt"]).astype(bool)
+                text = actions.get("text")
+                if text is not None:
+                    text = np.asarray(text, dtype=object)[adopt]
+                self._activate(rows[adopt], src[adopt], root[adopt], text)
             new = self._pending["rows"] if self._pending else np.empty(0, np.int64)
             broadcasts = {"src": view.agents[new], "root": self.root[new]}
         else:
             # Only the edges that transmit travel, point to point: at small p that
             # is a few percent of what a broadcast to every neighbour would be.
             rows, pos, counts = self._candidates
-            keep = np.flatnonzero(actions["transmit"])
+            keep = np.flatnonzero(as_numpy(actions["transmit"]))
             src_rows = view.edge_sources(rows, counts, keep)
             messages = {"dst": view.indices[pos[keep]], "src": view.agents[src_rows],
                         "root": self.root[src_rows]}
@@ -297,6 +328,9 @@ class Cascade(Env):
                 parent=np.concatenate([pend["parent"] if n_new else none[:0], none]),
                 root=np.concatenate([pend["root"] if n_new else none[:0], self.root[recovered]]),
             )
+            if "text" in pend:
+                events["text"] = np.concatenate([pend["text"],
+                                                 np.full(recovered.shape[0], None, object)])
         else:
             events = make_events(np.empty(0, np.int8), np.empty(0, np.int64))
         self._pending, self._candidates = {}, None

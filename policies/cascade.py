@@ -2,12 +2,13 @@
 
 Independent cascade and SIR decide per out-edge whether to transmit (one
 keyed Bernoulli draw per edge), linear threshold decides per exposed agent
-whether the influence received reaches its threshold.
+whether the influence received reaches its threshold. Both run on tensors
+on the policy's device; the keyed draws equal the CPU's bit for bit.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import torch
 
 from swarm.policies.base import Policy, PolicyContext
 
@@ -24,11 +25,12 @@ class EdgeTransmission(Policy):
 
     name = "edge_transmission"
 
-    def __init__(self, p: float, once: bool):
+    def __init__(self, p: float, once: bool, device: str = "cpu"):
+        super().__init__(device)
         self.p = float(p)
         self.once = once
 
-    def _forward(self, batch: dict[str, np.ndarray], ctx: PolicyContext) -> dict[str, np.ndarray]:
+    def _forward(self, batch: dict[str, torch.Tensor], ctx: PolicyContext) -> dict:
         step = 0 if self.once else ctx.step
         return {"transmit": ctx.rng.bernoulli("transmit", batch["edge"], p=self.p, step=step)}
 
@@ -38,5 +40,5 @@ class LinearThreshold(Policy):
 
     name = "linear_threshold"
 
-    def _forward(self, batch: dict[str, np.ndarray], ctx: PolicyContext) -> dict[str, np.ndarray]:
+    def _forward(self, batch: dict[str, torch.Tensor], ctx: PolicyContext) -> dict:
         return {"adopt": batch["influence"] >= batch["threshold"]}

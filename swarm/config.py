@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 from swarm.config_base import StrictModel
 from swarm.envs import ENV_REGISTRY, EnvConfig
 from swarm.errors import ConfigError
+from swarm.population import PopulationConfig
 
 __all__ = [
     "RunConfig",
@@ -168,6 +169,8 @@ class RunConfig(StrictModel):
     fault_tolerance: FaultToleranceConfig = FaultToleranceConfig()
     memory_check: bool = True
     """Refuse to start when the estimated peak memory exceeds the cluster's memory."""
+    population: PopulationConfig = PopulationConfig()
+    """The policy mix (default: every agent follows the env's own rule) and personas."""
 
     def dump(self) -> dict:
         """Plain data, with the env's own fields (not just the base class's)."""
@@ -185,16 +188,20 @@ def _format_errors(exc: ValidationError, prefix: tuple = ()) -> list[str]:
         loc = list(prefix) + [str(p) for p in err["loc"]]
         if len(loc) >= 2 and loc[0] == "graph" and loc[1] in GRAPH_KINDS:
             del loc[1]  # the union's tag, not a key the user wrote
+        for i in range(len(loc) - 1, 0, -1):
+            if loc[i - 1] == "policy" and loc[i] in POLICY_KINDS:
+                del loc[i]
         key = ".".join(loc) or "(top level)"
         kind = err["type"]
         if kind == "extra_forbidden":
-            allowed = _allowed_keys(loc[:-1])
+            allowed = _allowed_keys([str(p) for p in err["loc"][:-1]])
             lines.append(f"unknown key '{key}'; allowed keys here: {', '.join(allowed)}")
         elif kind == "union_tag_invalid":
             lines.append(f"{key}.kind: unknown kind {err['ctx']['tag']!r}; allowed: "
-                         f"{', '.join(GRAPH_KINDS)}")
+                         f"{err['ctx']['expected_tags'].replace(chr(39), '')}")
         elif kind == "union_tag_not_found":
-            lines.append(f"{key}.kind: required key is missing; one of {', '.join(GRAPH_KINDS)}")
+            lines.append(f"{key}.kind: required key is missing; one of "
+                         f"{', '.join(_union_tags(loc))}")
         elif kind == "missing":
             lines.append(f"{key}: required key is missing")
         else:
@@ -205,13 +212,50 @@ def _format_errors(exc: ValidationError, prefix: tuple = ()) -> list[str]:
     return lines
 
 
-def _allowed_keys(parent: list[str]) -> list[str]:
+POLICY_KINDS = ("default", "llm")
+
+
+def _union_tags(loc: list[str]) -> tuple[str, ...]:
+    return POLICY_KINDS if "policy" in loc else GRAPH_KINDS
+
+
+def _allowed_keys(parent: list) -> list[str]:
+    """The keys of the model at ``parent`` (pydantic's loc: list items and union tags
+    included), for "unknown key" messages."""
+    import typing
+
     model: Any = RunConfig
-    for part in parent:
-        field = model.model_fields.get(part)
-        if field is None or not isinstance(field.annotation, type):
+    parts = list(parent)
+    while parts:
+        part = parts.pop(0)
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
             return []
-        model = field.annotation
+        ann = field.annotation
+        while True:
+            origin, args = typing.get_origin(ann), typing.get_args(ann)
+            if origin is typing.Annotated:
+                ann = args[0]
+            elif origin is list and parts and str(parts[0]).isdigit():
+                parts.pop(0)
+                ann = args[0]
+            elif origin is Union or (args and origin is not None and type(None) in args):
+                members = [a for a in args if a is not type(None)]
+                if len(members) == 1:
+                    ann = members[0]
+                    continue
+                tag = parts.pop(0) if parts else None
+                chosen = [m for m in members if hasattr(m, "model_fields") and "kind" in
+                          m.model_fields and typing.get_args(m.model_fields["kind"].annotation)
+                          == (tag,)]
+                if not chosen:
+                    return []
+                ann = chosen[0]
+            else:
+                break
+        if not isinstance(ann, type) or not hasattr(ann, "model_fields"):
+            return []
+        model = ann
     return sorted(model.model_fields)
 
 

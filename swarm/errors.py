@@ -12,6 +12,7 @@ __all__ = [
     "GraphError",
     "LogError",
     "ClusterError",
+    "PolicyError",
     "RunInterrupted",
 ]
 
@@ -34,6 +35,10 @@ class LogError(SwarmError):
 
 class ClusterError(SwarmError):
     """A Ray cluster cannot be reached or cannot host the run."""
+
+
+class PolicyError(SwarmError):
+    """A policy could not decide: its model backend failed and ``on_error`` is ``raise``."""
 
 
 class RunInterrupted(SwarmError):

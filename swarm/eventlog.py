@@ -60,7 +60,8 @@ class EventLog:
 
     def _table(self) -> pa.Table:
         steps = [np.full(ev["agent"].shape[0], s, np.int32) for s, ev in self._buffer]
-        col = {k: np.concatenate([ev[k] for _, ev in self._buffer]) for k in self._buffer[0][1]}
+        col = {k: np.concatenate([ev[k] for _, ev in self._buffer]) for k in self._buffer[0][1]
+               if k not in self.extra}
         n = col["agent"].shape[0]
         arrays = {
             "step": pa.array(np.concatenate(steps)),
@@ -72,9 +73,13 @@ class EventLog:
             arrays[k] = pa.array(col[k], mask=col[k] < 0)
         arrays["value"] = pa.array(col["value"], mask=np.isnan(col["value"]))
         for k, t in self.extra.items():
-            v = col[k]
-            mask = np.isnan(v) if v.dtype.kind == "f" else None
-            arrays[k] = pa.array(v, type=t, mask=mask)
+            # An env may leave an extra column out of a step (text that no
+            # policy wrote, say): those rows are null, built by Arrow, not Python.
+            pieces = [pa.nulls(ev["agent"].shape[0], t) if k not in ev else
+                      pa.array(ev[k], type=t, mask=(np.isnan(ev[k]) if ev[k].dtype.kind == "f"
+                                                    else None))
+                      for _, ev in self._buffer]
+            arrays[k] = pa.concat_arrays(pieces) if pieces else pa.nulls(0, t)
         return pa.Table.from_arrays(list(arrays.values()), schema=self.schema)
 
     def flush(self) -> int:

@@ -4,6 +4,11 @@ A draw is ``hash(seed, stream, key..., step, draw)`` through SplitMix64-style
 mixing, vectorized over numpy ``uint64`` arrays. No generator state is carried
 between steps or shards, so the same run gives the same numbers whatever the
 shard count or partitioning, and a shard replays exactly after a restart.
+
+Keys may also be torch tensors: CPU tensors go through the numpy code
+(zero-copy) and results come back as tensors; tensors on a GPU are hashed
+there by the same function in int64 arithmetic, so a policy's draws never
+leave its device and equal the CPU's bit for bit.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import torch
 
 __all__ = ["KeyedRNG", "stream_id", "mix64"]
 
@@ -41,6 +47,29 @@ def mix64(x: np.ndarray) -> np.ndarray:
     x *= _M2
     x ^= x >> _S31
     return x
+
+
+def _signed(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_T_GOLDEN, _T_M1, _T_M2 = (_signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9),
+                           _signed(0x94D049BB133111EB))
+
+
+def _srl(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 bits (torch's ``>>`` is arithmetic)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix64_torch(x: torch.Tensor) -> torch.Tensor:
+    """``mix64`` on int64 tensors: two's-complement products wrap like uint64 ones."""
+    x = x + _T_GOLDEN
+    x = x ^ _srl(x, 30)
+    x = x * _T_M1
+    x = x ^ _srl(x, 27)
+    x = x * _T_M2
+    return x ^ _srl(x, 31)
 
 
 def stream_id(name: str) -> int:
@@ -102,6 +131,24 @@ class KeyedRNG:
         shape = np.broadcast_shapes(*(np.shape(k) for k in keys))
         return int(shape[0]) if shape else 1
 
+    def _torch_bits(self, stream: str, keys, step: int, draw: int) -> torch.Tensor:
+        """The 64 bits of ``bits`` as int64, computed on the keys' device."""
+        h = keys[0].to(torch.int64) ^ _signed(self._base(stream, step, draw))
+        h = _mix64_torch(h)
+        for k in keys[1:]:
+            h = _mix64_torch(h ^ k.to(torch.int64))
+        return h
+
+    def _dispatch(self, method, stream: str, keys, kwargs) -> torch.Tensor | None:
+        """Tensor keys: None for a GPU (the caller hashes there), else the numpy result."""
+        if not any(isinstance(k, torch.Tensor) for k in keys):
+            return None
+        device = next(k.device for k in keys if isinstance(k, torch.Tensor))
+        if device.type != "cpu":
+            return None
+        arrays = [k.numpy() if isinstance(k, torch.Tensor) else k for k in keys]
+        return torch.from_numpy(method(stream, *arrays, **kwargs))
+
     def bits(self, stream: str, *keys: np.ndarray, step: int = 0, draw: int = 0) -> np.ndarray:
         """64 random bits per element of the broadcast 1-d ``keys`` (int arrays)."""
         out = np.empty(self._prepare(keys), dtype=np.uint64)
@@ -114,6 +161,12 @@ class KeyedRNG:
 
     def uniform(self, stream: str, *keys: np.ndarray, step: int = 0, draw: int = 0) -> np.ndarray:
         """Uniform floats in [0, 1), one per element of ``keys``."""
+        if isinstance(keys[0], torch.Tensor):
+            done = self._dispatch(self.uniform, stream, keys, {"step": step, "draw": draw})
+            if done is not None:
+                return done
+            h = _srl(self._torch_bits(stream, keys, step, draw), 11)
+            return h.double() * _INV53
         out = np.empty(self._prepare(keys), dtype=np.float64)
 
         def finish(h, o):
@@ -133,6 +186,13 @@ class KeyedRNG:
         """
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1]; got {p}")
+        if isinstance(keys[0], torch.Tensor):
+            done = self._dispatch(self.bernoulli, stream, keys,
+                                  {"p": p, "step": step, "draw": draw})
+            if done is not None:
+                return done
+            h = _srl(self._torch_bits(stream, keys, step, draw), 11)
+            return h < int(np.ceil(p * (1 << 53)))
         out = np.empty(self._prepare(keys), dtype=bool)
         threshold = np.uint64(int(np.ceil(p * (1 << 53))))
 

@@ -36,6 +36,8 @@ from swarm.errors import ClusterError, ConfigError, GraphError, LogError, RunInt
 from swarm.graph import CSRGraph, ragged_arange
 from swarm.memory import check_memory, estimate_memory
 from swarm.partition import Partition
+from swarm.policy_server import PolicyServers
+from swarm.population import POLICY_METRICS, check_population, load_personas
 from swarm.rng import KeyedRNG
 from swarm.rundir import METRICS, STATE, Run, create_run_dir, open_run, versions, write_manifest
 from swarm.shard import Fanout, Shard, ShardSpec
@@ -64,7 +66,8 @@ def build_graph(config: RunConfig) -> CSRGraph:
 
 
 def _shard_specs(config: RunConfig, graph: CSRGraph, part: Partition, setup: dict,
-                 store: RunStore) -> list[ShardSpec]:
+                 store: RunStore, personas=None, servers: PolicyServers | None = None
+                 ) -> list[ShardSpec]:
     in_degree = graph.in_degree().astype(np.int32)
     env_cls = ENV_REGISTRY[config.env.kind]
     fanouts = (_fanouts(graph, part) if env_cls.uses_broadcasts(config.env) and part.num_shards > 1
@@ -87,6 +90,8 @@ def _shard_specs(config: RunConfig, graph: CSRGraph, part: Partition, setup: dic
             row_shift=(starts - indptr[:-1]).astype(np.int64),
             in_degree=in_degree[agents], env_config=config.env, env_setup=setup,
             store=store, flush_every=config.log.flush_every, fanout=fanouts[k],
+            population=config.population, personas=personas,
+            backends=servers.backends_for(k) if servers is not None else {},
         ))
     return specs
 
@@ -320,7 +325,7 @@ def run(
     graph_seconds = time.perf_counter() - t_start
     if graph.n < 1:
         raise GraphError("the graph has no agents")
-    part, env_cls, setup = _prepare(config, graph, partition, backend, address)
+    part, env_cls, setup, personas = _prepare(config, graph, partition, backend, address)
     if config.memory_check:
         check_memory(estimate_memory(graph, config, env_cls), backend=backend)
     store = create_run_dir(out, overwrite=overwrite)
@@ -353,7 +358,7 @@ def run(
         ckpt.write_arrays(store, f"{STATE}/partition.arrow",
                           {"shard": part.shard_of(np.arange(graph.n, dtype=np.int64))})
     write_manifest(store, manifest)
-    return _execute(config, store, manifest, graph, part, setup, address=address,
+    return _execute(config, store, manifest, graph, part, setup, personas, address=address,
                     backend=backend, progress=progress, on_step=on_step)
 
 
@@ -395,7 +400,7 @@ def resume(
     saved = None
     if store.exists(f"{STATE}/partition.arrow"):
         saved = ckpt.read_arrays(store, f"{STATE}/partition.arrow")[0]["shard"]
-    part, _, setup = _prepare(config, graph, saved, backend, address)
+    part, _, setup, personas = _prepare(config, graph, saved, backend, address)
     restore = manifest.get("checkpoint", {}).get("step")
     rows: list[dict] = []
     if restore is not None:
@@ -410,7 +415,7 @@ def resume(
                     resumes=manifest.get("resumes", 0) + 1,
                     resumed_from=-1 if restore is None else restore)
     write_manifest(store, manifest)
-    return _execute(config, store, manifest, graph, part, setup, address=address,
+    return _execute(config, store, manifest, graph, part, setup, personas, address=address,
                     backend=backend, progress=progress, on_step=on_step,
                     restore_step=restore, rows=rows)
 
@@ -429,22 +434,26 @@ def _prepare(config: RunConfig, graph: CSRGraph, partition: np.ndarray | None, b
         setup = env_cls.prepare(config.env, graph.n, KeyedRNG(config.seed))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    pop = config.population
+    personas = load_personas(pop.personas) if pop.personas is not None else None
+    check_population(pop, env_cls, config.env, personas, graph.n)
     if backend == "ray":
         from swarm.cluster.connect import ensure_ray
 
         ensure_ray(address)
-    return part, env_cls, setup
+    return part, env_cls, setup, personas
 
 
 def _execute(config: RunConfig, store: RunStore, manifest: dict, graph: CSRGraph,
-             part: Partition, setup: dict, *, address, backend, progress, on_step,
+             part: Partition, setup: dict, personas, *, address, backend, progress, on_step,
              restore_step: int | None = None, rows: list[dict] | None = None) -> Run:
     """Start the shards, run the rounds, close, and keep the manifest true on every exit."""
     env_cls = ENV_REGISTRY[config.env.kind]
-    driver = None
+    driver = servers = None
     try:
         t_setup = time.perf_counter()
-        specs = _shard_specs(config, graph, part, setup, store)
+        servers = PolicyServers(config, backend)
+        specs = _shard_specs(config, graph, part, setup, store, personas, servers)
         n = graph.n
         del graph
         driver = _Driver(config, store, manifest, specs, backend, n, progress, on_step)
@@ -466,6 +475,14 @@ def _execute(config: RunConfig, store: RunStore, manifest: dict, graph: CSRGraph
         manifest["error"] = f"{type(exc).__name__}: {exc}"
         write_manifest(store, manifest)
         raise
+    finally:
+        if servers is not None:
+            if servers.servers:
+                try:
+                    manifest["policy_servers"] = servers.stats()
+                except Exception as exc:  # a dead server has no stats; the run's outcome stands
+                    manifest["policy_servers"] = f"unavailable: {type(exc).__name__}"
+            servers.close()
     rows = driver.rows
     manifest.update(
         status="completed",
@@ -730,7 +747,11 @@ def _row(step: int, summaries: list[dict], seconds: float) -> dict:
         # The slowest shard's own work; the rest of `seconds` is exchange and barrier.
         "shard_seconds_max": max(s["seconds"] for s in summaries),
         "checkpoint_seconds": max(s.get("checkpoint_seconds", 0.0) for s in summaries),
+        # The slowest shard's decide stage (policies, model calls included).
+        "decide_seconds": max(s["policy"]["decide_seconds"] for s in summaries),
     }
+    for name in POLICY_METRICS:
+        row[name] = sum(s["policy"][name] for s in summaries)
     for name in summaries[0]["metrics"]:
         row[name] = sum(s["metrics"][name] for s in summaries)
     return row
@@ -739,9 +760,9 @@ def _row(step: int, summaries: list[dict], seconds: float) -> dict:
 def _write_metrics(store: RunStore, rel: str, rows: list[dict], metric_names) -> None:
     import pyarrow as pa
 
-    floats = ("seconds", "shard_seconds_max", "checkpoint_seconds")
+    floats = ("seconds", "shard_seconds_max", "checkpoint_seconds", "decide_seconds")
     cols = ["step", "active", "events", "messages", "cross_shard_messages", "cross_shard_bytes",
-            *floats, *metric_names]
+            *floats, *POLICY_METRICS, *metric_names]
     types = {"step": pa.int32(), **{c: pa.float64() for c in floats}}
     table = pa.table({c: pa.array([r.get(c, 0) for r in rows], type=types.get(c, pa.int64()))
                       for c in cols})

@@ -26,7 +26,7 @@ from swarm.errors import LogError
 from swarm.eventlog import EventLog
 from swarm.graph import ragged_arange
 from swarm.partition import Partition
-from swarm.policies.base import PolicyContext
+from swarm.population import Population, PopulationConfig
 from swarm.rng import KeyedRNG
 from swarm.storage import RunStore
 
@@ -81,6 +81,10 @@ class ShardSpec:
     store: RunStore | None = None
     flush_every: int = 10
     fanout: Fanout | None = None
+    population: PopulationConfig = field(default_factory=PopulationConfig)
+    personas: Any = None
+    #: Backends of policy-server groups (group index -> ServerBackend).
+    backends: dict[int, Any] = field(default_factory=dict)
 
 
 def _concat(parts: list[Messages | None]) -> Messages | None:
@@ -122,7 +126,8 @@ class Shard:
         _touch(spec.indptr, spec.indices, spec.row_shift, spec.in_degree)
         env_cls = ENV_REGISTRY[spec.env_config.kind]
         self.env = env_cls(spec.env_config, self.view, spec.env_setup)
-        self.policy = self.env.default_policy()
+        self.population = Population(spec.population, self.env, self.view, spec.personas,
+                                     spec.backends)
         self.log = EventLog(spec.store, f"events/shard={spec.shard}", spec.shard,
                             env_cls.event_types, env_cls.event_columns, spec.flush_every)
         # Messages to this shard's own agents never leave it; `_restored` holds
@@ -151,7 +156,7 @@ class Shard:
         inbox = Inbox(direct=_concat([p.get("direct") for p in parts if p]),
                       broadcast=self._fan_out([p.get("broadcast") for p in parts if p]))
         batch = self.env.observe(step, inbox)
-        actions = self.policy.decide(batch, PolicyContext(step=step, rng=self.rng))
+        actions, decided = self.population.decide(batch, step, self.rng)
         result = self.env.apply(step, batch, actions)
         self.log.append(step, result.events)
         if not checkpoint:
@@ -169,6 +174,7 @@ class Shard:
                 m[next(iter(m))].shape[0] for o in outboxes if o for m in o.values())),
             "cross_shard_bytes": int(sum(_nbytes(o) for o in outboxes)),
             "metrics": result.metrics,
+            "policy": decided,
         }
         self.steps_done = step + 1
         if checkpoint:
@@ -275,6 +281,7 @@ class Shard:
 
     def _write_state(self, step: int) -> int:
         arrays = {f"env.{k}": v for k, v in self.env.state_dict().items()}
+        arrays.update({f"pop.{k}": v for k, v in self.population.state_dict().items()})
         for kind, cols in (self._own or {}).items():
             arrays.update({f"own.{kind}.{k}": v for k, v in cols.items()})
         meta = {"step": step, "shard": self.id, "num_shards": self.num_shards,
@@ -294,6 +301,8 @@ class Shard:
                            f"{meta.get('num_shards')} shards, not {self.num_shards}; resume "
                            "with the run's own config (its `shards` and `partition`)")
         self.env.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("env.")})
+        self.population.load_state_dict({k[4:]: v for k, v in arrays.items()
+                                         if k.startswith("pop.")})
         self._own = _unflatten({k[4:]: v for k, v in arrays.items() if k.startswith("own.")})
         self.log.rewind(meta["log_parts"], meta["log_rows"])
         folder = ckpt.step_dir(step)
@@ -306,6 +315,7 @@ class Shard:
     def close(self) -> dict:
         """Flush the remaining events; report rows written and peak memory."""
         self.log.flush()
+        self.population.close()
         return {"shard": self.id, "rows": self.log.rows_written, "peak_rss_mib": _peak_rss_mib()}
 
     def health(self) -> dict:

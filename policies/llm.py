@@ -1,0 +1,459 @@
+"""LLM-style agents: prompts rendered per agent, actions chosen by a language model.
+
+The decide stage for agents whose policy is a language model. Each row of the
+batch (one agent) is rendered through a ``str.format`` template from its
+persona, its observation fields (bucketed if asked), its memory (its last k
+own actions) and the allowed actions. Identical prompts are inferred once:
+rows are grouped by the values the template actually uses before anything is
+rendered, so a population of millions costs one Python string per distinct
+prompt, not per agent (the archetype idea of AgentTorch, made exact).
+
+Action choice is by scoring: the backend returns each allowed action's
+log-likelihood after each distinct prompt in one batched pass, and every
+agent then samples its own action with temperature from one keyed uniform
+(seed, agent, step), so deduplication changes how often the model runs,
+never what an agent does. Free text (``text:``) is short generation keyed by
+the prompt and step: agents with the same prompt write the same text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import string
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from swarm.config_base import StrictModel
+from swarm.envs.base import ChoiceSpec
+from swarm.errors import PolicyError
+from swarm.policies.backends.base import Backend, BackendError
+from swarm.policies.base import Policy, PolicyContext, as_numpy
+
+__all__ = ["LLMPolicy", "LLMPolicyConfig", "Persona", "TextConfig", "make_backend",
+           "template_fields"]
+
+log = logging.getLogger(__name__)
+
+#: Names a template may use besides the env's observation fields.
+SPECIAL_FIELDS = ("persona", "memory", "actions", "step")
+
+
+class TextConfig(StrictModel):
+    """Free text written after the choice (e.g. a comment on a share)."""
+
+    when: list[str] = Field(min_length=1)
+    """The chosen labels that come with text, e.g. [share]."""
+    max_new_tokens: int = Field(16, ge=1, le=512)
+    """Length limit of each text, in tokens."""
+    temperature: float = Field(1.0, ge=0.0)
+    """Sampling temperature (0: greedy)."""
+    template: str | None = None
+    """The prompt; default the env's text template. ``{choice}`` is the chosen label."""
+
+
+class LLMPolicyConfig(StrictModel):
+    """An LLM-style policy: a prompt template, a model backend and how to choose."""
+
+    kind: Literal["llm"] = "llm"
+    backend: Literal["transformers", "openai"] = "transformers"
+    """transformers: a local checkpoint directory; openai: an OpenAI-compatible endpoint."""
+    model: str
+    """transformers: the checkpoint directory (config, weights, tokenizer); openai: the
+    model name the endpoint serves."""
+    base_url: str | None = None
+    """openai: the endpoint, e.g. http://127.0.0.1:8000/v1 (a vLLM, SGLang, llama.cpp or
+    `swarm serve-policy` server)."""
+    api_key_env: str | None = "OPENAI_API_KEY"
+    """openai: the environment variable holding the API key (unset: no key sent)."""
+    device: str = "auto"
+    """transformers: auto (a GPU when torch sees one), cpu, cuda or cuda:i."""
+    dtype: Literal["auto", "float32", "float64", "float16", "bfloat16"] = "auto"
+    """transformers: auto is float64 on a CPU (scores then do not depend on batching, so
+    actions are identical across shard counts) and float32 on a GPU."""
+    batch_size: int = Field(64, ge=1)
+    """Rows per forward pass (transformers) or strings per request (openai)."""
+    max_concurrency: int = Field(16, ge=1)
+    """openai: requests in flight at once, per shard."""
+    timeout: float = Field(30.0, gt=0)
+    """openai: seconds per request before a retry."""
+    retries: int = Field(3, ge=0)
+    """openai: retries with exponential backoff after connection errors, 429 and 5xx."""
+    template: str | None = None
+    """A str.format template; default the env's. Names: the env's observation fields,
+    {persona} (or {persona.COLUMN}), {memory}, {actions}, {step}."""
+    actions: dict[str, str] | None = None
+    """The text scored for each allowed label; default ' ' + label."""
+    temperature: float = Field(1.0, ge=0.0)
+    """Sampling temperature over the actions' log-likelihoods (0: the most likely)."""
+    memory: int = Field(3, ge=0, le=32)
+    """How many of the agent's own last actions {memory} shows."""
+    dedup: bool = True
+    """Infer identical prompts once per step (never changes the actions)."""
+    bucket: dict[str, float] = {}
+    """Coarsen numeric fields before rendering: value -> floor(value / width) * width, so
+    more prompts coincide, e.g. {influence: 0.1}."""
+    choice: Literal["score", "generate"] = "score"
+    """score: log-likelihood of each allowed action; generate: a short answer parsed as a
+    label (for endpoints that cannot echo log-probabilities)."""
+    answer_tokens: int = Field(4, ge=1, le=64)
+    """choice: generate: tokens generated for the answer."""
+    text: TextConfig | None = None
+    """Free text after the choice, for the labels in text.when."""
+    on_error: Literal["raise", "idle"] = "raise"
+    """When the backend fails or answers an unknown action: stop the run (raise) or give
+    the affected agents the env's idle action, logged and counted (idle)."""
+    server: bool = False
+    """Run the model in shared policy-server actors (one model for all shards, on a GPU
+    when the cluster has one) instead of in every shard."""
+    replicas: int = Field(1, ge=1)
+    """server: the number of policy-server actors."""
+    batch_window_ms: float = Field(5.0, ge=0.0)
+    """server: how long a server waits to merge requests from several shards."""
+
+    @model_validator(mode="after")
+    def _check(self) -> LLMPolicyConfig:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend openai needs base_url, e.g. http://127.0.0.1:8000/v1")
+        if self.backend == "transformers" and self.base_url:
+            raise ValueError("base_url is for backend: openai; the transformers backend loads "
+                             "the checkpoint directory named by model")
+        bad = {k: w for k, w in self.bucket.items() if not w > 0}
+        if bad:
+            raise ValueError(f"bucket widths must be > 0; got {bad}")
+        return self
+
+
+def template_fields(template: str) -> list[str]:
+    """The top-level names a ``str.format`` template uses.
+
+    Examples
+    --------
+    >>> template_fields("You are {persona.role}; {exposures} shared. {memory}")
+    ['persona', 'exposures', 'memory']
+    """
+    names = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"template is not a valid str.format string ({exc})") from None
+    for _, name, _, _ in parsed:
+        if name is None:
+            continue
+        if name == "" or name[0].isdigit():
+            raise ValueError("template fields must be named, e.g. {exposures}; got {" + name + "}")
+        head = name.split(".")[0].split("[")[0]
+        if head not in names:
+            names.append(head)
+    return names
+
+
+class Persona:
+    """One persona row: ``{persona}`` renders its description, ``{persona.col}`` a column."""
+
+    def __init__(self, row: dict[str, Any]):
+        self._row = row
+        self.__dict__.update(row)
+
+    def __str__(self) -> str:
+        for key in ("description", "persona", "name"):
+            if key in self._row:
+                return str(self._row[key])
+        return "; ".join(f"{k}: {v}" for k, v in self._row.items() if k != "agent")
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+_NO_PERSONA = Persona({"description": "an ordinary member of the network"})
+
+
+def make_backend(cfg: LLMPolicyConfig) -> Backend:
+    """The backend named by ``cfg`` (a local model is loaded here)."""
+    if cfg.backend == "transformers":
+        from swarm.policies.backends.transformers_backend import TransformersBackend
+
+        return TransformersBackend(cfg.model, device=cfg.device, dtype=cfg.dtype,
+                                   batch_size=cfg.batch_size)
+    from swarm.policies.backends.openai_backend import OpenAIBackend
+
+    return OpenAIBackend(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env,
+                         max_concurrency=cfg.max_concurrency, timeout=cfg.timeout,
+                         retries=cfg.retries, batch_size=cfg.batch_size)
+
+
+def _prompt_seed(prompts: Sequence[str]) -> np.ndarray:
+    """A stable 63-bit id per prompt (not Python's salted ``hash``)."""
+    return np.array([int.from_bytes(hashlib.blake2b(p.encode(), digest_size=8).digest(),
+                                    "little") >> 1 for p in prompts], dtype=np.int64)
+
+
+def _unique_rows(cols: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first row of each distinct key, inverse) for the keys made of ``cols``; by sorting."""
+    if not cols:
+        return np.zeros(min(n, 1), np.int64), np.zeros(n, np.int64)
+    order = np.lexsort(cols[::-1])
+    new = np.zeros(n, dtype=bool)
+    new[:1] = True
+    for c in cols:
+        s = c[order]
+        new[1:] |= s[1:] != s[:-1]
+    group = np.cumsum(new) - 1
+    inverse = np.empty(n, np.int64)
+    inverse[order] = group
+    return order[new], inverse
+
+
+class LLMPolicy(Policy):
+    """Choose each agent's action with a language model (see the module docstring).
+
+    Parameters
+    ----------
+    config : LLMPolicyConfig
+        Template, backend and choice settings.
+    spec : ChoiceSpec
+        What the env lets agents choose, and its observation fields.
+    backend : Backend
+        Scores and generates (a local model, an endpoint or a policy server).
+    personas : list of Persona, optional
+        The persona table's rows; the batch's ``persona`` column indexes it.
+    """
+
+    name = "llm"
+
+    def __init__(self, config: LLMPolicyConfig, spec: ChoiceSpec, backend: Backend,
+                 personas: list[Persona] | None = None):
+        super().__init__("cpu")  # the batch is bookkeeping; the model lives in the backend
+        self.config, self.spec, self.backend = config, spec, backend
+        self.personas = personas or [_NO_PERSONA]
+        self.template = config.template or spec.template
+        self.labels = spec.labels
+        self.continuations = [(config.actions or {}).get(lb, " " + lb) for lb in self.labels]
+        self.fields = check_template(self.template, spec, "template")
+        self.uses_memory = "memory" in self.fields
+        self.text_template = None
+        if config.text is not None:
+            self.text_template = config.text.template or spec.text_template
+            self.text_fields = check_template(self.text_template, spec, "text.template",
+                                              extra=("choice",))
+            self.text_when = np.array([lb in config.text.when for lb in self.labels])
+
+    # -- the hook ----------------------------------------------------------------
+
+    def _forward(self, batch: dict[str, Any], ctx: PolicyContext) -> dict[str, Any]:
+        cfg = self.config
+        agents = as_numpy(batch["agent"]).astype(np.int64, copy=False)
+        n = agents.shape[0]
+        ctx.stats.decisions += n
+        if n == 0:
+            out = {self.spec.action: torch.zeros(0, dtype=torch.int64)}
+            if self.text_template is not None:
+                out[self.spec.text] = []
+            return out
+        cols = self._columns(batch, ctx.step)
+        first, inverse = self._group(cols, self.fields, n)
+        prompts = self._render(self.template, self.fields, cols, first)
+        if cfg.dedup:
+            prompts, inverse = _dedup_strings(prompts, inverse)
+        choice, failed = self._choose(prompts, inverse, agents, ctx)
+        out: dict[str, Any] = {self.spec.action: torch.from_numpy(choice)}
+        if self.text_template is not None:
+            out[self.spec.text] = self._write(cols, choice, failed, ctx)
+        return out
+
+    # -- prompts -------------------------------------------------------------------
+
+    def _columns(self, batch: dict[str, Any], step: int) -> dict[str, np.ndarray]:
+        """The key columns of every name the templates use (bucketed numbers)."""
+        n = len(batch["agent"])
+        cols: dict[str, np.ndarray] = {}
+        for name in {*self.fields, *getattr(self, "text_fields", ())}:
+            if name == "persona":
+                cols[name] = (as_numpy(batch["persona"]) if "persona" in batch
+                              else np.zeros(n, np.int64))
+            elif name == "memory":
+                cols[name] = as_numpy(batch["memory"])
+            elif name == "step":
+                cols[name] = np.full(n, step, np.int64)
+            elif name in ("actions", "choice"):
+                continue
+            else:
+                value = as_numpy(batch[name])
+                width = self.config.bucket.get(name)
+                if width is not None:
+                    value = np.floor(value / width) * width
+                cols[name] = value
+        return cols
+
+    def _group(self, cols, fields, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows with equal template values share a prompt: (representatives, inverse)."""
+        if not self.config.dedup:
+            return np.arange(n), np.arange(n)
+        keys = []
+        for name in fields:
+            if name in cols:
+                c = cols[name]
+                keys.extend(c.T if c.ndim == 2 else [c])
+        return _unique_rows(keys, n)
+
+    def _render(self, template: str, fields, cols, rows: np.ndarray,
+                extra: dict[str, list] | None = None) -> list[str]:
+        """One prompt per row in ``rows`` (a Python loop over distinct prompts only)."""
+        values: dict[str, list] = {}
+        for name in fields:
+            if name == "persona":
+                values[name] = [self.personas[i] for i in cols[name][rows].tolist()]
+            elif name == "memory":
+                values[name] = [self._memory_text(m) for m in cols[name][rows].tolist()]
+            elif name == "actions":
+                values[name] = [_join(self.labels)] * rows.shape[0]
+            elif name in cols:
+                values[name] = cols[name][rows].tolist()
+        values.update(extra or {})
+        names = list(values)
+        return [template.format(**dict(zip(names, vals, strict=True)))
+                for vals in zip(*values.values(), strict=True)] if names else \
+            [template] * rows.shape[0]
+
+    def _memory_text(self, codes: list[int]) -> str:
+        done = [self.labels[c] for c in codes if c >= 0]
+        return ", ".join(done) if done else "none yet"
+
+    # -- choosing ------------------------------------------------------------------
+
+    def _choose(self, prompts: list[str], inverse: np.ndarray, agents: np.ndarray,
+                ctx: PolicyContext) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's label index, and which rows fell back to idle."""
+        cfg, n = self.config, agents.shape[0]
+        ctx.stats.calls += len(prompts)
+        failed = np.zeros(n, dtype=bool)
+        try:
+            if cfg.choice == "score":
+                scores = np.asarray(self.backend.score(prompts, self.continuations),
+                                    dtype=np.float64)
+                choice = _sample(scores[inverse], agents, ctx, cfg.temperature)
+            else:
+                choice, unknown = self._answer(prompts, ctx)
+                choice, bad = choice[inverse], unknown[inverse]
+                if bad.any():
+                    self._fail(f"{int(bad.sum())} agents' replies named no allowed action "
+                               f"({_join(self.labels)})", bad, failed, choice, ctx)
+        except BackendError as exc:
+            choice = np.zeros(n, np.int64)
+            self._fail(str(exc), np.ones(n, dtype=bool), failed, choice, ctx)
+        return choice, failed
+
+    def _answer(self, prompts: list[str], ctx: PolicyContext) -> tuple[np.ndarray, np.ndarray]:
+        """choice: generate: a short answer per prompt, matched to a label."""
+        seeds = _keyed_seeds(ctx, "llm_answer", prompts)
+        replies = self.backend.generate(prompts, seeds, self.config.answer_tokens,
+                                        self.config.temperature)
+        lookup = {lb.lower(): i for i, lb in enumerate(self.labels)}
+        choice = np.zeros(len(prompts), np.int64)
+        unknown = np.zeros(len(prompts), dtype=bool)
+        for i, reply in enumerate(replies):
+            words = reply.strip().lower().split()
+            word = words[0].strip(".,;:!?\"'") if words else ""
+            if word in lookup:
+                choice[i] = lookup[word]
+            else:
+                unknown[i] = True
+        return choice, unknown
+
+    def _fail(self, why: str, rows: np.ndarray, failed: np.ndarray, choice: np.ndarray,
+              ctx: PolicyContext) -> None:
+        if self.config.on_error == "raise":
+            raise PolicyError(f"policy llm ({self.config.backend}: {self.config.model}) at step "
+                              f"{ctx.step}: {why}. Fix the backend, or set on_error: idle to "
+                              f"give such agents the idle action {self.labels[self.spec.idle]!r}")
+        count = int(rows.sum())
+        log.warning("step %d: %d agents fell back to %r: %s", ctx.step, count,
+                    self.labels[self.spec.idle], why)
+        choice[rows] = self.spec.idle
+        failed |= rows
+        ctx.stats.fallbacks += count
+
+    # -- free text -----------------------------------------------------------------
+
+    def _write(self, cols, choice: np.ndarray, failed: np.ndarray, ctx: PolicyContext) -> list:
+        """Text for the rows whose choice comes with text; None elsewhere."""
+        n = choice.shape[0]
+        texts: list = [None] * n
+        rows = np.flatnonzero(self.text_when[choice] & ~failed)
+        if rows.shape[0] == 0:
+            return texts
+        keys = [choice[rows]]
+        for name in self.text_fields:
+            if name in cols:
+                c = cols[name][rows]
+                keys.extend(c.T if c.ndim == 2 else [c])
+        if self.config.dedup:
+            first, inverse = _unique_rows(keys, rows.shape[0])
+        else:
+            first, inverse = np.arange(rows.shape[0]), np.arange(rows.shape[0])
+        reps = rows[first]
+        extra = {"choice": [self.labels[c] for c in choice[reps].tolist()]}
+        fields = [f for f in self.text_fields if f != "choice"]
+        prompts = self._render(self.text_template, fields, cols, reps, extra)
+        if self.config.dedup:
+            prompts, inverse = _dedup_strings(prompts, inverse)
+        ctx.stats.calls += len(prompts)
+        tc = self.config.text
+        try:
+            out = self.backend.generate(prompts, _keyed_seeds(ctx, "llm_text", prompts),
+                                        tc.max_new_tokens, tc.temperature)
+        except BackendError as exc:
+            self._fail(f"text generation failed: {exc}", np.zeros(n, bool), failed,
+                       np.zeros(n, np.int64), ctx)
+            return texts
+        for r, t in zip(rows.tolist(), inverse.tolist(), strict=True):
+            texts[r] = out[t]
+        return texts
+
+
+def check_template(template: str, spec: ChoiceSpec, key: str,
+                   extra: tuple[str, ...] = ()) -> list[str]:
+    """The template's field names, or a ValueError naming the unknown ones."""
+    fields = template_fields(template)
+    allowed = (*spec.fields, *SPECIAL_FIELDS, *extra)
+    unknown = [f for f in fields if f not in allowed]
+    if unknown:
+        raise ValueError(f"{key} names {unknown}, which this env does not provide; "
+                         f"allowed: {', '.join('{' + a + '}' for a in allowed)}")
+    return fields
+
+
+def _join(labels: Sequence[str]) -> str:
+    return ", ".join(labels[:-1]) + " or " + labels[-1] if len(labels) > 1 else labels[0]
+
+
+def _dedup_strings(prompts: list[str], inverse: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Merge rendered prompts that came out equal from different key values."""
+    index: dict[str, int] = {}
+    remap = np.array([index.setdefault(p, len(index)) for p in prompts], dtype=np.int64)
+    if len(index) == len(prompts):
+        return prompts, inverse
+    return list(index), remap[inverse]
+
+
+def _keyed_seeds(ctx: PolicyContext, stream: str, prompts: list[str]) -> np.ndarray:
+    """One generation seed per prompt: the same prompt at the same step, the same text."""
+    bits = ctx.rng.bits(stream, _prompt_seed(prompts), step=ctx.step)
+    return (bits >> np.uint64(1)).astype(np.int64)
+
+
+def _sample(scores: np.ndarray, agents: np.ndarray, ctx: PolicyContext,
+            temperature: float) -> np.ndarray:
+    """One label per row: inverse CDF of softmax(scores / T) at the agent's keyed uniform."""
+    if temperature <= 0:
+        return scores.argmax(axis=1).astype(np.int64)
+    z = scores / temperature
+    z -= z.max(axis=1, keepdims=True)
+    cdf = np.cumsum(np.exp(z), axis=1)
+    u = ctx.rng.uniform("llm_choice", agents, step=ctx.step) * cdf[:, -1]
+    choice = (cdf <= u[:, None]).sum(axis=1)
+    return np.minimum(choice, scores.shape[1] - 1).astype(np.int64)
