@@ -52,3 +52,29 @@ def sorted_events(run):
     t = run.events().drop_columns(["shard"])
     t = t.set_column(t.schema.get_field_index("event"), "event", t["event"].cast(pa.string()))
     return t.sort_by([("step", "ascending"), ("agent", "ascending"), ("event", "ascending")])
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny random-weight causal LM saved as a checkpoint directory (nothing downloaded)."""
+    from swarm.policies.testing import make_tiny_model
+
+    return make_tiny_model(str(tmp_path_factory.mktemp("tiny-model")))
+
+
+def llm_config(model_dir, n=400, shards=1, llm_fraction=0.7, steps=6, population=None,
+               **policy):
+    """Linear threshold on an ER graph where a fraction of agents decide with a tiny LLM."""
+    from swarm import validate_config
+
+    groups = [{"policy": {"kind": "llm", "model": model_dir, **policy},
+               "fraction": llm_fraction}]
+    if llm_fraction < 1:
+        groups.insert(0, {"policy": {"kind": "default"}, "fraction": 1 - llm_fraction})
+    return validate_config({
+        "seed": 11, "steps": steps, "shards": shards, "partition": "hash",
+        "graph": {"kind": "erdos_renyi", "n": n, "mean_degree": 8},
+        "env": {"kind": "cascade", "model": "linear_threshold", "seed_fraction": 0.05},
+        "checkpoint": {"every": 0},
+        "population": population or {"groups": groups},
+    })
