@@ -106,6 +106,16 @@ def _print_summary(result) -> None:
         last = metrics.slice(metrics.num_rows - 1).to_pylist()[0]
         env_metrics = ", ".join(f"{k}={last[k]:,}" for k in m["env"]["metrics"] if k in last)
         typer.echo(f"last step ({m['env']['kind']}): {env_metrics}")
+        cols = metrics.column_names
+        if "policy_decisions" in cols and sum(metrics["policy_decisions"].to_pylist()):
+            total = {c: sum(metrics[c].to_pylist()) for c in
+                     ("policy_decisions", "policy_calls", "policy_calls_saved",
+                      "policy_fallbacks", "decide_seconds", "seconds")}
+            typer.echo(f"models: {total['policy_decisions']:,} decisions, "
+                       f"{total['policy_calls']:,} model calls "
+                       f"({total['policy_calls_saved']:,} saved by dedup), "
+                       f"{total['policy_fallbacks']:,} fallbacks; decide "
+                       f"{total['decide_seconds'] / max(total['seconds'], 1e-9):.0%} of step time")
     typer.echo(f"query it: swarm query {result.path} \"SELECT event, count(*) FROM events "
                "GROUP BY event\"")
 
@@ -284,3 +294,36 @@ def logs(
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+@app.command("serve-policy")
+def serve_policy(
+    model_dir: str = typer.Argument(..., metavar="MODEL_DIR",
+                                    help="Checkpoint directory (config.json, weights, tokenizer)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface (0.0.0.0: other machines)."),
+    port: int = typer.Option(8000, "--port", help="Port (0: any free port)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:i."),
+    dtype: str = typer.Option("auto", "--dtype",
+                              help="auto (float64 on CPU, float32 on GPU), float32, float64, "
+                                   "float16, bfloat16."),
+    batch_window_ms: float = typer.Option(3.0, "--batch-window-ms",
+                                          help="Wait this long to merge concurrent requests."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Most rows per forward pass."),
+    served_model_name: str | None = typer.Option(None, "--served-model-name",
+                                                 help="The model name clients send."),
+) -> None:
+    """Serve a local model as an OpenAI-compatible endpoint (/v1/completions, /v1/models).
+
+    LLM-style policies reach it with `backend: openai` and `base_url:
+    http://HOST:PORT/v1`; so do other tools that speak the OpenAI API.
+    """
+    from swarm.policies.backends.base import BackendError
+    from swarm.policies.serve import serve
+
+    try:
+        serve(model_dir, host=host, port=port, device=device, dtype=dtype,
+              batch_window_ms=batch_window_ms, served_model_name=served_model_name,
+              batch_size=batch_size)
+    except BackendError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None

@@ -109,3 +109,22 @@ def test_ctrl_c_checkpoints_then_resume_finishes(tmp_path):
     # that it picks the run up (a bad directory would fail at once instead).
     bad = swarm_cli("resume", tmp_path / "missing", check=False)
     assert bad.returncode == 2 and "run directory not found" in bad.stderr
+
+
+def test_llm_example_runs_with_a_tiny_model_made_by_the_cli(tmp_path):
+    model = tmp_path / "tiny-model"
+    made = subprocess.run([sys.executable, "-m", "swarm.policies.testing", str(model)],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0 and (model / "config.json").exists(), made.stderr
+    config = tmp_path / "llm.yaml"
+    config.write_text((ROOT / "examples/llm_agents.yaml").read_text()
+                      .replace("runs/tiny-model", str(model)))
+    proc = swarm_cli("run", config, "--out", tmp_path / "r", "--shards", "1",
+                     "--set", "graph.n=300", "--set", "steps=4")
+    assert "models:" in proc.stdout and "model calls" in proc.stdout
+    shares = swarm_cli("query", tmp_path / "r", "SELECT count(*) AS n FROM events "
+                       "WHERE text IS NOT NULL", "--format", "json")
+    assert json.loads(shares.stdout)[0]["n"] >= 0  # the text column exists and is queryable
+    bad = swarm_cli("run", config, "--out", tmp_path / "r2", "--set",
+                    "population.personas=missing.csv", check=False)
+    assert bad.returncode == 2 and "personas: file not found: missing.csv" in bad.stderr
