@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench bench-scale clean
+.PHONY: install demo test test-slow lint bench bench-scale bench-policy clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: $(STAMP)
 # Scale-out harness: 1, 2, 4 shards x contiguous, hash, METIS at n=1e6; checkpoint cost.
 bench-scale: $(STAMP)
 	$(PY) -m benchmarks.bench_scale
+
+# LLM-style agents: per-agent model calls vs batched vs batched + dedup (tiny model, CPU).
+bench-policy: $(STAMP)
+	$(PY) -m benchmarks.bench_policy
 
 clean:
 	rm -rf runs .pytest_cache

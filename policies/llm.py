@@ -183,7 +183,7 @@ def make_backend(cfg: LLMPolicyConfig) -> Backend:
 
     return OpenAIBackend(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env,
                          max_concurrency=cfg.max_concurrency, timeout=cfg.timeout,
-                         retries=cfg.retries, batch_size=cfg.batch_size)
+                         retries=cfg.retries + 1, batch_size=cfg.batch_size)  # it counts tries
 
 
 def _prompt_seed(prompts: Sequence[str]) -> np.ndarray:

@@ -57,6 +57,15 @@ class PolicyServer:
     def __init__(self, config: LLMPolicyConfig, backend: Backend | None = None):
         self.window = config.batch_window_ms / 1000.0
         self.backend = backend if backend is not None else make_backend(config)
+        device = getattr(self.backend, "device", None)
+        if getattr(device, "type", None) == "cpu":
+            # Ray gives an actor without CPUs one thread; the shards wait while
+            # the server works, so a CPU model may use the node's cores.
+            import os
+
+            import torch
+
+            torch.set_num_threads(max(torch.get_num_threads(), os.cpu_count() or 1))
         self._lock = threading.Lock()        # guards the queue
         self._model = threading.Lock()       # one backend call at a time
         self._pending: list[_Request] = []

@@ -292,10 +292,6 @@ def logs(
         _fail(exc)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
-
-
 @app.command("serve-policy")
 def serve_policy(
     model_dir: str = typer.Argument(..., metavar="MODEL_DIR",
@@ -327,3 +323,7 @@ def serve_policy(
     except BackendError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -11,6 +11,7 @@ calls saved by deduplication and fallbacks for the step's metrics.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -27,6 +28,8 @@ from swarm.errors import ConfigError
 from swarm.policies.backends.base import Backend
 from swarm.policies.base import Policy, PolicyContext, PolicyStats, as_numpy
 from swarm.policies.llm import LLMPolicy, LLMPolicyConfig, Persona, check_template
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DefaultPolicyConfig",
@@ -160,10 +163,10 @@ def check_population(config: PopulationConfig, env_cls: type[Env], env_config: E
                                      f"{list(spec.fields)}")
             except ValueError as exc:
                 raise ConfigError(f"{where}.policy: {exc}") from None
-            if cfg.backend == "transformers" and not cfg.server:
+            if cfg.backend == "transformers":
                 _check_model_dir(cfg.model, f"{where}.policy.model")
-            if cfg.backend == "transformers" and cfg.server:
-                _check_model_dir(cfg.model, f"{where}.policy.model")
+            else:
+                _check_endpoint(cfg, where)
         if group.where is not None:
             missing = set(group.where) - set(personas.column_names)
             if missing:
@@ -173,6 +176,23 @@ def check_population(config: PopulationConfig, env_cls: type[Env], env_config: E
         ids = as_numpy(personas.column("agent").to_numpy())
         if ids.size and (ids.min() < 0 or ids.max() >= n):
             raise ConfigError(f"population.personas: column 'agent' holds ids outside 0..{n - 1}")
+
+
+def _check_endpoint(cfg: LLMPolicyConfig, where: str) -> None:
+    """An endpoint that is down or does not serve the model fails the run before step 0
+    (``on_error: idle`` only warns: its agents then fall back, counted, every step)."""
+    from swarm.policies.backends.base import BackendError
+    from swarm.policies.llm import make_backend
+
+    backend = make_backend(cfg)
+    try:
+        backend.check()
+    except BackendError as exc:
+        if cfg.on_error == "raise":
+            raise ConfigError(f"{where}.policy: {exc}") from None
+        log.warning("%s.policy: %s; on_error is idle, so its agents will fall back", where, exc)
+    finally:
+        backend.close()
 
 
 def _check_model_dir(path: str, key: str) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -135,6 +138,49 @@ def test_llm_memory_survives_ctrl_c_and_resume(tiny_model, tmp_path, llm_referen
         swarm.run(cfg, tmp_path / "r", backend="local", on_step=interrupt)
     resumed = swarm.resume(tmp_path / "r")
     assert sorted_events(resumed).equals(sorted_events(llm_reference))
+
+
+@pytest.fixture(scope="module")
+def policy_endpoint(tiny_model, tmp_path_factory):
+    """`swarm serve-policy` on the tiny model, as a subprocess; yields its base URL."""
+    log = tmp_path_factory.mktemp("serve") / "stderr.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "swarm.cli", "serve-policy", tiny_model,
+                                 "--port", "0", "--device", "cpu"],
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(90)
+    if not lines or not lines[0].startswith("serving "):
+        proc.kill()
+        pytest.fail(f"swarm serve-policy did not start: {lines}; {log.read_text()[-2000:]}")
+    yield lines[0].split(" on ")[1].strip()
+    proc.terminate()
+    proc.wait(15)
+
+
+def test_openai_backend_against_serve_policy_chooses_the_same_actions(
+        tiny_model, policy_endpoint, tmp_path, llm_reference):
+    # The openai backend names the served model (its directory's name), not a path.
+    remote = llm_config(tiny_model, backend="openai", base_url=policy_endpoint,
+                        model=os.path.basename(tiny_model), max_concurrency=4, batch_size=16)
+    served = swarm.run(remote, tmp_path / "remote", backend="local")
+    assert sorted_events(served).equals(sorted_events(llm_reference))
+    assert policy_metrics(served) == policy_metrics(llm_reference)
+
+
+def test_unreachable_endpoint_fails_before_the_run_or_falls_back(tiny_model, tmp_path):
+    cfg = llm_config(tiny_model, backend="openai", base_url="http://127.0.0.1:9/v1",
+                     retries=0, timeout=2)
+    with pytest.raises(ConfigError, match="127.0.0.1:9"):
+        swarm.run(cfg, tmp_path / "r", backend="local")
+    assert not (tmp_path / "r").exists()
+    idle = llm_config(tiny_model, backend="openai", base_url="http://127.0.0.1:9/v1",
+                      retries=0, timeout=2, on_error="idle")
+    run = swarm.run(idle, tmp_path / "idle", backend="local")
+    m = policy_metrics(run)
+    assert sum(m["policy_fallbacks"]) == sum(m["policy_decisions"]) > 0
 
 
 # -- the policy on its own ------------------------------------------------------------------
