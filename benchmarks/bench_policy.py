@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-agent-steps", type=int, default=2,
                     help="steps of the slow per-agent mode (its rate is per decision)")
     ap.add_argument("--personas", type=int, default=100)
-    ap.add_argument("--batch", type=int, default=256, help="batch_size of the batched modes")
+    ap.add_argument("--batch", type=int, default=64, help="batch_size of the batched modes")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--hidden", type=int, default=64, help="tiny model width")
