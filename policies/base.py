@@ -32,13 +32,16 @@ class PolicyStats:
     """What a policy reports about one decide call (summed into the step's metrics).
 
     ``decisions``: agents (rows) decided by a model; ``calls``: prompts the
-    model was actually run on (after deduplication); ``fallbacks``: rows that
-    got the idle action because the backend failed (``on_error: idle``).
+    model chose actions for (after deduplication); ``fallbacks``: rows that
+    got the idle action, or no text, because the backend failed
+    (``on_error: idle``).
     """
 
     decisions: int = 0
     calls: int = 0
     fallbacks: int = 0
+    #: Prompts the model generated free text for (not part of ``calls``).
+    text_calls: int = 0
 
 
 @dataclass

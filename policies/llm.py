@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 from swarm.config_base import StrictModel
 from swarm.envs.base import ChoiceSpec
 from swarm.errors import PolicyError
-from swarm.policies.backends.base import Backend, BackendError
+from swarm.policies.backends.base import Backend, BackendError, PromptError
 from swarm.policies.base import Policy, PolicyContext, as_numpy
 
 __all__ = ["LLMPolicy", "LLMPolicyConfig", "Persona", "TextConfig", "make_backend",
@@ -70,7 +70,7 @@ class LLMPolicyConfig(StrictModel):
     `swarm serve-policy` server)."""
     api_key_env: str | None = "OPENAI_API_KEY"
     """openai: the environment variable holding the API key (unset: no key sent)."""
-    device: str = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     """transformers: auto (a GPU when torch sees one), cpu, cuda or cuda:i."""
     dtype: Literal["auto", "float32", "float64", "float16", "bfloat16"] = "auto"
     """transformers: auto is float64 on a CPU (scores then do not depend on batching, so
@@ -78,7 +78,7 @@ class LLMPolicyConfig(StrictModel):
     batch_size: int = Field(64, ge=1)
     """Rows per forward pass (transformers) or strings per request (openai)."""
     max_concurrency: int = Field(16, ge=1)
-    """openai: requests in flight at once, per shard."""
+    """openai: requests in flight at once for the whole run (split evenly over the shards)."""
     timeout: float = Field(30.0, gt=0)
     """openai: seconds per request before a retry."""
     retries: int = Field(3, ge=0)
@@ -172,8 +172,11 @@ class Persona:
 _NO_PERSONA = Persona({"description": "an ordinary member of the network"})
 
 
-def make_backend(cfg: LLMPolicyConfig) -> Backend:
-    """The backend named by ``cfg`` (a local model is loaded here)."""
+def make_backend(cfg: LLMPolicyConfig, shards: int = 1) -> Backend:
+    """The backend named by ``cfg`` (a local model is loaded here).
+
+    ``max_concurrency`` caps a run: each of ``shards`` shards gets its share.
+    """
     if cfg.backend == "transformers":
         from swarm.policies.backends.transformers_backend import TransformersBackend
 
@@ -182,7 +185,8 @@ def make_backend(cfg: LLMPolicyConfig) -> Backend:
     from swarm.policies.backends.openai_backend import OpenAIBackend
 
     return OpenAIBackend(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env,
-                         max_concurrency=cfg.max_concurrency, timeout=cfg.timeout,
+                         max_concurrency=max(1, -(-cfg.max_concurrency // shards)),
+                         timeout=cfg.timeout,
                          retries=cfg.retries + 1, batch_size=cfg.batch_size)  # it counts tries
 
 
@@ -234,13 +238,13 @@ class LLMPolicy(Policy):
         self.labels = spec.labels
         self.continuations = [(config.actions or {}).get(lb, " " + lb) for lb in self.labels]
         self.fields = check_template(self.template, spec, "template")
-        self.uses_memory = "memory" in self.fields
-        self.text_template = None
+        self.text_template, self.text_fields = None, []
         if config.text is not None:
             self.text_template = config.text.template or spec.text_template
             self.text_fields = check_template(self.text_template, spec, "text.template",
                                               extra=("choice",))
             self.text_when = np.array([lb in config.text.when for lb in self.labels])
+        self.uses_memory = "memory" in {*self.fields, *self.text_fields}
 
     # -- the hook ----------------------------------------------------------------
 
@@ -252,7 +256,7 @@ class LLMPolicy(Policy):
         if n == 0:
             out = {self.spec.action: torch.zeros(0, dtype=torch.int64)}
             if self.text_template is not None:
-                out[self.spec.text] = []
+                out[self.spec.text] = np.empty(0, dtype=object)
             return out
         cols = self._columns(batch, ctx.step)
         first, inverse = self._group(cols, self.fields, n)
@@ -276,17 +280,16 @@ class LLMPolicy(Policy):
                 cols[name] = (as_numpy(batch["persona"]) if "persona" in batch
                               else np.zeros(n, np.int64))
             elif name == "memory":
-                cols[name] = as_numpy(batch["memory"])
+                # The population keeps the longest memory any group asked for.
+                k = self.config.memory
+                cols[name] = as_numpy(batch["memory"])[:, -k:] if k else \
+                    np.full((n, 0), -1, np.int8)
             elif name == "step":
                 cols[name] = np.full(n, step, np.int64)
             elif name in ("actions", "choice"):
                 continue
             else:
-                value = as_numpy(batch[name])
-                width = self.config.bucket.get(name)
-                if width is not None:
-                    value = np.floor(value / width) * width
-                cols[name] = value
+                cols[name] = _bucketed(as_numpy(batch[name]), self.config.bucket.get(name))
         return cols
 
     def _group(self, cols, fields, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -333,29 +336,68 @@ class LLMPolicy(Policy):
         failed = np.zeros(n, dtype=bool)
         try:
             if cfg.choice == "score":
-                scores = np.asarray(self.backend.score(prompts, self.continuations),
-                                    dtype=np.float64)
+                scores, bad_prompt, why = self._isolating(
+                    lambda ps: np.asarray(self.backend.score(ps, self.continuations),
+                                          dtype=np.float64),
+                    prompts, lambda k: np.zeros((k, len(self.continuations))))
+                finite = np.isfinite(scores).all(axis=1)
+                if not finite.all() and why is None:
+                    why = "the model returned non-finite log-likelihoods"
+                bad_prompt |= ~finite
+                if bad_prompt.any():
+                    scores = np.where(bad_prompt[:, None], 0.0, scores)  # may be read-only
                 choice = _sample(scores[inverse], agents, ctx, cfg.temperature)
+                bad = bad_prompt[inverse]
             else:
                 choice, unknown = self._answer(prompts, ctx)
                 choice, bad = choice[inverse], unknown[inverse]
-                if bad.any():
-                    self._fail(f"{int(bad.sum())} agents' replies named no allowed action "
-                               f"({_join(self.labels)})", bad, failed, choice, ctx)
+                why = (f"the reply named no allowed action ({_join(self.labels)})"
+                       if bad.any() else None)
         except BackendError as exc:
-            choice = np.zeros(n, np.int64)
-            self._fail(str(exc), np.ones(n, dtype=bool), failed, choice, ctx)
+            choice, bad, why = np.zeros(n, np.int64), np.ones(n, dtype=bool), str(exc)
+        if bad.any():
+            self._fail(why, bad, failed, choice, ctx)
         return choice, failed
+
+    def _isolating(self, call, prompts: list[str], empty) -> tuple[np.ndarray, np.ndarray,
+                                                                    str | None]:
+        """``call(prompts)`` as (results, failed prompts, why).
+
+        With ``on_error: idle``, prompts the backend refuses as inputs (a
+        PromptError: too long, nothing to score, HTTP 400) are found by halving
+        the batch; only they fail (``empty(k)`` fills their rows), so the
+        outcome does not depend on which prompts shared a batch or a shard.
+        Other errors propagate: the whole call failed.
+        """
+        try:
+            return call(prompts), np.zeros(len(prompts), dtype=bool), None
+        except PromptError as exc:
+            if self.config.on_error == "raise":
+                raise
+            if len(prompts) == 1:
+                return empty(1), np.ones(1, dtype=bool), str(exc)
+            half = len(prompts) // 2
+            left, bad_l, why_l = self._isolating(call, prompts[:half], empty)
+            right, bad_r, why_r = self._isolating(call, prompts[half:], empty)
+            return (np.concatenate([left, right]), np.concatenate([bad_l, bad_r]),
+                    why_l or why_r)
 
     def _answer(self, prompts: list[str], ctx: PolicyContext) -> tuple[np.ndarray, np.ndarray]:
         """choice: generate: a short answer per prompt, matched to a label."""
         seeds = _keyed_seeds(ctx, "llm_answer", prompts)
-        replies = self.backend.generate(prompts, seeds, self.config.answer_tokens,
-                                        self.config.temperature)
+        index = {p: i for i, p in enumerate(prompts)}
+
+        def generate(ps: list[str]) -> np.ndarray:
+            out = np.empty(len(ps), dtype=object)
+            out[:] = self.backend.generate(ps, seeds[[index[p] for p in ps]],
+                                           self.config.answer_tokens, self.config.temperature)
+            return out
+
+        replies, _, _ = self._isolating(generate, prompts, lambda k: np.full(k, "", object))
         lookup = {lb.lower(): i for i, lb in enumerate(self.labels)}
         choice = np.zeros(len(prompts), np.int64)
         unknown = np.zeros(len(prompts), dtype=bool)
-        for i, reply in enumerate(replies):
+        for i, reply in enumerate(replies.tolist()):
             words = reply.strip().lower().split()
             word = words[0].strip(".,;:!?\"'") if words else ""
             if word in lookup:
@@ -364,25 +406,29 @@ class LLMPolicy(Policy):
                 unknown[i] = True
         return choice, unknown
 
-    def _fail(self, why: str, rows: np.ndarray, failed: np.ndarray, choice: np.ndarray,
-              ctx: PolicyContext) -> None:
+    def _fail(self, why: str, rows: np.ndarray, failed: np.ndarray, choice: np.ndarray | None,
+              ctx: PolicyContext, what: str = "the idle action") -> None:
+        """Raise (on_error: raise) or give ``rows`` the idle action (or no text), counted."""
+        count = int(rows.sum())
         if self.config.on_error == "raise":
             raise PolicyError(f"policy llm ({self.config.backend}: {self.config.model}) at step "
-                              f"{ctx.step}: {why}. Fix the backend, or set on_error: idle to "
-                              f"give such agents the idle action {self.labels[self.spec.idle]!r}")
-        count = int(rows.sum())
-        log.warning("step %d: %d agents fell back to %r: %s", ctx.step, count,
-                    self.labels[self.spec.idle], why)
-        choice[rows] = self.spec.idle
+                              f"{ctx.step}, {count} agents: {why}. Fix the backend or prompt, "
+                              f"or set on_error: idle to give such agents the idle action "
+                              f"{self.labels[self.spec.idle]!r}")
+        if what == "the idle action":
+            what = f"the idle action {self.labels[self.spec.idle]!r}"
+            choice[rows] = self.spec.idle
+        log.warning("step %d: %d agents fell back to %s: %s", ctx.step, count, what, why)
         failed |= rows
         ctx.stats.fallbacks += count
 
     # -- free text -----------------------------------------------------------------
 
-    def _write(self, cols, choice: np.ndarray, failed: np.ndarray, ctx: PolicyContext) -> list:
-        """Text for the rows whose choice comes with text; None elsewhere."""
+    def _write(self, cols, choice: np.ndarray, failed: np.ndarray,
+               ctx: PolicyContext) -> np.ndarray:
+        """Text (an object array) for the rows whose choice comes with text; None elsewhere."""
         n = choice.shape[0]
-        texts: list = [None] * n
+        texts = np.full(n, None, dtype=object)
         rows = np.flatnonzero(self.text_when[choice] & ~failed)
         if rows.shape[0] == 0:
             return texts
@@ -401,17 +447,29 @@ class LLMPolicy(Policy):
         prompts = self._render(self.text_template, fields, cols, reps, extra)
         if self.config.dedup:
             prompts, inverse = _dedup_strings(prompts, inverse)
-        ctx.stats.calls += len(prompts)
+        ctx.stats.text_calls += len(prompts)
         tc = self.config.text
+        seeds = _keyed_seeds(ctx, "llm_text", prompts)
+        index = {p: i for i, p in enumerate(prompts)}
+
+        def generate(ps: list[str]) -> np.ndarray:
+            out = np.empty(len(ps), dtype=object)
+            out[:] = self.backend.generate(ps, seeds[[index[p] for p in ps]],
+                                           tc.max_new_tokens, tc.temperature)
+            return out
+
         try:
-            out = self.backend.generate(prompts, _keyed_seeds(ctx, "llm_text", prompts),
-                                        tc.max_new_tokens, tc.temperature)
+            out, lost, why = self._isolating(generate, prompts,
+                                             lambda k: np.full(k, None, dtype=object))
         except BackendError as exc:
-            self._fail(f"text generation failed: {exc}", np.zeros(n, bool), failed,
-                       np.zeros(n, np.int64), ctx)
-            return texts
-        for r, t in zip(rows.tolist(), inverse.tolist(), strict=True):
-            texts[r] = out[t]
+            out = np.full(len(prompts), None, dtype=object)
+            lost, why = np.ones(len(prompts), dtype=bool), str(exc)
+        if lost.any():  # the choice stands; these agents act without text
+            mask = np.zeros(n, dtype=bool)
+            mask[rows[lost[inverse]]] = True
+            self._fail(f"text generation failed: {why}", mask, np.zeros(n, dtype=bool), None,
+                       ctx, what="no text")
+        texts[rows] = out[inverse]
         return texts
 
 
@@ -425,6 +483,20 @@ def check_template(template: str, spec: ChoiceSpec, key: str,
         raise ValueError(f"{key} names {unknown}, which this env does not provide; "
                          f"allowed: {', '.join('{' + a + '}' for a in allowed)}")
     return fields
+
+
+def _bucketed(value: np.ndarray, width: float | None) -> np.ndarray:
+    """``floor(value / width) * width``, exact on bucket edges; ints stay ints for whole widths.
+
+    Floats are normalized so that -0.0 (which renders differently) groups with 0.0.
+    """
+    if width is None:
+        return value + 0.0 if value.dtype.kind == "f" else value
+    if value.dtype.kind in "iu" and float(width).is_integer():
+        return (value // int(width)) * int(width)
+    # 0.3 / 0.1 is 2.9999999999999996: a relative nudge keeps edge values in their bucket.
+    q = np.floor(value / width * (1 + 1e-12) + 1e-12)
+    return np.round(q * width, 12) + 0.0
 
 
 def _join(labels: Sequence[str]) -> str:

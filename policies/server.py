@@ -31,7 +31,7 @@ from swarm.policies.llm import LLMPolicyConfig, make_backend
 __all__ = ["PolicyServer"]
 
 
-@dataclass
+@dataclass(eq=False)  # identity, not fields: requests may hold equal numpy arrays
 class _Request:
     kind: str
     key: tuple
@@ -54,8 +54,9 @@ class PolicyServer:
         Use this backend instead of building one from ``config``.
     """
 
-    def __init__(self, config: LLMPolicyConfig, backend: Backend | None = None):
-        self.window = config.batch_window_ms / 1000.0
+    def __init__(self, config: LLMPolicyConfig, backend: Backend | None = None,
+                 window_ms: float | None = None):
+        self.window = (config.batch_window_ms if window_ms is None else window_ms) / 1000.0
         self.backend = backend if backend is not None else make_backend(config)
         device = getattr(self.backend, "device", None)
         if getattr(device, "type", None) == "cpu":
@@ -65,7 +66,9 @@ class PolicyServer:
 
             import torch
 
-            torch.set_num_threads(max(torch.get_num_threads(), os.cpu_count() or 1))
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+                (os.cpu_count() or 1)
+            torch.set_num_threads(max(torch.get_num_threads(), cores // config.replicas, 1))
         self._lock = threading.Lock()        # guards the queue
         self._model = threading.Lock()       # one backend call at a time
         self._pending: list[_Request] = []
@@ -100,7 +103,8 @@ class PolicyServer:
                     break
                 with self._lock:
                     batch = [r for r in self._pending if r.kind == req.kind and r.key == req.key]
-                    self._pending = [r for r in self._pending if r not in batch]
+                    self._pending = [r for r in self._pending
+                                     if not (r.kind == req.kind and r.key == req.key)]
                 self._run(batch)
         if req.error is not None:
             raise req.error

@@ -90,7 +90,8 @@ class PolicyServers:
 
     def _start(self, pcfg: LLMPolicyConfig, group: int, replica: int):
         if not self.remote:
-            return PolicyServer(pcfg)
+            # In-process shards call one after another: nothing could merge in a window.
+            return PolicyServer(pcfg, window_ms=0)
         import ray
 
         gpus = ray.cluster_resources().get("GPU", 0)

@@ -27,6 +27,7 @@ from swarm.envs.base import ChoiceSpec, Env, EnvConfig, ShardView
 from swarm.errors import ConfigError
 from swarm.policies.backends.base import Backend
 from swarm.policies.base import Policy, PolicyContext, PolicyStats, as_numpy
+from swarm.policies.device import resolve_device
 from swarm.policies.llm import LLMPolicy, LLMPolicyConfig, Persona, check_template
 
 log = logging.getLogger(__name__)
@@ -41,14 +42,15 @@ __all__ = [
 ]
 
 #: Per-step metrics every run records about the decide stage.
-POLICY_METRICS = ("policy_decisions", "policy_calls", "policy_calls_saved", "policy_fallbacks")
+POLICY_METRICS = ("policy_decisions", "policy_calls", "policy_calls_saved", "policy_fallbacks",
+                  "policy_text_calls")
 
 
 class DefaultPolicyConfig(StrictModel):
     """The env's own heuristic rule (independent cascade, threshold, ...)."""
 
     kind: Literal["default"] = "default"
-    device: str = "cpu"
+    device: str = Field("cpu", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     """Where its tensors live: cpu (the env's state is numpy), auto, cuda or cuda:i."""
 
 
@@ -83,7 +85,7 @@ class PopulationConfig(StrictModel):
     agents; otherwise agent i gets a row drawn by a keyed hash (so 100 personas spread
     over any number of agents)."""
     groups: list[PolicyGroup] = Field(default_factory=lambda: [PolicyGroup(fraction=1.0)],
-                                      min_length=1)
+                                      min_length=1, max_length=127)
 
     @model_validator(mode="after")
     def _fractions(self) -> PopulationConfig:
@@ -132,11 +134,12 @@ def load_personas(path: str) -> pa.Table:
 
 
 def check_population(config: PopulationConfig, env_cls: type[Env], env_config: EnvConfig,
-                     personas: pa.Table | None, n: int) -> None:
+                     personas: pa.Table | None, n: int, backend: str = "ray") -> None:
     """Everything about the mix that can be checked on the driver before a run starts."""
     spec = env_cls.choice_spec(env_config)
     for i, group in enumerate(config.groups):
         where = f"population.groups[{i}]"
+        _check_device(group.policy.device, f"{where}.policy.device", backend)
         if isinstance(group.policy, LLMPolicyConfig):
             cfg = group.policy
             if spec is None:
@@ -163,19 +166,93 @@ def check_population(config: PopulationConfig, env_cls: type[Env], env_config: E
                                      f"{list(spec.fields)}")
             except ValueError as exc:
                 raise ConfigError(f"{where}.policy: {exc}") from None
+            _check_renders(cfg, spec, personas, f"{where}.policy")
             if cfg.backend == "transformers":
                 _check_model_dir(cfg.model, f"{where}.policy.model")
             else:
                 _check_endpoint(cfg, where)
+            if cfg.dtype in ("float32", "float16", "bfloat16") or (
+                    cfg.dtype == "auto" and cfg.backend == "transformers"
+                    and cfg.device.startswith("cuda")):
+                log.warning("%s.policy: dtype %s scores in reduced precision, so an agent whose "
+                            "actions nearly tie may choose differently with another shard count "
+                            "or batching; dtype: float64 makes actions exactly reproducible",
+                            where, cfg.dtype)
         if group.where is not None:
-            missing = set(group.where) - set(personas.column_names)
-            if missing:
-                raise ConfigError(f"{where}.where names {sorted(missing)}, not columns of the "
-                                  f"persona table ({personas.column_names})")
+            _check_where(group.where, personas, f"{where}.where")
     if personas is not None and "agent" in personas.column_names:
         ids = as_numpy(personas.column("agent").to_numpy())
         if ids.size and (ids.min() < 0 or ids.max() >= n):
             raise ConfigError(f"population.personas: column 'agent' holds ids outside 0..{n - 1}")
+
+
+def _check_device(device: str, key: str, backend: str) -> None:
+    """A device the driver can vouch for (a cluster's GPUs are checked where they are)."""
+    if backend == "local" or not device.startswith("cuda"):
+        try:
+            resolve_device(device)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+
+
+def _check_where(where: dict[str, list[Any]], personas: pa.Table, key: str) -> None:
+    """Accepted values must have the column's type, and match at least one persona row."""
+    import pyarrow.compute as pc
+
+    missing = set(where) - set(personas.column_names)
+    if missing:
+        raise ConfigError(f"{key} names {sorted(missing)}, not columns of the persona table "
+                          f"({personas.column_names})")
+    match = None
+    for column, accepted in where.items():
+        col = personas.column(column)
+        try:
+            values = pa.array(accepted).cast(col.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            raise ConfigError(f"{key}.{column}: {accepted!r} cannot be compared with the "
+                              f"persona column, which holds {col.type}; write values of that "
+                              "type") from None
+        hit = pc.is_in(col, value_set=values)
+        match = hit if match is None else pc.and_(match, hit)
+    if not pc.any(match).as_py():
+        raise ConfigError(f"{key}: no persona row matches {where}; the group would be empty")
+
+
+def _check_renders(cfg: LLMPolicyConfig, spec: ChoiceSpec, personas: pa.Table | None,
+                   key: str) -> None:
+    """Render the templates once per persona row (up to 1,000) with sample values, so a
+    missing persona column or a bad format spec fails now, not at step 1."""
+    rows = _persona_objects(personas) if personas is not None else [_DEFAULT_PERSONA]
+    templates = [("template", cfg.template or spec.template)]
+    if cfg.text is not None:
+        templates.append(("text.template", cfg.text.template or spec.text_template))
+    sample = {f: 1 for f in spec.fields}
+    sample.update(memory="none yet", actions=" or ".join(spec.labels), step=0,
+                  choice=spec.labels[0])
+    for name, template in templates:
+        for persona in rows[:1000] + rows[-1:]:
+            try:
+                template.format(persona=persona, **sample)
+            except (AttributeError, KeyError, ValueError, IndexError, TypeError) as exc:
+                columns = [] if personas is None else personas.column_names
+                raise ConfigError(f"{key}.{name} cannot be rendered ({type(exc).__name__}: "
+                                  f"{exc}); persona columns: {columns}; fields take numbers, so "
+                                  "use format specs like {influence:.2f}") from None
+
+
+_DEFAULT_DESCRIPTION = "an ordinary member of the network"
+_DEFAULT_PERSONA = Persona({"description": _DEFAULT_DESCRIPTION})
+
+
+def _persona_objects(personas: pa.Table) -> list[Persona]:
+    """The table's rows as Persona objects; with an ``agent`` column, plus a last default
+    row (every column None, the default description) for agents without a row."""
+    rows = [Persona(r) for r in personas.to_pylist()]
+    if "agent" in personas.column_names:
+        default = dict.fromkeys(personas.column_names)
+        default["description"] = _DEFAULT_DESCRIPTION
+        rows.append(Persona(default))
+    return rows
 
 
 def _check_endpoint(cfg: LLMPolicyConfig, where: str) -> None:
@@ -203,6 +280,15 @@ def _check_model_dir(path: str, key: str) -> None:
     if not os.path.exists(os.path.join(path, "config.json")):
         raise ConfigError(f"{key}: {path} has no config.json, so it is not a transformers "
                           "checkpoint directory")
+    names = os.listdir(path)
+    if not any(n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+               for n in names):
+        raise ConfigError(f"{key}: {path} has no tokenizer files (tokenizer.json or "
+                          "tokenizer_config.json); save the tokenizer with save_pretrained "
+                          "into the same directory")
+    if not any(n.endswith((".safetensors", ".bin")) or n.endswith(".index.json")
+               for n in names):
+        raise ConfigError(f"{key}: {path} has no weights (*.safetensors or pytorch_model*.bin)")
 
 
 class Population:
@@ -241,15 +327,14 @@ class Population:
             if isinstance(pcfg, LLMPolicyConfig):
                 backend = (backends or {}).get(i)
                 if backend is None:
-                    backend = make_backend(pcfg)
+                    backend = make_backend(pcfg, shards=view.num_shards)
                     self._owned.append(backend)
                 policy = LLMPolicy(pcfg, self.spec, backend, persona_rows)
                 if policy.uses_memory:
                     memory_k = max(memory_k, pcfg.memory)
             else:
                 policy = env.default_policy()
-                policy.device = torch.device(pcfg.device) if pcfg.device != "cpu" else \
-                    policy.device
+                policy.device = resolve_device(pcfg.device)
             self.policies.append(policy)
         # What LLM-style agents did in their last k decisions (label index, -1 = none).
         self.memory = np.full((n, memory_k), -1, dtype=np.int8) if memory_k else None
@@ -266,7 +351,7 @@ class Population:
         s = ctx.stats
         return actions, {"policy_decisions": s.decisions, "policy_calls": s.calls,
                          "policy_calls_saved": max(s.decisions - s.calls, 0),
-                         "policy_fallbacks": s.fallbacks,
+                         "policy_fallbacks": s.fallbacks, "policy_text_calls": s.text_calls,
                          "decide_seconds": time.perf_counter() - t0}
 
     def _decide_groups(self, batch: dict[str, Any], ctx: PolicyContext) -> dict[str, Any]:
@@ -296,9 +381,7 @@ class Population:
                 chosen = as_numpy(acts[self.spec.action]).astype(np.int8)
                 mem = self.memory[rows[sel]]
                 self.memory[rows[sel]] = np.concatenate([mem[:, 1:], chosen[:, None]], axis=1)
-        return {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) and v.dtype != object
-                    else (v.tolist() if isinstance(v, np.ndarray) else v))
-                for k, v in merged.items()}
+        return {k: torch.from_numpy(v) if v.dtype != object else v for k, v in merged.items()}
 
     # -- checkpoints -------------------------------------------------------------
 
@@ -322,9 +405,9 @@ def _take(value: Any, sel: np.ndarray) -> Any:
 
 def _scatter(merged: dict, key: str, value: Any, sel: np.ndarray, n: int) -> None:
     """Write one group's action column into the batch-order column ``merged[key]``."""
-    if isinstance(value, list):
+    if isinstance(value, list) or (isinstance(value, np.ndarray) and value.dtype == object):
         col = merged.setdefault(key, np.full(n, None, dtype=object))
-        col[sel] = np.array(value + [None], dtype=object)[:-1] if value else []
+        col[sel] = value
         return
     arr = as_numpy(value)
     col = merged.get(key)
@@ -340,15 +423,14 @@ def _assign_personas(personas: pa.Table | None, view: ShardView):
     n = view.n_local
     if personas is None:
         return None, np.zeros(n, np.int64)
-    rows = [Persona(r) for r in personas.to_pylist()]
+    rows = _persona_objects(personas)
     if "agent" in personas.column_names:
         ids = personas.column("agent").to_numpy().astype(np.int64)
         order = np.argsort(ids, kind="stable")
         pos = np.searchsorted(ids[order], view.agents)
         pos = np.minimum(pos, max(ids.shape[0] - 1, 0))
         found = ids[order][pos] == view.agents
-        # Agents without a row of their own get the default persona (an extra last row).
-        rows.append(Persona({"description": "an ordinary member of the network"}))
+        # Agents without a row of their own get the default persona (the last row).
         return rows, np.where(found, order[pos], len(rows) - 1).astype(np.int64)
     bits = view.rng.bits("persona", view.agents)
     return rows, (bits % np.uint64(len(rows))).astype(np.int64)
@@ -362,11 +444,16 @@ def _assign_groups(config: PopulationConfig, personas: pa.Table | None, view: Sh
     for g, spec in enumerate(config.groups):
         if spec.where is None:
             continue
-        match = np.ones(len(persona), dtype=bool)
+        import pyarrow.compute as pc
+
+        row_match = np.ones(personas.num_rows, dtype=bool)
         for column, accepted in spec.where.items():
-            values = np.asarray(personas.column(column).to_pylist() + [None], dtype=object)
-            match &= np.isin(values[np.minimum(persona, len(values) - 1)],
-                             np.asarray(accepted, dtype=object))
+            col = personas.column(column)
+            hit = pc.is_in(col, value_set=pa.array(accepted).cast(col.type)).fill_null(False)
+            row_match &= hit.to_numpy(zero_copy_only=False)
+        # The default persona (agents without a row of an `agent` table) matches nothing.
+        row_match = np.append(row_match, False)
+        match = row_match[np.minimum(persona, row_match.shape[0] - 1)]
         group[(group < 0) & match] = g
     frac = [(g, s.fraction) for g, s in enumerate(config.groups) if s.fraction is not None]
     if frac:

@@ -436,7 +436,7 @@ def _prepare(config: RunConfig, graph: CSRGraph, partition: np.ndarray | None, b
         raise ConfigError(str(exc)) from None
     pop = config.population
     personas = load_personas(pop.personas) if pop.personas is not None else None
-    check_population(pop, env_cls, config.env, personas, graph.n)
+    check_population(pop, env_cls, config.env, personas, graph.n, backend)
     if backend == "ray":
         from swarm.cluster.connect import ensure_ray
 

@@ -123,7 +123,9 @@ def test_llm_run_on_ray_with_a_policy_server_equals_the_local_run(
                        tmp_path / "srv")
     assert sorted_events(served).equals(sorted_events(llm_reference))
     stats = served.manifest["policy_servers"]["1"][0]
-    assert stats["requests"] > 0 and stats["prompts_run"] <= stats["prompts_in"]
+    # Both shards' requests of a step were merged, and prompts both sent ran once.
+    assert 0 < stats["backend_calls"] < stats["requests"]
+    assert stats["prompts_run"] < stats["prompts_in"]
 
 
 def test_llm_memory_survives_ctrl_c_and_resume(tiny_model, tmp_path, llm_reference):
@@ -278,22 +280,49 @@ def test_unknown_action_in_a_generated_answer_is_never_taken(tiny_model):
 
 
 def test_personas_by_attribute_and_text_written_by_llm_agents(tiny_model, tmp_path):
-    table = pa.table({"role": ["journalist", "lurker"] * 50,
-                      "description": [f"persona {i}" for i in range(100)]})
+    # Agents 0-199 have persona rows (even ids journalists); the rest get the default persona.
+    ids = np.arange(200)
+    table = pa.table({"agent": ids, "role": np.where(ids % 2 == 0, "journalist", "lurker"),
+                      "description": [f"persona {i}" for i in ids]})
     pq.write_table(table, tmp_path / "personas.parquet")
     population = {"personas": str(tmp_path / "personas.parquet"), "groups": [
-        {"policy": {"kind": "llm", "model": tiny_model, "temperature": 0.5,
+        {"policy": {"kind": "llm", "model": tiny_model, "temperature": 0.5, "memory": 1,
                     "template": "You are {persona.role} ({persona}); {exposures} shared. You",
-                    "text": {"when": ["share"], "max_new_tokens": 4}},
+                    "text": {"when": ["share"], "max_new_tokens": 4,
+                             "template": "As {persona.role} who did {memory}, you {choice}:"}},
          "where": {"role": ["journalist"]}},
         {"policy": {"kind": "default"}, "fraction": 1.0}]}
-    run = swarm.run(llm_config(tiny_model, population=population), tmp_path / "r",
-                    backend="local")
-    ev = run.events()
+    runs = [swarm.run(llm_config(tiny_model, shards=k, population=population),
+                      tmp_path / f"r{k}", backend="local") for k in (1, 3)]
+    assert sorted_events(runs[0]).equals(sorted_events(runs[1]))
+    ev = runs[0].events()
     texts = ev.filter(pa.compute.is_valid(ev["text"]))
     assert texts.num_rows > 0  # journalists who shared wrote something
+    writers = np.asarray(texts["agent"])
+    assert (writers < 200).all() and (writers % 2 == 0).all()  # and only journalists
     assert texts.num_rows < ev.num_rows  # rule-based agents and seeds write nothing
-    assert sum(policy_metrics(run)["policy_decisions"]) > 0
+    assert sum(policy_metrics(runs[0])["policy_decisions"]) > 0
+
+
+def test_prompts_the_model_refuses_fall_back_alone_whatever_the_sharding(tiny_model,
+                                                                          tmp_path):
+    # One persona is longer than the model's 1024 positions: only its agents fall back.
+    table = pa.table({"description": ["a reader"] * 9 + ["an endless " * 600]})
+    pq.write_table(table, tmp_path / "personas.parquet")
+    population = {"personas": str(tmp_path / "personas.parquet"), "groups": [
+        {"policy": {"kind": "llm", "model": tiny_model, "on_error": "idle"}, "fraction": 1.0}]}
+    runs = [swarm.run(llm_config(tiny_model, shards=k, population=population),
+                      tmp_path / f"r{k}", backend="local") for k in (1, 3)]
+    assert sorted_events(runs[0]).equals(sorted_events(runs[1]))
+    m = policy_metrics(runs[0])
+    assert 0 < sum(m["policy_fallbacks"]) < sum(m["policy_decisions"])
+    other = policy_metrics(runs[1])  # calls differ: each shard dedups its own prompts
+    assert (m["policy_decisions"], m["policy_fallbacks"]) == (other["policy_decisions"],
+                                                              other["policy_fallbacks"])
+    with pytest.raises(PolicyError, match="token positions"):
+        population["groups"][0]["policy"]["on_error"] = "raise"
+        swarm.run(llm_config(tiny_model, population=population), tmp_path / "raise",
+                  backend="local")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -301,6 +330,10 @@ def test_personas_by_attribute_and_text_written_by_llm_agents(tiny_model, tmp_pa
     ({"policy": {"model": "/no/such/dir"}}, "model directory not found"),
     ({"policy": {"template": "You see {feed}"}}, "template names \\['feed'\\]"),
     ({"policy": {"bucket": {"age": 1}}}, "bucket names"),
+    ({"policy": {"template": "You are {persona.rol}"}}, "cannot be rendered.*rol"),
+    ({"policy": {"template": "{exposures:q} shared"}}, "cannot be rendered"),
+    ({"policy": {"device": "cuda:7"}} if not torch.cuda.is_available() else
+     {"policy": {"device": "cuda:99"}}, "not available"),
 ])
 def test_bad_llm_configs_are_refused_before_anything_is_written(tiny_model, tmp_path, change,
                                                                  message):
@@ -310,3 +343,93 @@ def test_bad_llm_configs_are_refused_before_anything_is_written(tiny_model, tmp_
     with pytest.raises(ConfigError, match=message):
         swarm.run(cfg, tmp_path / "r", backend="local")
     assert not (tmp_path / "r").exists()
+
+
+def test_model_directory_without_tokenizer_or_persona_mismatch_is_refused(tiny_model, tmp_path):
+    import shutil
+
+    broken = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_model, broken)
+    for name in os.listdir(broken):
+        if name.startswith("tokenizer") or name == "special_tokens_map.json":
+            os.remove(broken / name)
+    with pytest.raises(ConfigError, match="no tokenizer files"):
+        swarm.run(llm_config(str(broken)), tmp_path / "r", backend="local")
+    pq.write_table(pa.table({"age": [30, 40]}), tmp_path / "p.parquet")
+    for where, message in (({"age": ["thirty"]}, "cannot be compared"),
+                           ({"age": [50]}, "no persona row matches")):
+        population = {"personas": str(tmp_path / "p.parquet"), "groups": [
+            {"policy": {"kind": "llm", "model": tiny_model}, "where": where},
+            {"policy": {"kind": "default"}, "fraction": 1.0}]}
+        with pytest.raises(ConfigError, match=message):
+            swarm.run(llm_config(tiny_model, population=population), tmp_path / "r",
+                      backend="local")
+    assert not (tmp_path / "r").exists()
+
+
+def test_policy_server_merges_concurrent_requests_and_delivers_failures():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from swarm.policies.backends.base import PromptError
+    from swarm.policies.server import PolicyServer
+
+    class Recording(Backend):
+        def __init__(self):
+            self.calls = []
+
+        def score(self, prompts, continuations):
+            self.calls.append(list(prompts))
+            if "bad" in prompts:
+                raise PromptError("prompt 'bad' is too long")
+            return np.array([[len(p), -len(p)] for p in prompts], dtype=float)
+
+        def generate(self, prompts, seeds, max_new_tokens, temperature=1.0):
+            self.calls.append(list(prompts))
+            return [f"{p}/{s}" for p, s in zip(prompts, seeds, strict=True)]
+
+    backend = Recording()
+    server = PolicyServer(LLMPolicyConfig(model="x", batch_window_ms=50), backend=backend)
+    with ThreadPoolExecutor(4) as pool:
+        # Identical generate requests from two callers (equal numpy seeds) and two scorings.
+        futs = [pool.submit(server.generate, ["a", "b"], np.array([1, 2]), 4) for _ in range(2)]
+        futs += [pool.submit(server.score, ["a", "bb"], [" x", " y"]),
+                 pool.submit(server.score, ["bb", "ccc"], [" x", " y"])]
+        gen1, gen2, s1, s2 = [f.result(timeout=10) for f in futs]
+    assert gen1 == gen2 == ["a/1", "b/2"]
+    assert s1[:, 0].tolist() == [1, 2] and s2[:, 0].tolist() == [2, 3]
+    assert len(backend.calls) == 2  # one merged call per kind
+    assert sorted(backend.calls[-1] + backend.calls[0]) == sorted(["a", "b", "a", "bb", "ccc"])
+    with ThreadPoolExecutor(2) as pool:
+        futs = [pool.submit(server.score, ["bad"], [" x"]),
+                pool.submit(server.score, ["fine"], [" x"])]
+        errors = [f.exception(timeout=10) for f in futs]
+    assert all(isinstance(e, PromptError) for e in errors)  # merged: both callers hear it
+    assert server.score(["fine"], [" x", " y"])[0, 0] == 4  # and the server still answers
+
+
+def test_memory_shows_each_group_its_own_k_and_three_labels_sample_right():
+    spec = ChoiceSpec(action="adopt", labels=("a", "b", "c"), fields=("exposures",),
+                      template="{memory} {exposures}")
+    policy = LLMPolicy(LLMPolicyConfig(model="x", memory=1), spec, FixedScores())
+    batch = _batch(3)
+    batch["memory"] = np.array([[0, 1, 2], [2, 2, 2], [-1, -1, -1]], dtype=np.int8)
+    cols = policy._columns(batch, step=0)
+    assert [policy._memory_text(m) for m in cols["memory"].tolist()] == ["c", "c", "none yet"]
+
+    class Three(Backend):
+        def score(self, prompts, continuations):
+            return np.log(np.tile([0.2, 0.5, 0.3], (len(prompts), 1)))
+
+    chosen = LLMPolicy(LLMPolicyConfig(model="x"), spec, Three()).decide(
+        _batch(30_000), PolicyContext(2, KeyedRNG(4), PolicyStats()))["adopt"].numpy()
+    assert np.allclose(np.bincount(chosen, minlength=3) / 30_000, [0.2, 0.5, 0.3], atol=0.012)
+
+
+def test_buckets_keep_edge_values_and_whole_numbers():
+    from swarm.policies.llm import _bucketed
+
+    assert _bucketed(np.array([0.3, 0.6, 0.29, -0.0]), 0.1).tolist() == [0.3, 0.6, 0.2, 0.0]
+    ints = _bucketed(np.array([0, 4, 5, 11]), 5)
+    assert ints.dtype.kind == "i" and ints.tolist() == [0, 0, 5, 10]
+    # -0.0 renders as "-0.0": it must not share a prompt with 0.0 by value only.
+    assert str(_bucketed(np.array([-0.0]), None)[0]) == "0.0"

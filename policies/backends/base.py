@@ -14,16 +14,27 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from swarm.errors import SwarmError
 from swarm.rng import KeyedRNG
 
-__all__ = ["Backend", "BackendError", "sample_tokens"]
+__all__ = ["Backend", "BackendError", "PromptError", "sample_tokens"]
 
 
-class BackendError(RuntimeError):
+class BackendError(SwarmError, RuntimeError):
     """A backend could not answer (unreachable endpoint, bad reply, missing model).
 
     The message names the problem and the fix. LLM policies turn it into a
     ConfigError/PolicyError or, with ``on_error: idle``, into logged fallbacks.
+    """
+
+
+class PromptError(BackendError):
+    """One of the inputs cannot be answered (too long, nothing to score, refused with 400).
+
+    Unlike other backend errors it says nothing about the backend's health, so
+    a policy with ``on_error: idle`` narrows the batch down to the bad prompts
+    and lets only their agents fall back: the outcome then does not depend on
+    which prompts happened to share a batch (or a shard).
     """
 
 

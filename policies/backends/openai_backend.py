@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from swarm.policies.backends.base import Backend, BackendError
+from swarm.policies.backends.base import Backend, BackendError, PromptError
 
 __all__ = ["OpenAIBackend"]
 
@@ -139,6 +139,11 @@ class OpenAIBackend(Backend):
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise BackendError(f"base_url must be an http:// or https:// URL ending in /v1, e.g. "
                              f"http://127.0.0.1:8000/v1; got {base_url!r}")
+        try:
+            httpx.URL(base_url)
+        except httpx.InvalidURL as exc:
+            raise BackendError(f"base_url {base_url!r} is not a valid URL ({exc}); write e.g. "
+                               "http://127.0.0.1:8000/v1") from None
         if not isinstance(model, str) or not model:
             raise BackendError(f"model must be the name the server serves (see GET "
                              f"{base_url.rstrip('/')}/models); got {model!r}")
@@ -365,6 +370,9 @@ class OpenAIBackend(Backend):
         if status == 429 or status >= 500:
             raise _Transient(f"HTTP {status}: {_server_message(resp)}", unreachable=False,
                              retry_after=_retry_after(resp))
+        if status in (400, 413, 422):  # the request's content, not the endpoint, is at fault
+            raise PromptError(f"{method} {url} was refused with HTTP {status}: "
+                              f"{_server_message(resp)}")
         if status >= 400:
             raise BackendError(f"{method} {url} was refused with HTTP {status}: "
                                f"{_server_message(resp)}; check base_url, model and the "

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from swarm.policies.backends.base import Backend, BackendError, sample_tokens
+from swarm.policies.backends.base import Backend, BackendError, PromptError, sample_tokens
 from swarm.policies.device import resolve_device
 
 __all__ = ["TransformersBackend"]
@@ -222,7 +222,7 @@ class TransformersBackend(Backend):
 
     def _check_length(self, n_tokens: int, what: str) -> None:
         if self.max_length is not None and n_tokens > self.max_length:
-            raise BackendError(
+            raise PromptError(
                 f"{what} needs {n_tokens} token positions but the model at {self.path} has "
                 f"{self.max_length}; shorten the prompt (or max_new_tokens)")
 
@@ -257,13 +257,13 @@ class TransformersBackend(Backend):
                 scored = [t for t, ((start, _), sp) in enumerate(zip(offsets, special, strict=True))
                           if not sp and start >= cut]
                 if not scored:
-                    raise BackendError(
+                    raise PromptError(
                         f"continuation {continuations[r % n_actions]!r} yields no token after "
                         f"prompt ...{prompts[r // n_actions][-40:]!r}; give continuations a "
                         "non-empty text with a leading space (' share') and prompts without "
                         "a trailing space")
                 if scored[0] == 0:
-                    raise BackendError(
+                    raise PromptError(
                         "the prompt is empty and the tokenizer adds no BOS token, so the first "
                         f"token of {continuations[r % n_actions]!r} has no context to be "
                         "scored in; give a non-empty prompt")
