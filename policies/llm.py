@@ -169,7 +169,9 @@ class Persona:
         return format(str(self), spec)
 
 
-_NO_PERSONA = Persona({"description": "an ordinary member of the network"})
+#: Who an agent is when the population has no persona row for it.
+DEFAULT_PERSONA_DESCRIPTION = "an ordinary member of the network"
+_NO_PERSONA = Persona({"description": DEFAULT_PERSONA_DESCRIPTION})
 
 
 def make_backend(cfg: LLMPolicyConfig, shards: int = 1) -> Backend:

@@ -43,6 +43,10 @@ class ServerBackend(Backend):
             if isinstance(cause, BackendError):
                 raise cause from None
             raise
+        except ray.exceptions.RayActorError as exc:
+            # Not a shard failure: restarting the shards would meet the same dead server.
+            raise BackendError(f"the policy server actor died ({type(exc).__name__}); the "
+                               "run can be resumed, which starts a new one") from None
 
     def score(self, prompts, continuations):
         return self._call("score", prompts, continuations)

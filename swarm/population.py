@@ -28,7 +28,13 @@ from swarm.errors import ConfigError
 from swarm.policies.backends.base import Backend
 from swarm.policies.base import Policy, PolicyContext, PolicyStats, as_numpy
 from swarm.policies.device import resolve_device
-from swarm.policies.llm import LLMPolicy, LLMPolicyConfig, Persona, check_template
+from swarm.policies.llm import (
+    DEFAULT_PERSONA_DESCRIPTION,
+    LLMPolicy,
+    LLMPolicyConfig,
+    Persona,
+    check_template,
+)
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +246,7 @@ def _check_renders(cfg: LLMPolicyConfig, spec: ChoiceSpec, personas: pa.Table | 
                                   "use format specs like {influence:.2f}") from None
 
 
-_DEFAULT_DESCRIPTION = "an ordinary member of the network"
-_DEFAULT_PERSONA = Persona({"description": _DEFAULT_DESCRIPTION})
+_DEFAULT_PERSONA = Persona({"description": DEFAULT_PERSONA_DESCRIPTION})
 
 
 def _persona_objects(personas: pa.Table) -> list[Persona]:
@@ -250,7 +255,7 @@ def _persona_objects(personas: pa.Table) -> list[Persona]:
     rows = [Persona(r) for r in personas.to_pylist()]
     if "agent" in personas.column_names:
         default = dict.fromkeys(personas.column_names)
-        default["description"] = _DEFAULT_DESCRIPTION
+        default["description"] = DEFAULT_PERSONA_DESCRIPTION
         rows.append(Persona(default))
     return rows
 
