@@ -240,6 +240,9 @@ class Env:
     event_columns: ClassVar[dict[str, pa.DataType]] = {}
     #: Per-step counters summed over shards into the metrics table.
     metric_names: ClassVar[tuple[str, ...]] = ()
+    #: Per-step metrics computed from the summed counters by ``derive_metrics``
+    #: (a variance from counts, sums and sums of squares, say).
+    derived_metric_names: ClassVar[tuple[str, ...]] = ()
     #: Message fields besides ``dst`` (global id of the receiving agent).
     message_fields: ClassVar[dict[str, np.dtype]] = {}
     #: Broadcast fields besides ``src``; an env that broadcasts must declare them,
@@ -250,6 +253,9 @@ class Env:
     state_attrs: ClassVar[tuple[str, ...]] = ()
     #: Bytes of state per agent (for the memory guard's estimate before a run).
     state_bytes_per_agent: ClassVar[int] = 16
+    #: A small raw run config (graph, env, steps, ...) that exercises the env in a
+    #: few seconds: what ``swarm.envs.testing`` checks it with.
+    smoke_config: ClassVar[dict] = {}
 
     def __init__(self, config: EnvConfig, view: ShardView, setup: Mapping[str, np.ndarray]):
         self.config = config
@@ -259,6 +265,16 @@ class Env:
     @classmethod
     def prepare(cls, config: EnvConfig, n: int, rng: KeyedRNG) -> dict[str, np.ndarray]:
         """Global set-up computed once on the driver and given to every shard."""
+        return {}
+
+    @classmethod
+    def derive_metrics(cls, totals: Mapping[str, float]) -> dict[str, float]:
+        """Metrics that are not sums, from the step's counters summed over all shards.
+
+        Shards only see their own agents, so a population-wide statistic is
+        reported as additive parts (``metric_names``) and finished here, once,
+        on the driver. Returns ``derived_metric_names``.
+        """
         return {}
 
     @classmethod

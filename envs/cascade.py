@@ -106,6 +106,9 @@ class Cascade(Env):
     broadcast_fields = {"root": np.int64}
     # status 1 + root 8 + infected list 8 + LT exposures 4 and threshold 8.
     state_bytes_per_agent = 29
+    smoke_config = {"steps": 30, "graph": {"kind": "barabasi_albert", "n": 600, "m": 3},
+                    "env": {"kind": "cascade", "model": "sir", "beta": 0.2, "gamma": 0.2,
+                            "seed_count": 5}}
 
     def __init__(self, config: CascadeConfig, view: ShardView, setup: Mapping[str, np.ndarray]):
         super().__init__(config, view, setup)

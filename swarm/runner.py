@@ -343,7 +343,7 @@ def run(
                   "build_seconds": round(graph_seconds, 4)},
         "partition": part.stats(graph),
         "env": {"kind": env_cls.name, "event_types": list(env_cls.event_types),
-                "metrics": list(env_cls.metric_names)},
+                "metrics": list(_metric_columns(env_cls))},
         "backend": backend,
         "address": address or os.environ.get("RAY_ADDRESS"),
         "timings": {"graph_seconds": round(graph_seconds, 4)},
@@ -466,7 +466,7 @@ def _execute(config: RunConfig, store: RunStore, manifest: dict, graph: CSRGraph
         reports = driver.shards.close()
         driver.drop_unfinished_checkpoints()
         close_seconds = time.perf_counter() - t_close
-        _write_metrics(store, METRICS, driver.rows, env_cls.metric_names)
+        _write_metrics(store, METRICS, driver.rows, _metric_columns(env_cls))
     except BaseException as exc:
         if driver is not None and driver.shards is not None:
             driver.shards.abort()  # keep the events of finished steps, free the actors
@@ -541,6 +541,7 @@ class _Driver:
         self.backend, self.n, self.on_step = backend, n, on_step
         self.show = sys.stderr.isatty() if progress is None else progress
         self.every = config.checkpoint.every
+        self.derive = ENV_REGISTRY[config.env.kind].derive_metrics
         self.restarts = 0
         self.prior_restarts = manifest.get("restarts", 0)  # from before a resume
         self.checkpoint_driver_seconds = 0.0
@@ -612,7 +613,7 @@ class _Driver:
         while step < steps:
             batch = self.shards.run_steps(step, steps - step, self.every)
             for s in batch:
-                done = self._emit(_row(s["step"], [s], s["seconds"]), bar)
+                done = self._emit(_row(s["step"], [s], s["seconds"], self.derive), bar)
                 if "checkpoint" in s:
                     self._checkpoint_complete(s["step"])
                 if done:
@@ -637,7 +638,7 @@ class _Driver:
                                            self._due(step + 1))
             summaries, outs = self.shards.collect(handle)
             now = time.perf_counter()
-            done = self._emit(_row(step, summaries, now - t_prev), bar)
+            done = self._emit(_row(step, summaries, now - t_prev, self.derive), bar)
             if "checkpoint" in summaries[0]:
                 self._checkpoint_complete(step)
             if done:
@@ -647,7 +648,8 @@ class _Driver:
                 if ahead is not None:  # finish the step already under way
                     step += 1
                     summaries, _ = self.shards.collect(ahead)
-                    done = self._emit(_row(step, summaries, time.perf_counter() - t_prev), bar)
+                    done = self._emit(_row(step, summaries, time.perf_counter() - t_prev,
+                                           self.derive), bar)
                     if "checkpoint" in summaries[0]:
                         self._checkpoint_complete(step)
                     if done:
@@ -666,7 +668,7 @@ class _Driver:
         """Every shard wrote step ``step``: record it, then drop older checkpoints."""
         t0 = time.perf_counter()
         _write_metrics(self.store, f"{ckpt.step_dir(step)}/metrics.arrow",
-                       self.rows[: step + 1], ENV_REGISTRY[self.config.env.kind].metric_names)
+                       self.rows[: step + 1], _metric_columns(ENV_REGISTRY[self.config.env.kind]))
         self.last_checkpoint = step
         self.manifest["checkpoint"] = {"step": step, "path": ckpt.step_dir(step),
                                        "unix": time.time()}
@@ -734,7 +736,7 @@ class _Driver:
                 exc = again
 
 
-def _row(step: int, summaries: list[dict], seconds: float) -> dict:
+def _row(step: int, summaries: list[dict], seconds: float, derive=None) -> dict:
     """One metrics row from the shards' summaries of one step."""
     row = {
         "step": step,
@@ -752,9 +754,15 @@ def _row(step: int, summaries: list[dict], seconds: float) -> dict:
     }
     for name in POLICY_METRICS:
         row[name] = sum(s["policy"][name] for s in summaries)
-    for name in summaries[0]["metrics"]:
-        row[name] = sum(s["metrics"][name] for s in summaries)
+    totals = {name: sum(s["metrics"][name] for s in summaries) for name in summaries[0]["metrics"]}
+    row.update(totals)
+    if derive is not None:
+        row.update(derive(totals))
     return row
+
+
+def _metric_columns(env_cls) -> tuple[str, ...]:
+    return (*env_cls.metric_names, *env_cls.derived_metric_names)
 
 
 def _write_metrics(store: RunStore, rel: str, rows: list[dict], metric_names) -> None:
@@ -764,6 +772,9 @@ def _write_metrics(store: RunStore, rel: str, rows: list[dict], metric_names) ->
     cols = ["step", "active", "events", "messages", "cross_shard_messages", "cross_shard_bytes",
             *floats, *POLICY_METRICS, *metric_names]
     types = {"step": pa.int32(), **{c: pa.float64() for c in floats}}
+    for c in metric_names:  # env metrics: float64 when any step's value is a float
+        if any(isinstance(r.get(c), (float, np.floating)) for r in rows):
+            types[c] = pa.float64()
     table = pa.table({c: pa.array([r.get(c, 0) for r in rows], type=types.get(c, pa.int64()))
                       for c in cols})
     store.write_table(rel, table)

@@ -1,0 +1,51 @@
+"""Every registered env passes the test kit (``swarm.envs.testing``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from swarm.envs import ENV_REGISTRY
+from swarm.envs.testing import check_determinism, check_env_api
+
+ENVS = sorted(ENV_REGISTRY)
+
+
+@pytest.mark.parametrize("name", ENVS)
+def test_env_passes_the_api_check(name):
+    check_env_api(ENV_REGISTRY[name])
+
+
+@pytest.mark.parametrize("name", ENVS)
+def test_env_is_deterministic_across_runs_and_shards(name, tmp_path):
+    check_determinism(ENV_REGISTRY[name], tmp_path)
+
+
+def test_the_kit_catches_an_env_that_depends_on_sharding(tmp_path):
+    from typing import Literal
+
+    from swarm.envs.base import register_env
+    from swarm.envs.cascade import Cascade, CascadeConfig
+
+    class LeakyConfig(CascadeConfig):
+        kind: Literal["leaky_test_env"] = "leaky_test_env"
+
+    class Leaky(Cascade):
+        """Logs its shard count: a result that depends on sharding."""
+
+        name = "leaky_test_env"
+        Config = LeakyConfig
+        smoke_config = {**Cascade.smoke_config,
+                        "env": {**Cascade.smoke_config["env"], "kind": "leaky_test_env"}}
+
+        def apply(self, step, batch, actions):
+            result = super().apply(step, batch, actions)
+            result.events["value"][:] = self.view.num_shards
+            return result
+
+    register_env(Leaky)
+    try:
+        check_env_api(Leaky)  # its declarations are fine
+        with pytest.raises(AssertionError, match="1 and 3 shards logged different events"):
+            check_determinism(Leaky, tmp_path)
+    finally:
+        del ENV_REGISTRY[Leaky.name]
