@@ -325,5 +325,45 @@ def serve_policy(
         raise typer.Exit(2) from None
 
 
+@app.command()
+def sweep(
+    config: str = typer.Argument(..., help="Base run config (YAML)."),
+    grid: list[str] = typer.Option(..., "--grid", "-g",
+                                   help="dotted.key=v1,v2,... (repeat for more keys)."),
+    out: str = typer.Option(..., "--out", "-o", help="Sweep directory (path or URI)."),
+    set_: list[str] = typer.Option(None, "--set", help="Override a base key: dotted.key=value."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster to join."),
+    local: bool = typer.Option(False, "--local", help="Run the points one by one here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing sweep."),
+) -> None:
+    """Run the cartesian product of --grid values, one run directory per point (Ray tasks).
+
+    A point that is invalid or fails is reported in the index, not fatal; exit code 1
+    when any point failed.
+    """
+    from swarm.sweep import parse_grid
+    from swarm.sweep import sweep as run_sweep
+
+    def report(row: dict) -> None:
+        values = ", ".join(f"{k}={row[k]}" for k in grid_keys)
+        status = row["status"] if row["status"] == "completed" else \
+            f"{row['status']}: {row['error']}"
+        typer.echo(f"point {row['point']:>3} [{values}]: {status}")
+
+    try:
+        parsed = parse_grid(list(grid))
+        grid_keys = list(parsed)
+        index = run_sweep(config, parsed, out, overrides=list(set_ or []),
+                          backend="local" if local else "ray", address=address,
+                          overwrite=overwrite, on_point=report)
+    except SwarmError as exc:
+        _fail(exc)
+    failed = sum(s != "completed" for s in index["status"].to_pylist())
+    typer.echo(f"{index.num_rows} points, {failed} failed; index: {out}/index.arrow "
+               f"(swarm query works on each point's run directory)")
+    if failed:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
