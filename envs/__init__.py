@@ -2,6 +2,7 @@
 
 from swarm.envs.base import ENV_REGISTRY, Env, EnvConfig, ShardView, StepResult, register_env
 from swarm.envs.cascade import Cascade, CascadeConfig
+from swarm.envs.opinion import Opinion, OpinionConfig
 
 __all__ = [
     "ENV_REGISTRY",
@@ -9,6 +10,8 @@ __all__ = [
     "CascadeConfig",
     "Env",
     "EnvConfig",
+    "Opinion",
+    "OpinionConfig",
     "ShardView",
     "StepResult",
     "register_env",

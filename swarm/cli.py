@@ -104,7 +104,14 @@ def _print_summary(result) -> None:
                f"({rate:,.0f} agent-steps/s; setup {t['setup_seconds']:.2f} s)")
     if metrics.num_rows:
         last = metrics.slice(metrics.num_rows - 1).to_pylist()[0]
-        env_metrics = ", ".join(f"{k}={last[k]:,}" for k in m["env"]["metrics"] if k in last)
+        from swarm.envs import ENV_REGISTRY
+
+        env_cls = ENV_REGISTRY.get(m["env"]["kind"])
+        # Envs with derived metrics report those; their additive parts are bookkeeping.
+        names = (env_cls.derived_metric_names if env_cls is not None
+                 and env_cls.derived_metric_names else m["env"]["metrics"])
+        env_metrics = ", ".join(f"{k}={last[k]:,.4g}" if isinstance(last.get(k), float)
+                                else f"{k}={last[k]:,}" for k in names if k in last)
         typer.echo(f"last step ({m['env']['kind']}): {env_metrics}")
         cols = metrics.column_names
         if "policy_decisions" in cols and sum(metrics["policy_decisions"].to_pylist()):

@@ -1,0 +1,312 @@
+"""Opinion dynamics on the graph: DeGroot, Friedkin-Johnsen, Deffuant, Hegselmann-Krause.
+
+Every agent holds an opinion in [0, 1]^dims (a scalar when ``dims = 1``).
+Each step every agent broadcasts its opinion to its out-neighbours; at the
+next step each agent updates from what its in-neighbours held (a synchronous
+update: everyone reads the previous step's opinions):
+
+* ``degroot``: ``x <- w x + (1 - w) * mean of in-neighbours`` (``w =
+  self_weight``; the lazy part makes the chain aperiodic, so it converges on
+  bipartite graphs too). On a connected undirected graph every opinion tends
+  to the degree-weighted mean of the initial opinions.
+* ``friedkin_johnsen``: ``x <- s x(0) + (1 - s) * [DeGroot update]``
+  (``s = stubbornness``): agents keep a pull toward their prejudice, so
+  disagreement persists.
+* ``hegselmann_krause``: the mean of the agent's own opinion and those of the
+  in-neighbours within ``confidence`` (Euclidean distance for vectors).
+* ``deffuant``: each agent meets one in-neighbour per step, the one with the
+  smallest keyed hash of (agent, neighbour, step), and moves a fraction
+  ``mu`` toward it if it is within ``confidence``. Only the receiver moves:
+  the pairing is asymmetric (a symmetric pair update would need a matching
+  across shards, and on average an edge is met from both ends anyway).
+
+The update rules are the default policies (``swarm.policies.opinion``); the
+env aggregates the inbox into per-agent columns for them, sorting the
+received opinions by (receiver, sender) before any float sum, so results do
+not depend on sharding.
+
+Metrics. The engine sums per-step metrics over shards, so population
+statistics are reported as additive parts and finished in ``derive_metrics``.
+The parts are integers in fixed point (units of 2**-32, per agent, then
+summed): float partial sums would round differently for different shard
+counts, integer sums do not. ``variance`` is the population variance
+(summed over dimensions for vectors: the trace of the covariance);
+``bimodality`` is Sarle's bimodality coefficient of dimension 0 from its
+first four moments (``(skew^2 + 1) / kurtosis``; above 5/9 hints at two
+modes; NaN once the variance is 0); ``group_distance`` is the mean opinion
+(dimension 0) of agents above 0.5 minus that of agents at or below 0.5 (0
+when a side is empty); ``consensus`` is 1 when the population standard
+deviation (square root of ``variance``) is below ``tolerance``. The metrics
+table has one row per step, so *when* consensus was reached is the first
+step with ``consensus = 1``: ``consensus_step(run.metrics())`` reads it.
+
+Messages never stop: agents broadcast every step (a receiver keeps no memory
+of its neighbours' opinions), so a run lasts ``steps`` steps even once
+opinions are stationary. ``active`` counts agents whose opinion moved by more
+than ``tolerance`` (any coordinate) in the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from swarm.envs.base import Env, EnvConfig, Inbox, ShardView, StepResult, make_events, register_env
+from swarm.policies.base import as_numpy
+from swarm.policies.opinion import BoundedConfidenceAverage, DeffuantUpdate, DeGrootUpdate
+
+__all__ = ["MAX_DIMS", "Opinion", "OpinionConfig", "consensus_step"]
+
+#: The most opinion dimensions a run may have (the broadcast fields are fixed).
+MAX_DIMS = 4
+_FIXED = float(2**32)  # fixed-point scale of the metric parts
+_MODEL_PARAMS = {
+    "degroot": {"self_weight"},
+    "friedkin_johnsen": {"self_weight", "stubbornness"},
+    "deffuant": {"confidence", "mu"},
+    "hegselmann_krause": {"confidence"},
+}
+
+
+class OpinionConfig(EnvConfig):
+    """Update rule, initial opinions and what counts as consensus."""
+
+    kind: Literal["opinion"] = "opinion"
+    model: Literal["degroot", "friedkin_johnsen", "deffuant", "hegselmann_krause"] = "degroot"
+    dims: int = Field(1, ge=1, le=MAX_DIMS)
+    """Opinion dimensions: 1 for scalar opinions, up to 4 for vector opinions."""
+    initial: Literal["uniform", "normal"] = "uniform"
+    """Initial opinions, one keyed draw per agent and dimension: U(0, 1), or
+    N(initial_mean, initial_std) clipped to [0, 1]."""
+    initial_mean: float = Field(0.5, ge=0.0, le=1.0)
+    """initial=normal: the mean of the initial opinions."""
+    initial_std: float = Field(0.15, gt=0.0)
+    """initial=normal: the standard deviation of the initial opinions (before clipping)."""
+    self_weight: float = Field(0.5, ge=0.0, lt=1.0)
+    """degroot, friedkin_johnsen: weight of the agent's own opinion in an update."""
+    stubbornness: float = Field(0.0, ge=0.0, le=1.0)
+    """friedkin_johnsen: pull toward the agent's initial opinion each step."""
+    confidence: float = Field(0.2, gt=0.0)
+    """deffuant, hegselmann_krause: only neighbours within this distance count."""
+    mu: float = Field(0.5, gt=0.0, le=1.0)
+    """deffuant: the fraction of the distance moved toward the partner met."""
+    tolerance: float = Field(1e-4, gt=0.0)
+    """Consensus when the population standard deviation is below this; an agent
+    is active in a step when its opinion moved by more than this."""
+    log_every: int = Field(10, ge=1)
+    """Log an ``opinion`` event for every agent at steps 0, log_every, 2*log_every, ..."""
+
+    @model_validator(mode="after")
+    def _check(self) -> OpinionConfig:
+        # Parameters of another model are an error unless left at their default
+        # (a dumped config, e.g. a run's manifest, lists every field).
+        mine = _MODEL_PARAMS[self.model]
+        foreign = {k for params in _MODEL_PARAMS.values() for k in params - mine
+                   if k in self.model_fields_set
+                   and getattr(self, k) != type(self).model_fields[k].default}
+        if foreign:
+            raise ValueError(f"{sorted(foreign)} do not apply to model={self.model!r}; its "
+                             f"parameters are {sorted(mine)}")
+        normal = {"initial_mean", "initial_std"} & self.model_fields_set
+        if self.initial != "normal" and any(
+                getattr(self, k) != type(self).model_fields[k].default for k in normal):
+            raise ValueError(f"{sorted(normal)} apply only to initial='normal'; "
+                             f"got initial={self.initial!r}")
+        return self
+
+
+def _fixed(values: np.ndarray) -> int:
+    """Sum of ``values`` (in [0, 1]) in fixed point: exact, whatever the grouping."""
+    return int(np.rint(values * _FIXED).astype(np.int64).sum())
+
+
+def consensus_step(metrics: Any) -> int | None:
+    """The first step with ``consensus = 1`` in a run's metrics table (None: never).
+
+    Parameters
+    ----------
+    metrics : pyarrow.Table or mapping of columns
+        ``run.metrics()`` of an opinion run (columns ``step`` and ``consensus``).
+
+    Examples
+    --------
+    >>> consensus_step({"step": [0, 1, 2, 3], "consensus": [0, 0, 1, 1]})
+    2
+    """
+    cols = metrics.to_pydict() if hasattr(metrics, "to_pydict") else metrics
+    for step, reached in zip(cols["step"], cols["consensus"], strict=True):
+        if reached == 1:
+            return int(step)
+    return None
+
+
+@register_env
+class Opinion(Env):
+    """Opinions averaged over in-neighbours (see the module docstring for the models)."""
+
+    name = "opinion"
+    Config = OpinionConfig
+    event_types = ("opinion",)
+    # value holds dimension 0; dimensions 1..3 of vector opinions (null for scalars).
+    event_columns = {f"op{d}": pa.float32() for d in range(1, MAX_DIMS)}
+    metric_names = (
+        "agents",                                  # n
+        *(f"sum{d}" for d in range(MAX_DIMS)),     # sum of x_d (0 for unused dimensions)
+        "sumsq",                                   # sum of |x|^2 over all dimensions
+        "sum0_2", "sum0_3", "sum0_4",              # moments of dimension 0
+        "high", "high_sum", "low", "low_sum",      # agents above / at or below 0.5 (dim 0)
+        "tolerance_sum",                           # tolerance, once per agent (see derive)
+    )
+    derived_metric_names = ("variance", "bimodality", "group_distance", "consensus")
+    broadcast_fields = {f"op{d}": np.float64 for d in range(MAX_DIMS)}
+    state_attrs = ("opinion", "initial")
+    state_bytes_per_agent = 16 * MAX_DIMS
+    smoke_config = {"steps": 20,
+                    "graph": {"kind": "watts_strogatz", "n": 300, "k": 6, "p": 0.1},
+                    "env": {"kind": "opinion", "model": "degroot", "log_every": 5}}
+
+    def __init__(self, config: OpinionConfig, view: ShardView, setup: Mapping[str, np.ndarray]):
+        super().__init__(config, view, setup)
+        self.initial = self._draw_initial()
+        self.opinion = self.initial.copy()
+
+    def _draw_initial(self) -> np.ndarray:
+        cfg, view = self.config, self.view
+        cols = []
+        for d in range(cfg.dims):
+            u = view.rng.uniform("opinion_init", view.agents, draw=d)
+            if cfg.initial == "normal":
+                # Box-Muller from a second keyed uniform per agent and dimension.
+                v = view.rng.uniform("opinion_init", view.agents, draw=MAX_DIMS + d)
+                z = np.sqrt(-2.0 * np.log1p(-u)) * np.cos(2.0 * np.pi * v)
+                u = np.clip(cfg.initial_mean + cfg.initial_std * z, 0.0, 1.0)
+            cols.append(u)
+        return np.stack(cols, axis=1) if cols else np.empty((view.n_local, 0))
+
+    def default_policy(self):
+        cfg = self.config
+        if cfg.model == "deffuant":
+            return DeffuantUpdate(cfg.mu)
+        if cfg.model == "hegselmann_krause":
+            return BoundedConfidenceAverage()
+        stubborn = cfg.stubbornness if cfg.model == "friedkin_johnsen" else 0.0
+        return DeGrootUpdate(cfg.self_weight, stubborn)
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        super().load_state_dict(state)
+        dims = self.config.dims
+        self.opinion = np.asarray(self.opinion, dtype=np.float64).reshape(-1, dims)
+        self.initial = np.asarray(self.initial, dtype=np.float64).reshape(-1, dims)
+
+    # -- the round -----------------------------------------------------------
+
+    def _received(self, step: int, inbox: Inbox) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Received (row, src, opinions), sorted by (receiver row, sender id)."""
+        dims = self.config.dims
+        b = inbox.broadcast
+        if step == 0 or b is None or not len(b):
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, dims))
+        got = b.take()
+        order = np.lexsort((got["src"], got["row"]))
+        ops = np.stack([got[f"op{d}"][order] for d in range(dims)], axis=1)
+        return got["row"][order].astype(np.int64), got["src"][order], ops
+
+    def observe(self, step: int, inbox: Inbox) -> dict[str, np.ndarray]:
+        cfg, view = self.config, self.view
+        n, dims = view.n_local, cfg.dims
+        rows, src, ops = self._received(step, inbox)
+        own = self.opinion
+        batch = {"agent": view.agents.copy(), "own": own.copy()}
+        if cfg.model == "deffuant":
+            partner = own.copy()
+            has = np.zeros(n, dtype=bool)
+            if rows.shape[0]:
+                key = view.rng.bits("deffuant", view.agents[rows], src, step=step)
+                order = np.lexsort((key, rows))
+                r = rows[order]
+                first = np.ones(r.shape[0], dtype=bool)
+                first[1:] = r[1:] != r[:-1]
+                pick = order[first]
+                met = rows[pick]
+                close = np.linalg.norm(ops[pick] - own[met], axis=1) <= cfg.confidence
+                partner[met[close]] = ops[pick[close]]
+                has[met[close]] = True
+            batch.update(partner=partner, has_partner=has)
+            return batch
+        if cfg.model == "hegselmann_krause" and rows.shape[0]:
+            keep = np.linalg.norm(ops - own[rows], axis=1) <= cfg.confidence
+            rows, ops = rows[keep], ops[keep]
+        # bincount adds in input order, and the input is sorted by (row, src):
+        # the same sums whatever order the broadcasts arrived in.
+        nbr_sum = np.stack([np.bincount(rows, weights=ops[:, d], minlength=n)
+                            for d in range(dims)], axis=1) if dims else np.empty((n, 0))
+        batch.update(nbr_sum=nbr_sum, nbr_count=np.bincount(rows, minlength=n).astype(np.float64))
+        if cfg.model == "friedkin_johnsen":
+            batch["anchor"] = self.initial
+        return batch
+
+    def apply(self, step: int, batch: dict[str, np.ndarray], actions: dict) -> StepResult:
+        cfg, view = self.config, self.view
+        new = np.asarray(as_numpy(actions["opinion"]), dtype=np.float64).reshape(-1, cfg.dims)
+        moved = np.abs(new - self.opinion).max(axis=1) > cfg.tolerance if new.size else \
+            np.zeros(new.shape[0], dtype=bool)
+        self.opinion = new
+        if step % cfg.log_every == 0:
+            extra = {f"op{d}": new[:, d].astype(np.float32) for d in range(1, cfg.dims)}
+            events = make_events(np.zeros(view.n_local, np.int8), view.agents,
+                                 value=new[:, 0], **extra)
+        else:
+            events = make_events(np.empty(0, np.int8), np.empty(0, np.int64))
+        broadcasts = {"src": view.agents}
+        zeros = np.zeros(view.n_local)
+        for d in range(MAX_DIMS):
+            broadcasts[f"op{d}"] = new[:, d].copy() if d < cfg.dims else zeros
+        return StepResult(events=events, messages=None, broadcasts=broadcasts,
+                          active=int(moved.sum()), metrics=self._metrics(new))
+
+    def _metrics(self, x: np.ndarray) -> dict[str, int]:
+        n = x.shape[0]
+        x0 = x[:, 0]
+        high = x0 > 0.5
+        out = {"agents": n, "sumsq": sum(_fixed(x[:, d] * x[:, d]) for d in range(x.shape[1]))}
+        for d in range(MAX_DIMS):
+            out[f"sum{d}"] = _fixed(x[:, d]) if d < self.config.dims else 0
+        sq = x0 * x0
+        out.update(sum0_2=_fixed(sq), sum0_3=_fixed(sq * x0), sum0_4=_fixed(sq * sq),
+                   high=int(high.sum()), high_sum=_fixed(x0[high]), low=int(n - high.sum()),
+                   low_sum=_fixed(x0[~high]),
+                   tolerance_sum=n * int(round(min(self.config.tolerance, 1.0) * _FIXED)))
+        return out
+
+    @classmethod
+    def derive_metrics(cls, totals: Mapping[str, float]) -> dict[str, float]:
+        n = int(totals["agents"])
+        if n == 0:
+            return {"variance": float("nan"), "bimodality": float("nan"),
+                    "group_distance": 0.0, "consensus": 0}
+        # Exact integer arithmetic on the fixed-point parts, one division at the end.
+        f = _FIXED
+        s2 = int(totals["sumsq"])
+        means_sq = sum(int(totals[f"sum{d}"]) ** 2 for d in range(MAX_DIMS))
+        variance = max((n * s2 * f - means_sq) / (n * n * f * f), 0.0)
+        # Central moments of dimension 0 from raw ones: m_k = sum x^k / n.
+        m1 = int(totals["sum0"]) / (n * f)
+        r2, r3, r4 = (int(totals[f"sum0_{k}"]) / (n * f) for k in (2, 3, 4))
+        c2 = max((n * int(totals["sum0_2"]) * f - int(totals["sum0"]) ** 2) / (n * n * f * f), 0.0)
+        c3 = r3 - 3 * m1 * r2 + 2 * m1**3
+        c4 = r4 - 4 * m1 * r3 + 6 * m1 * m1 * r2 - 3 * m1**4
+        tolerance = int(totals["tolerance_sum"]) / (n * f)
+        if c2 > 0 and c4 > 0 and np.sqrt(c2) >= tolerance:
+            bimodality = (c3 * c3 / c2**3 + 1.0) / (c4 / (c2 * c2))
+        else:
+            bimodality = float("nan")
+        hi, lo = int(totals["high"]), int(totals["low"])
+        distance = (int(totals["high_sum"]) / (hi * f) - int(totals["low_sum"]) / (lo * f)
+                    if hi and lo else 0.0)
+        return {"variance": float(variance), "bimodality": float(bimodality),
+                "group_distance": float(distance),
+                "consensus": int(np.sqrt(variance) < tolerance)}
