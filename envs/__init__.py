@@ -2,6 +2,7 @@
 
 from swarm.envs.base import ENV_REGISTRY, Env, EnvConfig, ShardView, StepResult, register_env
 from swarm.envs.cascade import Cascade, CascadeConfig
+from swarm.envs.games import Games, GamesConfig
 from swarm.envs.opinion import Opinion, OpinionConfig
 
 __all__ = [
@@ -10,6 +11,8 @@ __all__ = [
     "CascadeConfig",
     "Env",
     "EnvConfig",
+    "Games",
+    "GamesConfig",
     "Opinion",
     "OpinionConfig",
     "ShardView",

@@ -128,3 +128,10 @@ def test_llm_example_runs_with_a_tiny_model_made_by_the_cli(tmp_path):
     bad = swarm_cli("run", config, "--out", tmp_path / "r2", "--set",
                     "population.personas=missing.csv", check=False)
     assert bad.returncode == 2 and "personas: file not found: missing.csv" in bad.stderr
+
+
+@pytest.mark.parametrize("example", ["opinion", "games"])
+def test_each_env_example_runs_on_the_cli(tmp_path, example):
+    proc = swarm_cli("run", f"examples/{example}.yaml", "--out", tmp_path / "r", "--shards",
+                     "1", "--set", "steps=3", "--set", "graph.n=500")
+    assert f"last step ({example})" in proc.stdout

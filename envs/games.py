@@ -1,0 +1,297 @@
+"""Repeated 2x2 games between graph neighbours: who cooperates, and which strategies spread.
+
+Every step is a round. Each agent makes one move (C or D) that it plays
+against all its neighbours, and broadcasts it, with its strategy and its
+latest settled payoff, to its out-neighbours. The moves arrive at the next
+step's ``observe``, which settles the round: an agent's payoff is the sum,
+over the in-neighbours whose moves arrived, of its row payoff
+``payoffs[my_move][their_move]`` (on an undirected graph each pair plays once
+and each side gets its row payoff), minus punishment. The policy then picks
+the next strategy (imitation) and move. Payoffs are computed from counts of
+C and D received, so they do not depend on the order messages arrive in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, field_validator, model_validator
+
+from swarm.config_base import StrictModel
+from swarm.envs.base import Env, EnvConfig, Inbox, ShardView, StepResult, make_events, register_env
+from swarm.policies.base import as_numpy
+from swarm.policies.games import STRATEGIES, GameStrategies
+
+__all__ = ["GAME_PAYOFFS", "Games", "GamesConfig", "PunishmentConfig"]
+
+#: Row player's payoff ``[my_move][their_move]``, moves 0 = C, 1 = D.
+#: battle_of_the_sexes in its symmetric form: C = yield to the partner's
+#: favourite, D = insist on one's own; meeting pays 2 to the one whose
+#: favourite it is and 1 to the other, missing each other pays 0.
+GAME_PAYOFFS: dict[str, list[list[float]]] = {
+    "prisoners_dilemma": [[3.0, 0.0], [5.0, 1.0]],  # R, S / T, P
+    "stag_hunt": [[4.0, 0.0], [3.0, 3.0]],  # stag-stag, stag-hare / hare-stag, hare-hare
+    "battle_of_the_sexes": [[0.0, 1.0], [2.0, 0.0]],
+}
+# Payoffs are summed over shards as integers in these units: exact, so the
+# metrics do not depend on how many shards added them up.
+_PAYOFF_SCALE = 1_000_000
+
+
+class PunishmentConfig(StrictModel):
+    """Costly punishment: every agent that cooperated punishes each neighbour that defected."""
+
+    cost: float = Field(1.0, ge=0.0)
+    """What the punisher pays per neighbour punished."""
+    fine: float = Field(3.0, ge=0.0)
+    """What a defector pays per neighbour that punishes it."""
+
+
+class GamesConfig(EnvConfig):
+    """The game, the initial strategies, imitation and punishment."""
+
+    kind: Literal["games"] = "games"
+    game: Literal["prisoners_dilemma", "stag_hunt", "battle_of_the_sexes", "custom"] = (
+        "prisoners_dilemma")
+    """The 2x2 game; its payoff matrix is ``GAME_PAYOFFS[game]`` unless ``payoffs`` is given."""
+    payoffs: list[list[float]] | None = None
+    """Row player's payoff ``[[CC, CD], [DC, DD]]`` (0 = C, 1 = D); required for ``custom``."""
+    strategies: dict[str, float] = Field(
+        default_factory=lambda: {"tit_for_tat": 0.5, "always_defect": 0.5})
+    """Shares of the initial strategies (normalized), drawn per agent by a keyed draw; names
+    from always_cooperate, always_defect, tit_for_tat, win_stay_lose_shift."""
+    imitation: float = Field(0.0, ge=0.0, le=1.0)
+    """Per-step probability that an agent adopts the strategy of its best-scoring neighbour
+    (when that one scored strictly more; ties by smallest id). 0: strategies are fixed."""
+    tft_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    """tit_for_tat cooperates when at least this share of its neighbours cooperated last
+    round: 0.5 is majority with ties cooperating, 1.0 defects after any defection."""
+    aspiration: float | None = None
+    """win_stay_lose_shift stays when last round's payoff per game reached this; default the
+    mean of the four payoffs (PD: wins on T and R, loses on P and S)."""
+    punishment: PunishmentConfig | None = None
+    """Costly punishment; none by default."""
+    reputation: bool = False
+    """tit_for_tat judges neighbours by reputation (good standing: cooperated in at least half
+    of their moves so far) instead of their last move."""
+    log_every: int = Field(1, ge=1)
+    """Log ``payoff`` events for every k-th round only (``switch`` events always)."""
+
+    @field_validator("payoffs")
+    @classmethod
+    def _two_by_two(cls, v: list[list[float]] | None) -> list[list[float]] | None:
+        if v is not None and (len(v) != 2 or any(len(row) != 2 for row in v)):
+            raise ValueError(f"payoffs must be a 2x2 matrix [[CC, CD], [DC, DD]]; got {v}")
+        return v
+
+    @field_validator("strategies")
+    @classmethod
+    def _known_shares(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(STRATEGIES))
+        if unknown:
+            raise ValueError(f"unknown strategies {unknown}; allowed: {list(STRATEGIES)}")
+        if any(s < 0 for s in v.values()) or sum(v.values()) <= 0:
+            raise ValueError(f"strategy shares must be >= 0 with a positive sum; got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _custom_needs_payoffs(self) -> GamesConfig:
+        if self.game == "custom" and self.payoffs is None:
+            raise ValueError("game=custom needs payoffs: [[CC, CD], [DC, DD]]")
+        return self
+
+    def payoff_matrix(self) -> np.ndarray:
+        """The row player's 2x2 payoff matrix as float64."""
+        return np.asarray(self.payoffs if self.payoffs is not None else GAME_PAYOFFS[self.game],
+                          dtype=np.float64)
+
+
+@register_env
+class Games(Env):
+    """Repeated 2x2 games with per-agent moves, strategy imitation and punishment.
+
+    Rounds and lags: the moves of step t are settled (payoffs, events) at step
+    t+1. Events: ``payoff`` at step t reports round t-1 of an agent that
+    received moves (``item`` its move, 0 = C, 1 = D; ``value`` its payoff;
+    ``strategy`` the one it played), every ``log_every`` rounds; ``switch``
+    at step t when imitation changed an agent's strategy (``target`` the
+    neighbour imitated, ``value`` that neighbour's score, ``strategy`` the new
+    one). Metrics at step t: moves of round t, strategies held at round t,
+    standing after round t, payoffs and punishments of round t-1.
+
+    Reputation (``reputation: true``) is image scoring without gossip: each
+    agent broadcasts whether it is in good standing (cooperated in at least
+    half of its moves so far); tit_for_tat then counts neighbours in good
+    standing instead of last round's cooperators.
+    """
+
+    name = "games"
+    Config = GamesConfig
+    event_types = ("payoff", "switch")
+    event_columns = {"strategy": pa.string()}
+    metric_names = ("players", "cooperators", "games", "payoff_units", "punishments",
+                    "switches", "good_standing", *(f"count_{s}" for s in STRATEGIES))
+    derived_metric_names = ("cooperation_rate", "mean_payoff", "mean_payoff_per_game",
+                            "good_standing_share",
+                            *(f"share_{s}" for s in STRATEGIES))
+    broadcast_fields = {"action": np.int8, "strategy": np.int8, "score": np.float64,
+                        "good": np.int8}
+    state_attrs = ("strategy", "action", "payoff", "moves", "coop_moves")
+    # strategy 1 + action 1 + payoff 8 + move counts 8, plus the step's counts.
+    state_bytes_per_agent = 40
+    smoke_config = {"steps": 15, "graph": {"kind": "watts_strogatz", "n": 300, "k": 4, "p": 0.1},
+                    "env": {"kind": "games", "imitation": 0.1,
+                            "strategies": {s: 0.25 for s in STRATEGIES}}}
+
+    def __init__(self, config: GamesConfig, view: ShardView, setup: Mapping[str, np.ndarray]):
+        super().__init__(config, view, setup)
+        n = view.n_local
+        self.matrix = config.payoff_matrix()
+        # In STRATEGIES order, so the order of the config's keys changes nothing.
+        names = [s for s in STRATEGIES if s in config.strategies]
+        shares = np.array([config.strategies[s] for s in names], dtype=np.float64)
+        codes = np.array([STRATEGIES.index(s) for s in names], dtype=np.int8)
+        # A keyed draw per agent: the same assignment whatever the sharding.
+        u = view.rng.uniform("strategy", view.agents)
+        cum = np.cumsum(shares / shares.sum())
+        pick = np.minimum(np.searchsorted(cum, u, side="right"), len(names) - 1)
+        self.strategy = codes[pick]
+        self.action = np.full(n, -1, dtype=np.int8)  # this round's move; -1 before the first
+        self.payoff = np.zeros(n, dtype=np.float64)  # the latest settled round's payoff
+        # Reputation: the agent's own moves so far and how many were C.
+        self.moves = np.zeros(n, dtype=np.int32)
+        self.coop_moves = np.zeros(n, dtype=np.int32)
+        self._pending: dict[str, np.ndarray] = {}
+
+    def default_policy(self) -> GameStrategies:
+        c = self.config
+        aspiration = float(self.matrix.mean()) if c.aspiration is None else c.aspiration
+        return GameStrategies(aspiration, c.tft_threshold, c.imitation, c.reputation)
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        # Copies: restored arrays may be read-only views of the checkpoint, and
+        # the round updates the move counts in place.
+        super().load_state_dict({k: np.array(v) for k, v in state.items()})
+
+    # -- the round -----------------------------------------------------------
+
+    def observe(self, step: int, inbox: Inbox) -> dict[str, np.ndarray]:
+        view, n = self.view, self.view.n_local
+        coop = np.zeros(n, dtype=np.int64)
+        defect = np.zeros(n, dtype=np.int64)
+        good = np.zeros(n, dtype=np.int64)
+        best_score = np.full(n, -np.inf)
+        best_strategy = np.full(n, -1, dtype=np.int8)
+        best_src = np.full(n, -1, dtype=np.int64)
+        b = inbox.broadcast
+        if b is not None and len(b):
+            got = b.take()
+            rows, move = got["row"], got["action"]
+            coop = np.bincount(rows[move == 0], minlength=n)
+            defect = np.bincount(rows[move == 1], minlength=n)
+            good = np.bincount(rows[got["good"] == 1], minlength=n)
+            if self.config.imitation > 0:
+                # Best neighbour: highest score, ties by the smallest sender id;
+                # sorting makes it independent of arrival order.
+                order = np.lexsort((got["src"], -got["score"], rows))
+                r = rows[order]
+                first = np.ones(r.shape[0], dtype=bool)
+                first[1:] = r[1:] != r[:-1]
+                win = order[first]
+                best_score[rows[win]] = got["score"][win]
+                best_strategy[rows[win]] = got["strategy"][win]
+                best_src[rows[win]] = got["src"][win]
+        neighbours = coop + defect
+        # Settle the round played last step: counts times payoffs, exact and order-free.
+        own_score = self.payoff.copy()  # the round the neighbours' scores belong to
+        played = (self.action >= 0) & (neighbours > 0)
+        a = np.maximum(self.action, 0)
+        payoff = coop * self.matrix[a, 0] + defect * self.matrix[a, 1]
+        punishments = 0
+        if self.config.punishment is not None:
+            p = self.config.punishment
+            cooperated = a == 0
+            payoff -= np.where(cooperated, p.cost * defect, p.fine * coop)
+            punishments = int(defect[cooperated & played].sum())
+        self.payoff = np.where(played, payoff, 0.0)
+        self._pending = {"played": played, "best_src": best_src,
+                         "games": int(neighbours[played].sum()), "punishments": punishments,
+                         "last_strategy": self.strategy.copy(), "last_action": self.action.copy()}
+        return {
+            # A copy: the shard's id array may be read-only (Ray's object store),
+            # which torch warns about when it wraps it.
+            "agent": view.agents.copy(),
+            "strategy": self.strategy,
+            "action": self.action,
+            "neighbours": neighbours,
+            "coop": coop,
+            "good": good,
+            "payoff": self.payoff,
+            "own_score": own_score,
+            "best_score": best_score,
+            "best_strategy": best_strategy,
+        }
+
+    def apply(self, step: int, batch: dict[str, np.ndarray], actions: dict) -> StepResult:
+        view, pend = self.view, self._pending
+        names = np.array(STRATEGIES, dtype=object)
+        new_strategy = as_numpy(actions["strategy"]).astype(np.int8)
+        switched = np.flatnonzero(new_strategy != self.strategy)
+        self.strategy = new_strategy
+        self.action = as_numpy(actions["action"]).astype(np.int8)
+        self.moves += 1
+        self.coop_moves += self.action == 0
+        good = (2 * self.coop_moves >= self.moves).astype(np.int8)  # ties are good standing
+        parts = []
+        if step >= 1 and (step - 1) % self.config.log_every == 0:
+            rows = np.flatnonzero(pend["played"])
+            parts.append(make_events(
+                np.full(rows.shape[0], self.event_code("payoff"), np.int8), view.agents[rows],
+                item=pend["last_action"][rows].astype(np.int64), value=self.payoff[rows],
+                strategy=names[pend["last_strategy"][rows]]))
+        if switched.shape[0]:
+            parts.append(make_events(
+                np.full(switched.shape[0], self.event_code("switch"), np.int8),
+                view.agents[switched], target=pend["best_src"][switched],
+                value=np.asarray(batch["best_score"])[switched],
+                strategy=names[new_strategy[switched]]))
+        if parts:
+            events = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        else:
+            events = make_events(np.empty(0, np.int8), np.empty(0, np.int64),
+                                 strategy=np.empty(0, dtype=object))
+        counts = np.bincount(self.strategy, minlength=len(STRATEGIES))
+        units = np.rint(self.payoff[pend["played"]] * _PAYOFF_SCALE).astype(np.int64)
+        metrics = {
+            "players": view.n_local,
+            "cooperators": int((self.action == 0).sum()),
+            "games": pend["games"],
+            "payoff_units": int(units.sum()),
+            "punishments": pend["punishments"],
+            "switches": int(switched.shape[0]),
+            "good_standing": int(good.sum()),
+            **{f"count_{s}": int(c) for s, c in zip(STRATEGIES, counts, strict=True)},
+        }
+        self._pending = {}
+        return StepResult(
+            events=events, messages=None, active=view.n_local, metrics=metrics,
+            broadcasts={"src": view.agents, "action": self.action, "strategy": self.strategy,
+                        "score": self.payoff, "good": good},
+        )
+
+    @classmethod
+    def derive_metrics(cls, totals: Mapping[str, float]) -> dict[str, float]:
+        players = totals["players"]
+        payoff = totals["payoff_units"] / _PAYOFF_SCALE
+        out = {
+            "cooperation_rate": totals["cooperators"] / players if players else 0.0,
+            "mean_payoff": payoff / players if players else 0.0,
+            "mean_payoff_per_game": payoff / totals["games"] if totals["games"] else 0.0,
+            "good_standing_share": totals["good_standing"] / players if players else 0.0,
+        }
+        out.update({f"share_{s}": totals[f"count_{s}"] / players if players else 0.0
+                    for s in STRATEGIES})
+        return {k: float(v) for k, v in out.items()}
