@@ -161,6 +161,12 @@ class StepResult:
     active: int
     metrics: dict[str, float] = field(default_factory=dict)
     broadcasts: dict[str, np.ndarray] | None = None
+    #: Integer contributions to population-wide totals (a harvest, a vote count):
+    #: summed over all shards and delivered to every shard at the next step as
+    #: ``Inbox.totals``, so every shard sees the same global value. Integers, so
+    #: the sum does not depend on the order shards report in (scale floats to
+    #: fixed point). Return the same keys every step.
+    totals: dict[str, int] | None = None
 
 
 class FannedOut:
@@ -199,11 +205,13 @@ class Inbox:
 
     ``direct``: point-to-point messages (``dst`` plus ``message_fields``).
     ``broadcast``: broadcasts fanned out to this shard's receivers (see
-    ``FannedOut``), or None when none arrived.
+    ``FannedOut``), or None when none arrived. ``totals``: the previous step's
+    ``StepResult.totals`` summed over every shard (None at step 0).
     """
 
     direct: dict[str, np.ndarray] | None = None
     broadcast: FannedOut | None = None
+    totals: dict[str, int] | None = None
 
 
 def make_events(event: np.ndarray, agent: np.ndarray, **columns: np.ndarray) -> dict:

@@ -154,14 +154,15 @@ class Shard:
         parts = [*inbox_parts, *self._restored, self._own]
         self._own, self._restored = None, []
         inbox = Inbox(direct=_concat([p.get("direct") for p in parts if p]),
-                      broadcast=self._fan_out([p.get("broadcast") for p in parts if p]))
+                      broadcast=self._fan_out([p.get("broadcast") for p in parts if p]),
+                      totals=_sum_totals([p.get("totals") for p in parts if p]))
         batch = self.env.observe(step, inbox)
         actions, decided = self.population.decide(batch, step, self.rng)
         result = self.env.apply(step, batch, actions)
         self.log.append(step, result.events)
         if not checkpoint:
             self.log.end_step(step)
-        outboxes = self._route(result.messages, result.broadcasts)
+        outboxes = self._route(result.messages, result.broadcasts, result.totals)
         self._sent = outboxes
         n_msgs = sum(m[next(iter(m))].shape[0] for m in (result.messages, result.broadcasts)
                      if m is not None)
@@ -171,7 +172,8 @@ class Shard:
             "events": int(result.events["agent"].shape[0]),
             "messages": int(n_msgs),
             "cross_shard_messages": int(sum(
-                m[next(iter(m))].shape[0] for o in outboxes if o for m in o.values())),
+                m[next(iter(m))].shape[0] for o in outboxes if o for kind, m in o.items()
+                if kind != "totals")),
             "cross_shard_bytes": int(sum(_nbytes(o) for o in outboxes)),
             "metrics": result.metrics,
             "policy": decided,
@@ -210,9 +212,12 @@ class Shard:
 
     # -- exchange ----------------------------------------------------------------
 
-    def _route(self, messages: Messages | None,
-               broadcasts: Messages | None) -> list[Outbox | None]:
-        """Group outgoing messages by destination shard; keep this shard's own part."""
+    def _route(self, messages: Messages | None, broadcasts: Messages | None,
+               totals: dict[str, int] | None = None) -> list[Outbox | None]:
+        """Group outgoing messages by destination shard; keep this shard's own part.
+
+        ``totals`` (the env's additive contributions) go to every shard, this one included.
+        """
         single = self.num_shards == 1  # everything stays here: no routing at all
         groups: dict[str, list[Messages | None]] = {}
         if messages is not None and messages["dst"].shape[0]:
@@ -234,6 +239,9 @@ class Shard:
                 cols.update({k: v[which] for k, v in broadcasts.items() if k != "src"})
                 groups["broadcast"] = self._split(cols, fan.dest_shard[pairs])
         boxes: list[Outbox] = [{} for _ in range(self.num_shards)]
+        if totals:
+            part = {k: np.array([int(v)], dtype=np.int64) for k, v in totals.items()}
+            groups["totals"] = [part] * self.num_shards
         for kind, parts in groups.items():
             for k, part in enumerate(parts):
                 if part is not None:
@@ -321,6 +329,14 @@ class Shard:
     def health(self) -> dict:
         return {"shard": self.id, "ok": True, "steps_done": self.steps_done, "pid": os.getpid(),
                 "peak_rss_mib": _peak_rss_mib()}
+
+
+def _sum_totals(parts: list[Messages | None]) -> dict[str, int] | None:
+    """Every shard's contributions summed: integers, so the order of arrival is irrelevant."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return None
+    return {k: int(sum(int(p[k][0]) for p in parts)) for k in parts[0]}
 
 
 def _as_int64(rows: np.ndarray) -> np.ndarray:
