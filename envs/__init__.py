@@ -2,6 +2,7 @@
 
 from swarm.envs.base import ENV_REGISTRY, Env, EnvConfig, ShardView, StepResult, register_env
 from swarm.envs.cascade import Cascade, CascadeConfig
+from swarm.envs.commons import Commons, CommonsConfig
 from swarm.envs.games import Games, GamesConfig
 from swarm.envs.opinion import Opinion, OpinionConfig
 
@@ -9,6 +10,8 @@ __all__ = [
     "ENV_REGISTRY",
     "Cascade",
     "CascadeConfig",
+    "Commons",
+    "CommonsConfig",
     "Env",
     "EnvConfig",
     "Games",

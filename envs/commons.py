@@ -1,0 +1,296 @@
+"""A renewable commons: a shared stock with logistic regrowth that every agent harvests.
+
+The round. In ``observe`` each shard advances its own copy of the stock with
+the population's total harvest of the previous round, which the engine
+delivers summed over all shards as ``Inbox.totals`` (integers in fixed point,
+so every shard computes bit-identical stocks whatever the shard count)::
+
+    S(t+1) = max(0, S(t) + r S(t) (1 - S(t) / K) - H(t))
+
+with ``K = capacity * n`` (the capacity scales with the population, so a
+config means the same at any n) and ``r = growth``. The default policy
+(``swarm.policies.commons.HarvestNorm``) decides each agent's request;
+``apply`` turns requests into harvests, logs them and, with ``talk``,
+broadcasts each agent's harvest to its out-neighbours, whose norms move
+toward it at the next round.
+
+Demand. An agent's base request is ``demand * r * capacity / 4``: the
+maximum sustainable yield ``r K / 4`` (regrowth at ``S = K / 2``) shared
+equally, times ``demand``. Each agent multiplies it by a keyed greed factor
+drawn uniformly from ``[1 - greed, 1 + greed]`` (mean 1). Demand above 1 can
+never be met sustainably: the stock collapses; well below 1 it settles at
+the stable root of ``r x (1 - x) = demand * r / 4`` (x = S / K).
+
+Scaling rule. A shard does not know the other shards' requests of the same
+round, so the scale factor comes from the previous round's total request
+``R(t-1)`` (also in ``Inbox.totals``): every harvest is ``request * min(1,
+S(t) / R(t-1))``, the same factor on every shard. At step 0 the expected
+total request ``n * base request`` stands in for ``R(-1)``. When requests
+rise faster than that (talk, or a recovering stock) the round may take
+slightly more than the stock; the floor at 0 then empties it.
+
+Collapse. Once the stock an agent sees at the start of a round is below
+``collapse_threshold * K`` the resource is collapsed for good: regrowth
+stops, harvests are 0, nobody broadcasts, and the run ends as quiescent.
+A ``collapse`` event is logged once, for agent 0 (on whichever shard holds
+it), with the stock as its value.
+
+Metrics (one row per step; population-wide scalars are contributed by shard
+0 alone so the sum over shards is the value): ``stock`` (at the start of the
+round), ``total_harvest``, ``gini`` of the round's harvests, ``collapsed``
+(0/1), ``rounds_survived`` (rounds so far that started with a live stock).
+The Gini coefficient comes from a 64-bin histogram of harvests whose counts
+add over shards: bin 0 holds zero harvests, bins 1..63 split ``(0, (1 +
+greed) * base]`` (no harvest can exceed that) into equal widths, each at its
+midpoint. Equal harvests give 0 and a single harvester ``1 - 1/n`` exactly;
+otherwise the error is at most about one bin width over the mean harvest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from swarm.envs.base import Env, EnvConfig, Inbox, ShardView, StepResult, make_events, register_env
+from swarm.policies.base import as_numpy
+from swarm.policies.commons import HarvestNorm
+
+__all__ = ["GINI_BINS", "Commons", "CommonsConfig", "gini_from_histogram", "next_stock",
+           "rounds_survived"]
+
+#: Bins of the harvest histogram behind the ``gini`` metric.
+GINI_BINS = 64
+_FIXED = float(2**20)  # fixed-point scale of harvests, requests and the stock
+_BIN_NAMES = tuple(f"gini_bin{b:02d}" for b in range(GINI_BINS))
+
+
+class CommonsConfig(EnvConfig):
+    """The resource, the agents' demand, and how they talk and react to scarcity."""
+
+    kind: Literal["commons"] = "commons"
+    capacity: float = Field(100.0, gt=0.0)
+    """Carrying capacity per agent: the stock's capacity is ``K = capacity * n``."""
+    initial: float = Field(0.8, gt=0.0, le=1.0)
+    """The initial stock as a fraction of K."""
+    growth: float = Field(0.25, gt=0.0, le=1.0)
+    """Logistic growth rate r: regrowth per round is ``r S (1 - S / K)``."""
+    collapse_threshold: float = Field(0.05, ge=0.0, lt=1.0)
+    """The resource collapses for good once the stock is below this fraction of K."""
+    demand: float = Field(0.8, ge=0.0)
+    """Each agent's base request as a multiple of its share of the maximum sustainable yield
+    (``r K / 4`` split equally): 1.0 takes exactly the MSY, above 1 collapses the stock."""
+    greed: float = Field(0.5, ge=0.0, lt=1.0)
+    """Heterogeneity: each agent's request is multiplied by a keyed draw from
+    U(1 - greed, 1 + greed)."""
+    talk: bool = False
+    """Agents broadcast their harvest to their out-neighbours, whose norms (intended harvests)
+    move toward the neighbours' mean by ``conformity`` each round."""
+    conformity: float = Field(0.3, ge=0.0, le=1.0)
+    """talk: weight of the neighbours' mean harvest in an agent's norm update."""
+    scarcity_response: float = Field(0.0, ge=0.0, le=1.0)
+    """Stock level (fraction of K) below which agents cut their requests in proportion:
+    ``request = norm * min(1, (S / K) / scarcity_response)``. 0: no response."""
+    log_every: int = Field(10, ge=1)
+    """Log a ``harvest`` event for every agent at steps 0, log_every, 2*log_every, ..."""
+
+    @model_validator(mode="after")
+    def _check(self) -> CommonsConfig:
+        if not self.talk and "conformity" in self.model_fields_set and \
+                self.conformity != type(self).model_fields["conformity"].default:
+            raise ValueError("conformity applies only with talk: true; set talk: true or "
+                             "drop conformity")
+        if self.initial <= self.collapse_threshold:
+            raise ValueError(f"initial ({self.initial}) must be above collapse_threshold "
+                             f"({self.collapse_threshold}), or the run starts collapsed")
+        return self
+
+    def base_request(self) -> float:
+        """An agent's request before greed: ``demand`` times its share of the MSY."""
+        return self.demand * self.growth * self.capacity / 4.0
+
+
+def next_stock(stock: float, capacity: float, growth: float, harvest: float) -> float:
+    """The stock after one round of logistic regrowth and a total ``harvest``, floored at 0.
+
+    Examples
+    --------
+    >>> next_stock(500.0, 1000.0, 0.2, 30.0)
+    520.0
+    """
+    return max(0.0, stock + growth * stock * (1.0 - stock / capacity) - harvest)
+
+
+def gini_from_histogram(counts: Any) -> float:
+    """Gini coefficient of values binned as in the commons metrics (bin 0: zeros).
+
+    Bin ``b >= 1`` stands for the value ``b - 0.5`` (the Gini is scale-free, so
+    bin widths cancel); 0 when every value is 0.
+
+    Examples
+    --------
+    >>> gini_from_histogram([0, 0, 10])
+    0.0
+    >>> gini_from_histogram([3, 1])
+    0.75
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    v = np.maximum(np.arange(c.shape[0]) - 0.5, 0.0)
+    n, total = c.sum(), (c * v).sum()
+    if n == 0 or total == 0:
+        return 0.0
+    pair = np.abs(v[:, None] - v[None, :])
+    return float(c @ pair @ c / (2.0 * n * total))
+
+
+def rounds_survived(metrics: Any) -> int:
+    """Rounds that started with a live stock in a commons run (its last ``rounds_survived``).
+
+    Examples
+    --------
+    >>> rounds_survived({"rounds_survived": [1, 2, 2]})
+    2
+    """
+    cols = metrics.to_pydict() if hasattr(metrics, "to_pydict") else metrics
+    values = cols["rounds_survived"]
+    return int(values[-1]) if len(values) else 0
+
+
+@register_env
+class Commons(Env):
+    """A shared renewable stock harvested each round (see the module docstring)."""
+
+    name = "commons"
+    Config = CommonsConfig
+    event_types = ("harvest", "collapse")
+    metric_names = ("agents", "harvest_fx", "request_fx", "stock_fx", "collapsed",
+                    "rounds_survived", *_BIN_NAMES)
+    derived_metric_names = ("stock", "total_harvest", "gini")
+    broadcast_fields = {"harvest": np.float64}
+    state_attrs = ("stock", "collapsed", "collapse_step", "norm")
+    state_bytes_per_agent = 24
+    smoke_config = {"steps": 20,
+                    "graph": {"kind": "watts_strogatz", "n": 300, "k": 4, "p": 0.1},
+                    "env": {"kind": "commons", "talk": True, "scarcity_response": 0.5,
+                            "log_every": 5}}
+
+    def __init__(self, config: CommonsConfig, view: ShardView, setup: Mapping[str, np.ndarray]):
+        super().__init__(config, view, setup)
+        self.n_total = int(np.asarray(setup["n"]))
+        self.capacity = config.capacity * self.n_total
+        self.base = config.base_request()
+        greed = 1.0 + config.greed * (2.0 * view.rng.uniform("commons_greed", view.agents) - 1.0)
+        self.norm = self.base * greed
+        self.stock = config.initial * self.capacity
+        self.collapsed = False
+        self.collapse_step = -1
+        self._scale = 1.0
+
+    @classmethod
+    def prepare(cls, config: CommonsConfig, n: int, rng) -> dict[str, np.ndarray]:
+        return {"n": np.asarray(n, dtype=np.int64)}
+
+    @classmethod
+    def uses_broadcasts(cls, config: CommonsConfig) -> bool:
+        return config.talk
+
+    def default_policy(self):
+        cfg = self.config
+        return HarvestNorm(cfg.conformity if cfg.talk else 0.0, cfg.scarcity_response)
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        super().load_state_dict(state)
+        self.stock = float(self.stock)
+        self.collapsed = bool(self.collapsed)
+        self.collapse_step = int(self.collapse_step)
+        self.norm = np.asarray(self.norm, dtype=np.float64).reshape(-1)
+
+    # -- the round -----------------------------------------------------------
+
+    def observe(self, step: int, inbox: Inbox) -> dict[str, np.ndarray]:
+        cfg, view = self.config, self.view
+        n = view.n_local
+        totals = inbox.totals
+        if totals is not None and not self.collapsed:
+            self.stock = next_stock(self.stock, self.capacity, cfg.growth,
+                                    int(totals["harvest_fx"]) / _FIXED)
+        if not self.collapsed and self.stock < cfg.collapse_threshold * self.capacity:
+            self.collapsed, self.collapse_step = True, step
+        # The previous round's total request sets this round's scale, identically everywhere.
+        wanted = int(totals["request_fx"]) / _FIXED if totals is not None else \
+            self.n_total * self.base
+        self._scale = 0.0 if self.collapsed else (
+            min(1.0, self.stock / wanted) if wanted > 0 else 1.0)
+        nbr_sum, nbr_count = np.zeros(n), np.zeros(n)
+        b = inbox.broadcast
+        if cfg.talk and b is not None and len(b):
+            got = b.take()
+            # bincount adds in input order: sort by (receiver, sender) so the sums do
+            # not depend on the order broadcasts arrived in.
+            order = np.lexsort((got["src"], got["row"]))
+            rows = got["row"][order].astype(np.int64)
+            nbr_sum = np.bincount(rows, weights=got["harvest"][order], minlength=n)
+            nbr_count = np.bincount(rows, minlength=n).astype(np.float64)
+        return {"agent": view.agents.copy(), "norm": self.norm.copy(),
+                "stock_fraction": np.full(n, self.stock / self.capacity),
+                "nbr_sum": nbr_sum, "nbr_count": nbr_count}
+
+    def apply(self, step: int, batch: dict[str, np.ndarray], actions: dict) -> StepResult:
+        cfg, view = self.config, self.view
+        n = view.n_local
+        request = np.maximum(np.asarray(as_numpy(actions["request"]), dtype=np.float64), 0.0)
+        self.norm = np.asarray(as_numpy(actions["norm"]), dtype=np.float64).copy()
+        request_fx = np.rint(request * _FIXED).astype(np.int64)
+        harvest_fx = np.rint(request * self._scale * _FIXED).astype(np.int64)
+        harvest = harvest_fx / _FIXED
+        alive = not self.collapsed
+
+        codes, agents, values = [], [], []
+        if alive and step % cfg.log_every == 0:
+            codes.append(np.zeros(n, np.int8))
+            agents.append(view.agents)
+            values.append(harvest)
+        if step == self.collapse_step:
+            holds = np.flatnonzero(view.agents == 0)
+            codes.append(np.ones(holds.shape[0], np.int8))
+            agents.append(view.agents[holds])
+            values.append(np.full(holds.shape[0], self.stock))
+        if codes:
+            events = make_events(np.concatenate(codes), np.concatenate(agents),
+                                 value=np.concatenate(values))
+        else:
+            events = make_events(np.empty(0, np.int8), np.empty(0, np.int64))
+        broadcasts = {"src": view.agents, "harvest": harvest} if cfg.talk and alive else None
+        totals = {"harvest_fx": int(harvest_fx.sum()),
+                  "request_fx": int(request_fx.sum()) if alive else 0}
+        return StepResult(events=events, messages=None, broadcasts=broadcasts,
+                          active=n if alive else 0, totals=totals,
+                          metrics=self._metrics(step, harvest, harvest_fx, totals))
+
+    def _metrics(self, step: int, harvest: np.ndarray, harvest_fx: np.ndarray,
+                 totals: dict[str, int]) -> dict[str, int]:
+        top = (1.0 + self.config.greed) * self.base
+        bins = np.zeros(harvest.shape[0], dtype=np.int64)
+        if top > 0:
+            width = top / (GINI_BINS - 1)
+            bins = np.clip(np.ceil(harvest / width), 1, GINI_BINS - 1).astype(np.int64)
+        bins[harvest_fx == 0] = 0
+        counts = np.bincount(bins, minlength=GINI_BINS)
+        out = {"agents": int(harvest.shape[0]), **totals}
+        # Global scalars: shard 0 reports them, the others add 0.
+        first = self.view.shard == 0
+        survived = self.collapse_step if self.collapsed else step + 1
+        out.update(stock_fx=int(round(self.stock * _FIXED)) if first else 0,
+                   collapsed=int(self.collapsed) if first else 0,
+                   rounds_survived=int(survived) if first else 0)
+        out.update({name: int(c) for name, c in zip(_BIN_NAMES, counts, strict=True)})
+        return out
+
+    @classmethod
+    def derive_metrics(cls, totals: Mapping[str, float]) -> dict[str, float]:
+        counts = [int(totals[name]) for name in _BIN_NAMES]
+        return {"stock": int(totals["stock_fx"]) / _FIXED,
+                "total_harvest": int(totals["harvest_fx"]) / _FIXED,
+                "gini": gini_from_histogram(counts)}
