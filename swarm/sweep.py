@@ -27,6 +27,7 @@ from swarm.storage import RunStore
 __all__ = ["parse_grid", "sweep"]
 
 INDEX = "index.arrow"
+MANIFEST = "sweep.json"
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -119,9 +120,11 @@ def sweep(config: str | dict, grid: dict[str, list[Any]], out: str | os.PathLike
     raw = apply_overrides(raw, overrides)
     store = RunStore(os.fspath(out))
     if store.exists("") and store.listdir(""):
-        if not overwrite:
-            raise ConfigError(f"{store.uri} already holds files; choose a new --out or pass "
-                              "--overwrite")
+        if not overwrite or not store.exists(MANIFEST):
+            raise ConfigError(
+                f"{store.uri} already holds files; choose a new --out"
+                + (" (or pass --overwrite to replace an earlier sweep)" if not overwrite else
+                   " (--overwrite only replaces a directory that holds a swarm sweep)"))
         store.clear()
     store.makedirs("")
     keys = list(grid)
@@ -131,6 +134,8 @@ def sweep(config: str | dict, grid: dict[str, list[Any]], out: str | os.PathLike
                                   .replace("\n...", "") for k, v in p.items()])
             for p in points]
     dirs = [store.child_uri(f"point-{i:03d}") for i in range(len(points))]
+    summary = {"config": raw, "grid": grid, "points": len(points), "status": "running"}
+    store.write_json(MANIFEST, summary)  # first, so --overwrite knows this is a sweep
     results: list[dict | None] = [None] * len(points)
 
     def finish(i: int, result: dict) -> None:
@@ -161,8 +166,8 @@ def sweep(config: str | dict, grid: dict[str, list[Any]], out: str | os.PathLike
     columns = list(dict.fromkeys(k for row in rows for k in row))  # failed points lack metrics
     index = pa.Table.from_pylist([{k: row.get(k) for k in columns} for row in rows])
     store.write_table(INDEX, index)
-    store.write_json("sweep.json", {"config": raw, "grid": grid, "points": len(points),
-                                    "failed": sum(r["status"] != "completed" for r in results)})
+    store.write_json(MANIFEST, {**summary, "status": "completed",
+                                "failed": sum(r["status"] != "completed" for r in results)})
     return index
 
 

@@ -32,6 +32,13 @@ def test_grid_points_run_as_ray_tasks_and_a_bad_point_is_reported(ray_session, t
     assert (tmp_path / "s" / "point-002" / "manifest.json").exists()
     with pytest.raises(ConfigError, match="already holds files"):
         sweep(BASE, grid, tmp_path / "s", backend="local")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("not a sweep")
+    with pytest.raises(ConfigError, match="only replaces a directory that holds a swarm sweep"):
+        sweep(BASE, grid, tmp_path / "mine", backend="local", overwrite=True)
+    assert (tmp_path / "mine" / "thesis.tex").exists()
+    again = sweep(BASE, {"seed": [7]}, tmp_path / "s", backend="local", overwrite=True)
+    assert again.num_rows == 1 and not (tmp_path / "s" / "point-002").exists()
 
 
 def test_grid_parsing_errors_are_clear():
