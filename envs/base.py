@@ -165,7 +165,8 @@ class StepResult:
     #: summed over all shards and delivered to every shard at the next step as
     #: ``Inbox.totals``, so every shard sees the same global value. Integers, so
     #: the sum does not depend on the order shards report in (scale floats to
-    #: fixed point). Return the same keys every step.
+    #: fixed point). Return the same keys every step. Totals alone do not keep a
+    #: run going: it stops when ``active`` is 0 and no message was sent.
     totals: dict[str, int] | None = None
 
 
@@ -251,6 +252,9 @@ class Env:
     #: Per-step metrics computed from the summed counters by ``derive_metrics``
     #: (a variance from counts, sums and sums of squares, say).
     derived_metric_names: ClassVar[tuple[str, ...]] = ()
+    #: The metrics ``swarm run`` prints after a run (default: the derived ones,
+    #: else all); additive bookkeeping parts are rarely worth a reader's time.
+    summary_metrics: ClassVar[tuple[str, ...]] = ()
     #: Message fields besides ``dst`` (global id of the receiving agent).
     message_fields: ClassVar[dict[str, np.dtype]] = {}
     #: Broadcast fields besides ``src``; an env that broadcasts must declare them,

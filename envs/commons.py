@@ -168,6 +168,7 @@ class Commons(Env):
     metric_names = ("agents", "harvest_fx", "request_fx", "stock_fx", "collapsed",
                     "rounds_survived", *_BIN_NAMES)
     derived_metric_names = ("stock", "total_harvest", "gini")
+    summary_metrics = ("stock", "total_harvest", "gini", "collapsed", "rounds_survived")
     broadcast_fields = {"harvest": np.float64}
     state_attrs = ("stock", "collapsed", "collapse_step", "norm")
     state_bytes_per_agent = 24

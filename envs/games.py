@@ -137,6 +137,8 @@ class Games(Env):
     derived_metric_names = ("cooperation_rate", "mean_payoff", "mean_payoff_per_game",
                             "good_standing_share",
                             *(f"share_{s}" for s in STRATEGIES))
+    summary_metrics = ("cooperation_rate", "mean_payoff", "switches",
+                       *(f"share_{s}" for s in STRATEGIES))
     broadcast_fields = {"action": np.int8, "strategy": np.int8, "score": np.float64,
                         "good": np.int8}
     state_attrs = ("strategy", "action", "payoff", "moves", "coop_moves")

@@ -33,9 +33,11 @@ counts, integer sums do not. ``variance`` is the population variance
 (summed over dimensions for vectors: the trace of the covariance);
 ``bimodality`` is Sarle's bimodality coefficient of dimension 0 from its
 first four moments (``(skew^2 + 1) / kurtosis``; above 5/9 hints at two
-modes; NaN once the variance is 0); ``group_distance`` is the mean opinion
+modes; NaN when the std is below ``BIMODALITY_MIN_STD`` = 0.01, where the
+fixed-point moments are too coarse); ``group_distance`` is the mean opinion
 (dimension 0) of agents above 0.5 minus that of agents at or below 0.5 (0
-when a side is empty); ``consensus`` is 1 when the population standard
+when a side is empty; a fixed split, so two clusters on one side of 0.5 do
+not show in it); ``consensus`` is 1 when the population standard
 deviation (square root of ``variance``) is below ``tolerance``. The metrics
 table has one row per step, so *when* consensus was reached is the first
 step with ``consensus = 1``: ``consensus_step(run.metrics())`` reads it.
@@ -60,6 +62,9 @@ from swarm.policies.base import as_numpy
 from swarm.policies.opinion import BoundedConfidenceAverage, DeffuantUpdate, DeGrootUpdate
 
 __all__ = ["MAX_DIMS", "Opinion", "OpinionConfig", "consensus_step"]
+
+#: Smallest population std at which ``bimodality`` is reported (NaN below).
+BIMODALITY_MIN_STD = 0.01
 
 #: The most opinion dimensions a run may have (the broadcast fields are fixed).
 MAX_DIMS = 4
@@ -300,7 +305,9 @@ class Opinion(Env):
         c3 = r3 - 3 * m1 * r2 + 2 * m1**3
         c4 = r4 - 4 * m1 * r3 + 6 * m1 * m1 * r2 - 3 * m1**4
         tolerance = int(totals["tolerance_sum"]) / (n * f)
-        if c2 > 0 and c4 > 0 and np.sqrt(c2) >= tolerance:
+        # Below a std of 0.01 the fixed-point raw moments are too coarse for the
+        # fourth central moment (cancellation), so the coefficient is not reported.
+        if c2 > 0 and c4 > 0 and np.sqrt(c2) >= max(tolerance, BIMODALITY_MIN_STD):
             bimodality = (c3 * c3 / c2**3 + 1.0) / (c4 / (c2 * c2))
         else:
             bimodality = float("nan")

@@ -5,8 +5,9 @@ Two checks, in the spirit of PettingZoo's ``api_test`` and ``seed_test``:
 * ``check_env_api``: the env declares what the contract asks (name, config
   class, event types, metrics, message and broadcast fields, a smoke config
   that validates), and one shard built by hand runs a few steps whose batches,
-  events, messages and metrics have the declared columns, equal lengths and
-  dtypes; ``state_dict`` round-trips into a fresh env.
+  events, messages and metrics have the declared columns and equal lengths;
+  ``state_dict`` round-trips into a fresh env, and a shard restored from a
+  mid-run checkpoint replays the later steps with equal events and state.
 * ``check_determinism``: the smoke config run twice gives equal logs, and run
   with 1 and 3 shards gives equal logs (events without the ``shard`` column,
   in a canonical order, and the env's metrics).
@@ -80,33 +81,67 @@ def check_env_api(env_cls: type[Env], steps: int = 5) -> None:
                          row_shift=np.zeros(graph.n, dtype=np.int64),
                          in_degree=graph.in_degree().astype(np.int32), env_config=config.env,
                          env_setup=setup, store=store, population=config.population)
-        shard = Shard(spec)
-        env = shard.env
-        real_apply = env.apply
         seen: list[StepResult] = []
-
-        def apply(step, batch, actions):
-            _check_batch(name, batch)
-            result = real_apply(step, batch, actions)
-            _check_result(env_cls, result)
-            seen.append(result)
-            return result
-
-        env.apply = apply
+        shard = _watched(Shard(spec), env_cls, seen)
+        half = max(1, steps // 2)
         for step in range(steps):
-            shard.step(step)
+            shard.step(step, checkpoint=step == half - 1)
         if not seen:
             raise AssertionError(f"{name}: apply was never called")
-        state = env.state_dict()
+        state = shard.env.state_dict()
         fresh = env_cls(config.env, shard.view, setup)
         fresh.load_state_dict({k: np.asarray(v) for k, v in state.items()})
-        again = fresh.state_dict()
-        if set(again) != set(state) or not all(
-                np.array_equal(np.asarray(again[k]), np.asarray(state[k])) for k in state):
+        if not _same_state(fresh.state_dict(), state):
             raise AssertionError(f"{name}: state_dict -> load_state_dict -> state_dict changed "
                                  "the state; declare every state attribute in state_attrs or "
                                  "override both methods")
         shard.close()
+        # A shard restored from the checkpoint replays the later steps exactly: the
+        # state_dict holds everything the env carries between steps.
+        replay: list[StepResult] = []
+        restored = _watched(Shard(spec, restore_step=half - 1), env_cls, replay)
+        for step in range(half, steps):
+            restored.step(step)
+        later = seen[half:]
+        if len(later) != len(replay) or not all(
+                _same_state(a.events, b.events) for a, b in zip(later, replay, strict=True)):
+            raise AssertionError(f"{name}: a shard restored from a checkpoint logged different "
+                                 "events than the original in the steps after it; something the "
+                                 "env keeps between steps is missing from state_dict")
+        if not _same_state(restored.env.state_dict(), state):
+            raise AssertionError(f"{name}: a restored shard ends in a different state than the "
+                                 "original; state_dict misses something")
+        restored.close()
+
+
+def _watched(shard, env_cls: type[Env], seen: list[StepResult]):
+    """The shard with its env's apply checked and its results recorded."""
+    real_apply = shard.env.apply
+
+    def apply(step, batch, actions):
+        _check_batch(env_cls.__name__, batch)
+        result = real_apply(step, batch, actions)
+        _check_result(env_cls, result)
+        seen.append(result)
+        return result
+
+    shard.env.apply = apply
+    return shard
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    if set(a) != set(b):
+        return False
+    for k in a:
+        x, y = np.asarray(a[k]), np.asarray(b[k])
+        if x.shape != y.shape:
+            return False
+        if x.dtype.kind == "f" and y.dtype.kind == "f":
+            if not np.array_equal(x, y, equal_nan=True):
+                return False
+        elif not np.array_equal(x, y):
+            return False
+    return True
 
 
 def _check_batch(name: str, batch: dict) -> None:
@@ -155,6 +190,17 @@ def _check_result(env_cls: type[Env], result: StepResult) -> None:
         raise AssertionError(f"{name}: active must be >= 0")
 
 
+def _nan_to_null(table: pa.Table) -> pa.Table:
+    """NaN != NaN, so equal runs with a NaN metric would compare unequal: use nulls."""
+    import pyarrow.compute as pc
+
+    for i, field in enumerate(table.schema):
+        if pa.types.is_floating(field.type):
+            col = table.column(i)
+            table = table.set_column(i, field.name, pc.if_else(pc.is_nan(col), None, col))
+    return table
+
+
 def _canonical(run) -> tuple[pa.Table, pa.Table]:
     t = run.events().drop_columns(["shard"])
     t = t.set_column(t.schema.get_field_index("event"), "event", t["event"].cast(pa.string()))
@@ -165,7 +211,7 @@ def _canonical(run) -> tuple[pa.Table, pa.Table]:
     m = run.metrics()
     keep = [c for c in m.column_names if "seconds" not in c and "cross" not in c
             and c not in ("policy_calls", "policy_calls_saved", "policy_text_calls")]
-    return t, m.select(keep)
+    return _nan_to_null(t), _nan_to_null(m.select(keep))
 
 
 def check_determinism(env_cls: type[Env], tmp_dir: str | Path, shards: int = 3,

@@ -108,8 +108,9 @@ def _print_summary(result) -> None:
 
         env_cls = ENV_REGISTRY.get(m["env"]["kind"])
         # Envs with derived metrics report those; their additive parts are bookkeeping.
-        names = (env_cls.derived_metric_names if env_cls is not None
-                 and env_cls.derived_metric_names else m["env"]["metrics"])
+        names = m["env"]["metrics"]
+        if env_cls is not None:
+            names = env_cls.summary_metrics or env_cls.derived_metric_names or names
         env_metrics = ", ".join(f"{k}={last[k]:,.4g}" if isinstance(last.get(k), float)
                                 else f"{k}={last[k]:,}" for k in names if k in last)
         typer.echo(f"last step ({m['env']['kind']}): {env_metrics}")

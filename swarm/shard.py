@@ -336,6 +336,10 @@ def _sum_totals(parts: list[Messages | None]) -> dict[str, int] | None:
     parts = [p for p in parts if p]
     if not parts:
         return None
+    keys = set(parts[0])
+    if any(set(p) != keys for p in parts):
+        raise ValueError(f"StepResult.totals must have the same keys on every shard and "
+                         f"step; got {sorted({k for p in parts for k in p})} vs {sorted(keys)}")
     return {k: int(sum(int(p[k][0]) for p in parts)) for k in parts[0]}
 
 

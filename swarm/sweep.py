@@ -33,13 +33,13 @@ MANIFEST = "sweep.json"
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     """``["env.p=0.05,0.1", "seed=1,2"]`` -> ``{"env.p": [0.05, 0.1], "seed": [1, 2]}``.
 
-    Values are parsed as YAML, so numbers stay numbers and ``[1, 2]`` style
-    values need quoting on a shell.
+    Values are parsed as one YAML flow list, so numbers stay numbers and a
+    value may itself be a list (``key=[1,2],[3,4]``; quote it on a shell).
 
     Examples
     --------
-    >>> parse_grid(["env.p=0.05,0.1", "env.model=sir"])
-    {'env.p': [0.05, 0.1], 'env.model': ['sir']}
+    >>> parse_grid(["env.p=0.05,0.1", "env.model=sir", "graph.sizes=[10,20],[30]"])
+    {'env.p': [0.05, 0.1], 'env.model': ['sir'], 'graph.sizes': [[10, 20], [30]]}
     """
     grid: dict[str, list[Any]] = {}
     for item in items:
@@ -51,12 +51,13 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
             raise ConfigError(f"--grid key {key!r} is empty or has an empty part")
         if key in grid:
             raise ConfigError(f"--grid names {key!r} twice; give all its values in one --grid")
-        values = []
-        for part in text.split(","):
-            try:
-                values.append(yaml.safe_load(part) if part.strip() else None)
-            except yaml.YAMLError:
-                raise ConfigError(f"--grid {key}: cannot parse value {part!r}") from None
+        try:  # a YAML flow list, so values may be lists themselves: k=[1,2],[3,4]
+            values = yaml.safe_load(f"[{text}]")
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--grid {key}: cannot parse {text!r} as comma-separated "
+                              f"values ({getattr(exc, 'problem', exc)})") from None
+        if not values:
+            raise ConfigError(f"--grid {key}: give at least one value")
         grid[key] = values
     if not grid:
         raise ConfigError("a sweep needs at least one --grid key=v1,v2")

@@ -49,3 +49,29 @@ def test_the_kit_catches_an_env_that_depends_on_sharding(tmp_path):
             check_determinism(Leaky, tmp_path)
     finally:
         del ENV_REGISTRY[Leaky.name]
+
+
+def test_the_kit_catches_state_missing_from_checkpoints():
+    from typing import Literal
+
+    from swarm.envs.base import register_env
+    from swarm.envs.commons import Commons, CommonsConfig
+
+    class ForgetfulConfig(CommonsConfig):
+        kind: Literal["forgetful_test_env"] = "forgetful_test_env"
+
+    class Forgetful(Commons):
+        """Does not checkpoint the agents' harvest norms."""
+
+        name = "forgetful_test_env"
+        Config = ForgetfulConfig
+        state_attrs = ("stock", "collapsed", "collapse_step")
+        smoke_config = {**Commons.smoke_config,
+                        "env": {**Commons.smoke_config["env"], "kind": "forgetful_test_env"}}
+
+    register_env(Forgetful)
+    try:
+        with pytest.raises(AssertionError, match="restored from a checkpoint"):
+            check_env_api(Forgetful, steps=8)
+    finally:
+        del ENV_REGISTRY[Forgetful.name]
