@@ -137,24 +137,48 @@ def sweep(config: str | dict, grid: dict[str, list[Any]], out: str | os.PathLike
     dirs = [store.child_uri(f"point-{i:03d}") for i in range(len(points))]
     summary = {"config": raw, "grid": grid, "points": len(points), "status": "running"}
     store.write_json(MANIFEST, summary)  # first, so --overwrite knows this is a sweep
-    results: list[dict | None] = [None] * len(points)
+    # Points not finished (yet, or ever, after an interruption) show as "pending".
+    results: list[dict] = [{"status": "pending"} for _ in points]
+
+    def write_index() -> pa.Table:
+        rows = [_index_row(i, p, d, r)
+                for i, (p, d, r) in enumerate(zip(points, dirs, results, strict=True))]
+        columns = list(dict.fromkeys(k for row in rows for k in row))  # failed lack metrics
+        index = pa.Table.from_pylist([{k: row.get(k) for k in columns} for row in rows])
+        store.write_table(INDEX, index)
+        return index
 
     def finish(i: int, result: dict) -> None:
         results[i] = result
+        write_index()  # after every point, so an interrupted sweep keeps what it finished
         if on_point is not None:
             on_point(_index_row(i, points[i], dirs[i], result))
 
-    if backend == "local":
-        for i, (r, d) in enumerate(zip(raws, dirs, strict=True)):
-            finish(i, _run_point(r, d))
-    else:
-        import ray
+    status = "interrupted"
+    try:
+        if backend == "local":
+            for i, (r, d) in enumerate(zip(raws, dirs, strict=True)):
+                finish(i, _run_point(r, d))
+        else:
+            _run_on_ray(raws, dirs, address, finish)
+        status = "completed"
+    finally:
+        index = write_index()
+        store.write_json(MANIFEST, {**summary, "status": status, "failed": sum(
+            r["status"] == "failed" for r in results)})
+    return index
 
-        from swarm.cluster.connect import ensure_ray
 
-        ensure_ray(address)
-        task = ray.remote(num_cpus=1, max_retries=0)(_run_point)
-        pending = {task.remote(r, d): i for i, (r, d) in enumerate(zip(raws, dirs, strict=True))}
+def _run_on_ray(raws: list[dict], dirs: list[str], address: str | None, finish) -> None:
+    """One task per point; pending tasks are cancelled if the sweep itself stops."""
+    import ray
+
+    from swarm.cluster.connect import ensure_ray
+
+    ensure_ray(address)
+    task = ray.remote(num_cpus=1, max_retries=0)(_run_point)
+    pending = {task.remote(r, d): i for i, (r, d) in enumerate(zip(raws, dirs, strict=True))}
+    try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             i = pending.pop(done[0])
@@ -162,14 +186,9 @@ def sweep(config: str | dict, grid: dict[str, list[Any]], out: str | os.PathLike
                 finish(i, ray.get(done[0]))
             except ray.exceptions.RayError as exc:  # the task's worker or node died
                 finish(i, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
-    rows = [_index_row(i, p, d, r)
-            for i, (p, d, r) in enumerate(zip(points, dirs, results, strict=True))]
-    columns = list(dict.fromkeys(k for row in rows for k in row))  # failed points lack metrics
-    index = pa.Table.from_pylist([{k: row.get(k) for k in columns} for row in rows])
-    store.write_table(INDEX, index)
-    store.write_json(MANIFEST, {**summary, "status": "completed",
-                                "failed": sum(r["status"] != "completed" for r in results)})
-    return index
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
 
 
 def _index_row(i: int, values: dict[str, Any], run_dir: str, result: dict) -> dict:

@@ -54,3 +54,17 @@ def test_sweep_cli_runs_points_locally_and_exits_1_on_a_failed_point(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "point   0 [env.p=0.1]: completed" in proc.stdout
     assert "point   1 [env.p=1.5]: failed" in proc.stdout and "2 points, 1 failed" in proc.stdout
+
+
+def test_an_interrupted_sweep_keeps_the_points_it_finished(tmp_path):
+    import json
+
+    def stop_after_first(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(BASE, {"seed": [1, 2, 3]}, tmp_path / "s", backend="local",
+              on_point=stop_after_first)
+    index = pa.ipc.open_file(tmp_path / "s" / "index.arrow").read_all()
+    assert index["status"].to_pylist() == ["completed", "pending", "pending"]
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["status"] == "interrupted"
