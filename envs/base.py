@@ -186,15 +186,43 @@ class FannedOut:
         self._pos, self._receivers, self._to_row = pos, receivers, to_row
         self._ends = np.cumsum(counts)
         self._senders = senders
+        self._sender: np.ndarray | None = None  # per entry, once entries were filtered
 
     def __len__(self) -> int:
         return int(self.edge.shape[0])
+
+    def sender_index(self, which: np.ndarray | None = None) -> np.ndarray:
+        """Index of each entry's sender in the broadcast columns (entries ``which``)."""
+        if which is None:
+            which = np.arange(len(self))
+        if self._sender is not None:
+            return self._sender[which]
+        return np.searchsorted(self._ends, which, side="right")
+
+    def sources(self) -> np.ndarray:
+        """The global id of every entry's sender."""
+        return self._senders["src"][self.sender_index()]
+
+    def receiver_rows(self, which: np.ndarray | None = None) -> np.ndarray:
+        """The local row of each entry's receiver."""
+        pos = self._pos if which is None else self._pos[which]
+        return self._to_row(self._receivers[pos])
+
+    def keep(self, mask: np.ndarray) -> FannedOut:
+        """Only the entries where ``mask`` is True (the engine's fault injection)."""
+        which = np.flatnonzero(mask)
+        out = FannedOut.__new__(FannedOut)
+        out.edge, out._pos = self.edge[which], self._pos[which]
+        out._receivers, out._to_row = self._receivers, self._to_row
+        out._ends, out._senders = self._ends, self._senders
+        out._sender = self.sender_index(which)
+        return out
 
     def take(self, which: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Columns ``row``, ``src``, ``edge`` and the broadcast fields of entries ``which``."""
         if which is None:
             which = np.arange(len(self))
-        sender = np.searchsorted(self._ends, which, side="right")
+        sender = self.sender_index(which)
         out = {"row": self._to_row(self._receivers[self._pos[which]]), "edge": self.edge[which]}
         out.update({name: col[sender] for name, col in self._senders.items()})
         return out

@@ -215,13 +215,17 @@ def _canonical(run) -> tuple[pa.Table, pa.Table]:
 
 
 def check_determinism(env_cls: type[Env], tmp_dir: str | Path, shards: int = 3,
-                      backend: str = "local") -> None:
-    """Equal logs for two runs of the smoke config, and for 1 vs ``shards`` shards."""
+                      backend: str = "local", **overrides: Any) -> None:
+    """Equal logs for two runs of the smoke config, and for 1 vs ``shards`` shards.
+
+    ``overrides`` replace top-level keys of the smoke config (e.g. ``faults``).
+    """
     import swarm
 
     tmp = Path(tmp_dir)
     name = env_cls.__name__
-    runs = [swarm.run(smoke_run_config(env_cls, shards=k), tmp / f"{env_cls.name}-{i}-{k}",
+    runs = [swarm.run(smoke_run_config(env_cls, shards=k, **overrides),
+                      tmp / f"{env_cls.name}-{i}-{k}",
                       backend=backend, progress=False)
             for i, k in enumerate((1, 1, shards))]
     (ev0, m0), (ev1, m1), (ev3, m3) = (_canonical(r) for r in runs)

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 from swarm.config_base import StrictModel
 from swarm.envs import ENV_REGISTRY, EnvConfig
 from swarm.errors import ConfigError
+from swarm.faults import FaultsConfig
 from swarm.population import PopulationConfig
 
 __all__ = [
@@ -169,6 +170,8 @@ class RunConfig(StrictModel):
     fault_tolerance: FaultToleranceConfig = FaultToleranceConfig()
     memory_check: bool = True
     """Refuse to start when the estimated peak memory exceeds the cluster's memory."""
+    faults: FaultsConfig = FaultsConfig()
+    """Lost messages, partitions and crashed agents injected into message delivery."""
     population: PopulationConfig = PopulationConfig()
     """The policy mix (default: every agent follows the env's own rule) and personas."""
 

@@ -90,7 +90,7 @@ def _shard_specs(config: RunConfig, graph: CSRGraph, part: Partition, setup: dic
             row_shift=(starts - indptr[:-1]).astype(np.int64),
             in_degree=in_degree[agents], env_config=config.env, env_setup=setup,
             store=store, flush_every=config.log.flush_every, fanout=fanouts[k],
-            population=config.population, personas=personas,
+            population=config.population, personas=personas, faults=config.faults,
             backends=servers.backends_for(k) if servers is not None else {},
         ))
     return specs
@@ -434,6 +434,10 @@ def _prepare(config: RunConfig, graph: CSRGraph, partition: np.ndarray | None, b
         setup = env_cls.prepare(config.env, graph.n, KeyedRNG(config.seed))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if config.faults.active and "src" not in env_cls.message_fields and env_cls.message_fields:
+        raise ConfigError(f"faults: env {env_cls.name!r} sends messages without a 'src' "
+                          "field, so the engine cannot tell who sent what; add src to its "
+                          "message_fields")
     pop = config.population
     personas = load_personas(pop.personas) if pop.personas is not None else None
     check_population(pop, env_cls, config.env, personas, graph.n, backend)
@@ -751,6 +755,7 @@ def _row(step: int, summaries: list[dict], seconds: float, derive=None) -> dict:
         "checkpoint_seconds": max(s.get("checkpoint_seconds", 0.0) for s in summaries),
         # The slowest shard's decide stage (policies, model calls included).
         "decide_seconds": max(s["policy"]["decide_seconds"] for s in summaries),
+        "dropped_messages": sum(s.get("dropped_messages", 0) for s in summaries),
     }
     for name in POLICY_METRICS:
         row[name] = sum(s["policy"][name] for s in summaries)
@@ -770,7 +775,7 @@ def _write_metrics(store: RunStore, rel: str, rows: list[dict], metric_names) ->
 
     floats = ("seconds", "shard_seconds_max", "checkpoint_seconds", "decide_seconds")
     cols = ["step", "active", "events", "messages", "cross_shard_messages", "cross_shard_bytes",
-            *floats, *POLICY_METRICS, *metric_names]
+            "dropped_messages", *floats, *POLICY_METRICS, *metric_names]
     types = {"step": pa.int32(), **{c: pa.float64() for c in floats}}
     for c in metric_names:  # env metrics: float64 when any step's value is a float
         if any(isinstance(r.get(c), (float, np.floating)) for r in rows):

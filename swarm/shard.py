@@ -24,6 +24,7 @@ from swarm import checkpoint as ckpt
 from swarm.envs.base import ENV_REGISTRY, EnvConfig, FannedOut, Inbox, ShardView
 from swarm.errors import LogError
 from swarm.eventlog import EventLog
+from swarm.faults import Faults, FaultsConfig
 from swarm.graph import ragged_arange
 from swarm.partition import Partition
 from swarm.population import Population, PopulationConfig
@@ -85,6 +86,7 @@ class ShardSpec:
     personas: Any = None
     #: Backends of policy-server groups (group index -> ServerBackend).
     backends: dict[int, Any] = field(default_factory=dict)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
 
 
 def _concat(parts: list[Messages | None]) -> Messages | None:
@@ -128,6 +130,7 @@ class Shard:
         self.env = env_cls(spec.env_config, self.view, spec.env_setup)
         self.population = Population(spec.population, self.env, self.view, spec.personas,
                                      spec.backends)
+        self.faults = Faults(spec.faults, self.rng) if spec.faults.active else None
         self.log = EventLog(spec.store, f"events/shard={spec.shard}", spec.shard,
                             env_cls.event_types, env_cls.event_columns, spec.flush_every)
         # Messages to this shard's own agents never leave it; `_restored` holds
@@ -156,6 +159,7 @@ class Shard:
         inbox = Inbox(direct=_concat([p.get("direct") for p in parts if p]),
                       broadcast=self._fan_out([p.get("broadcast") for p in parts if p]),
                       totals=_sum_totals([p.get("totals") for p in parts if p]))
+        dropped = self._inject_faults(inbox, step) if self.faults is not None else 0
         batch = self.env.observe(step, inbox)
         actions, decided = self.population.decide(batch, step, self.rng)
         result = self.env.apply(step, batch, actions)
@@ -177,6 +181,7 @@ class Shard:
             "cross_shard_bytes": int(sum(_nbytes(o) for o in outboxes)),
             "metrics": result.metrics,
             "policy": decided,
+            "dropped_messages": dropped,
         }
         self.steps_done = step + 1
         if checkpoint:
@@ -211,6 +216,27 @@ class Shard:
         return out
 
     # -- exchange ----------------------------------------------------------------
+
+    def _inject_faults(self, inbox: Inbox, step: int) -> int:
+        """Remove what the configured faults lose from ``inbox``; returns how many."""
+        sent = step - 1  # delivered now, sent in the previous step
+        dropped = 0
+        d = inbox.direct
+        if d is not None:
+            lost = self.faults.lost(d["src"], d["dst"], sent)
+            if lost.any():
+                dropped += int(lost.sum())
+                inbox.direct = _concat([{k: v[~lost] for k, v in d.items()}])
+        b = inbox.broadcast
+        if b is not None and len(b):
+            senders = b.sources()
+            receivers = self.view.agents[b.receiver_rows()]
+            lost = self.faults.lost(senders, receivers, sent, key=b.edge)
+            if lost.any():
+                dropped += int(lost.sum())
+                inbox.broadcast = b.keep(~lost)
+        return dropped
+
 
     def _route(self, messages: Messages | None, broadcasts: Messages | None,
                totals: dict[str, int] | None = None) -> list[Outbox | None]:

@@ -1,0 +1,87 @@
+"""Fault injection at delivery: lost messages, partitions, crash-stop; keyed and shard-proof."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import cascade_config, sorted_events
+
+import swarm
+from swarm.errors import ConfigError
+from swarm.faults import FaultsConfig
+from swarm.rng import KeyedRNG
+
+
+def with_faults(cfg, **faults):
+    return cfg.model_copy(update={"faults": FaultsConfig.model_validate(faults)})
+
+
+def ic(shards=1, **faults):
+    return with_faults(cascade_config(n=3000, shards=shards, p=0.3, seed_count=10), **faults)
+
+
+def test_faulty_runs_do_not_depend_on_sharding(tmp_path):
+    faults = {"drop": 0.3, "partition": {"fraction": 0.4, "start": 1, "end": 4},
+              "crash": {"fraction": 0.1, "at_step": 2}}
+    for model, cfg in (("ic", ic), ("lt", lambda shards, **f: with_faults(
+            cascade_config(n=3000, shards=shards, model="linear_threshold", seed_count=60),
+            **f))):
+        one = swarm.run(cfg(1, **faults), tmp_path / f"{model}1", backend="local")
+        three = swarm.run(cfg(3, **faults), tmp_path / f"{model}3", backend="local")
+        assert sorted_events(one).equals(sorted_events(three))
+        dropped = one.metrics()["dropped_messages"].to_pylist()
+        assert sum(dropped) > 0 and dropped == three.metrics()["dropped_messages"].to_pylist()
+
+
+def test_dropping_every_message_leaves_only_the_seeds(tmp_path):
+    clean = swarm.run(ic(), tmp_path / "clean", backend="local")
+    lossy = swarm.run(ic(drop=0.5), tmp_path / "lossy", backend="local")
+    dead = swarm.run(ic(drop=1.0), tmp_path / "dead", backend="local")
+    assert dead.events().num_rows == 10
+    assert 10 < lossy.events().num_rows < clean.events().num_rows
+
+
+def test_no_activation_crosses_a_partition_and_crashed_agents_are_cut_off(tmp_path):
+    rng = KeyedRNG(5)  # cascade_config's seed
+    run = swarm.run(ic(partition={"fraction": 0.5, "start": 0, "end": 10_000}),
+                    tmp_path / "p", backend="local")
+    ev = run.events()
+    child = np.asarray(ev["agent"])
+    parent = np.asarray(ev["parent"].fill_null(-1))
+    has = parent >= 0
+    side = lambda ids: rng.uniform("fault_side", ids) < 0.5  # noqa: E731
+    assert has.sum() > 20
+    assert (side(child[has]) == side(parent[has])).all()
+
+    run = swarm.run(ic(crash={"fraction": 0.3, "at_step": 0}), tmp_path / "c", backend="local")
+    ev = run.events()
+    child = np.asarray(ev["agent"])
+    parent = np.asarray(ev["parent"].fill_null(-1))
+    crashed = lambda ids: rng.uniform("fault_crash", ids) < 0.3  # noqa: E731
+    assert not crashed(parent[parent >= 0]).any()  # crashed agents never pass anything on
+    assert not crashed(child[parent >= 0]).any()  # and nothing reaches them
+    assert (parent >= 0).sum() > 20
+
+
+def test_resume_of_a_faulty_run_is_exact(tmp_path, monkeypatch):
+    from test_checkpoint import crash_shards_at
+
+    cfg = with_faults(cascade_config(n=3000, shards=2, model="sir", beta=0.15, gamma=0.1),
+                      drop=0.2, crash={"fraction": 0.2, "at_step": 5})
+    cfg = cfg.model_copy(update={"checkpoint": swarm.config.CheckpointConfig(every=3),
+                                 "steps": 30})
+    reference = swarm.run(cfg, tmp_path / "ref", backend="local")
+    undo = crash_shards_at(monkeypatch, 10)
+    with pytest.raises(RuntimeError):
+        swarm.run(cfg, tmp_path / "r", backend="local")
+    undo()
+    resumed = swarm.resume(tmp_path / "r")
+    assert sorted_events(resumed).equals(sorted_events(reference))
+
+
+def test_fault_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="faults.partition: end must be > start"):
+        swarm.validate_config({**cascade_config().dump(),
+                               "faults": {"partition": {"start": 5, "end": 5}}})
+    with pytest.raises(ConfigError, match="faults.drop"):
+        swarm.validate_config({**cascade_config().dump(), "faults": {"drop": 1.5}})
