@@ -3,6 +3,7 @@
 from swarm.envs.base import ENV_REGISTRY, Env, EnvConfig, ShardView, StepResult, register_env
 from swarm.envs.cascade import Cascade, CascadeConfig
 from swarm.envs.commons import Commons, CommonsConfig
+from swarm.envs.consensus import Consensus, ConsensusConfig
 from swarm.envs.games import Games, GamesConfig
 from swarm.envs.opinion import Opinion, OpinionConfig
 
@@ -12,6 +13,8 @@ __all__ = [
     "CascadeConfig",
     "Commons",
     "CommonsConfig",
+    "Consensus",
+    "ConsensusConfig",
     "Env",
     "EnvConfig",
     "Games",

@@ -1,0 +1,90 @@
+"""Honest protocol rules of the consensus env: what an honest agent does each round.
+
+The env builds the batch in ``observe`` (the agent's state, what its
+in-neighbours sent, the population-wide tally of the previous round) and
+applies the result in ``apply``; these rules are the decide stage in
+between, on tensors on the policy's device. Byzantine behaviour is not a
+policy: it is the adversary of the fault model and lives in the env.
+
+Batch columns (see ``swarm.envs.consensus.Consensus.observe``):
+
+``own``, ``nbr_sum``, ``nbr_count``
+    gossip: the agent's value and the sum and number of the values its
+    in-neighbours broadcast last step.
+``pref``, ``locked``
+    majority, leader_commit: the agent's current preference and the value it
+    decided (-1: undecided).
+``proposal``
+    leader_commit: the proposal the agent received this epoch (-1: none).
+``top``, ``top_votes``, ``expected``, ``heard``
+    The value with the most votes in the last global tally (-1: no tally),
+    its vote count, the number of votes that would arrive without faults,
+    and whether the agent has ever heard from a neighbour (a crashed agent
+    never has, and so never decides).
+
+Each rule returns int64 tensors ``vote`` and ``decide`` (-1: no decision
+this step), and gossip's float ``value``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from swarm.policies.base import Policy, PolicyContext
+
+__all__ = ["GossipAverage", "LeaderCommitVote", "MajorityVote"]
+
+
+class GossipAverage(Policy):
+    """Gossip averaging: the mean of the agent's own value and its in-neighbours'."""
+
+    name = "gossip"
+
+    def _forward(self, batch: dict[str, torch.Tensor], ctx: PolicyContext) -> dict:
+        return {"value": (batch["own"] + batch["nbr_sum"]) / (batch["nbr_count"] + 1)}
+
+
+def _quorum(batch: dict[str, torch.Tensor], num: int, den: int) -> torch.Tensor:
+    """Rows whose agent sees the tally's top value pass a ``num/den`` quorum (exact ints)."""
+    top = batch["top"]
+    passed = (top >= 0) & (batch["top_votes"] * den > batch["expected"] * num)
+    return passed & batch["heard"].bool()
+
+
+class MajorityVote(Policy):
+    """Majority vote with rounds: decide a value with a strict majority, else adopt the plurality.
+
+    Every round each agent votes its preference; when the global tally of the
+    last round gives one value more than half of the expected votes, every
+    agent that can hear decides it; otherwise agents adopt the plurality
+    value (ties to the smallest) and vote again. A decided agent votes its
+    decision.
+    """
+
+    name = "majority"
+
+    def _forward(self, batch: dict[str, torch.Tensor], ctx: PolicyContext) -> dict:
+        locked, top = batch["locked"], batch["top"]
+        passed = _quorum(batch, 1, 2) & (locked < 0)
+        decide = torch.where(passed, top, torch.full_like(top, -1))
+        pref = torch.where(top >= 0, top, batch["pref"])
+        vote = torch.where(locked >= 0, locked, pref)
+        vote = torch.where(decide >= 0, decide, vote)
+        return {"vote": vote, "decide": decide}
+
+
+class LeaderCommitVote(Policy):
+    """Leader-based commit: vote the leader's proposal, commit a value with a 2/3 quorum.
+
+    A locked (decided) agent votes its decision whatever is proposed. The
+    ``decide`` column is read by the env only in the commit phase.
+    """
+
+    name = "leader_commit"
+
+    def _forward(self, batch: dict[str, torch.Tensor], ctx: PolicyContext) -> dict:
+        locked, top = batch["locked"], batch["top"]
+        passed = _quorum(batch, 2, 3) & (locked < 0)
+        decide = torch.where(passed, top, torch.full_like(top, -1))
+        vote = torch.where(locked >= 0, locked, batch["proposal"])
+        return {"vote": vote, "decide": decide}
