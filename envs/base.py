@@ -199,6 +199,15 @@ class FannedOut:
             return self._sender[which]
         return np.searchsorted(self._ends, which, side="right")
 
+    @classmethod
+    def from_columns(cls, cols: dict[str, np.ndarray]) -> FannedOut:
+        """Entries given as full columns (``row``, ``edge``, ``src``, fields): for copies
+        the engine held back and delivers late."""
+        m = cols["edge"].shape[0]
+        senders = {k: v for k, v in cols.items() if k not in ("row", "edge")}
+        return cls(cols["edge"], np.arange(m), cols["row"].astype(np.int64), _identity,
+                   np.ones(m, dtype=np.int64), senders)
+
     def sources(self) -> np.ndarray:
         """The global id of every entry's sender."""
         return self._senders["src"][self.sender_index()]
@@ -226,6 +235,10 @@ class FannedOut:
         out = {"row": self._to_row(self._receivers[self._pos[which]]), "edge": self.edge[which]}
         out.update({name: col[sender] for name, col in self._senders.items()})
         return out
+
+
+def _identity(rows: np.ndarray) -> np.ndarray:
+    return rows
 
 
 @dataclass

@@ -13,7 +13,9 @@ sent at ``s`` is delivered at ``s + 1``):
 * ``crash``: a keyed ``fraction`` of agents crash-stops at ``at_step``: from
   then on nothing they send arrives and nothing sent to them arrives. They stay
   in the env (crash-stop isolates an agent; an env that should also freeze
-  its state can ask ``Faults.crashed``).
+  its state can ask ``Faults.crashed``);
+* ``delay``: a keyed ``fraction`` of the messages that are not lost arrive
+  ``steps`` steps late (held by the receiving shard, and checkpointed with it).
 
 Point-to-point messages must carry a ``src`` column for this (the engine checks).
 """
@@ -26,7 +28,7 @@ from pydantic import Field, model_validator
 from swarm.config_base import StrictModel
 from swarm.rng import KeyedRNG
 
-__all__ = ["CrashFaults", "Faults", "FaultsConfig", "PartitionFaults"]
+__all__ = ["CrashFaults", "DelayFaults", "Faults", "FaultsConfig", "PartitionFaults"]
 
 
 class CrashFaults(StrictModel):
@@ -55,6 +57,15 @@ class PartitionFaults(StrictModel):
         return self
 
 
+class DelayFaults(StrictModel):
+    """Late delivery of a keyed fraction of the messages."""
+
+    steps: int = Field(ge=1)
+    """How many steps late a delayed message arrives."""
+    fraction: float = Field(1.0, gt=0.0, le=1.0)
+    """Share of messages (and broadcast copies) that are delayed."""
+
+
 class FaultsConfig(StrictModel):
     """Faults the engine injects into message delivery (none by default)."""
 
@@ -62,10 +73,12 @@ class FaultsConfig(StrictModel):
     """Probability that a message (or a broadcast's copy to one receiver) is lost."""
     partition: PartitionFaults | None = None
     crash: CrashFaults | None = None
+    delay: DelayFaults | None = None
 
     @property
     def active(self) -> bool:
-        return self.drop > 0 or self.partition is not None or self.crash is not None
+        return (self.drop > 0 or self.partition is not None or self.crash is not None
+                or self.delay is not None)
 
 
 class Faults:
@@ -107,3 +120,12 @@ class Faults:
         if cfg.crash is not None and sent >= cfg.crash.at_step:
             lost |= self.crashed(src, sent) | self.crashed(dst, sent)
         return lost
+
+    def delayed(self, src: np.ndarray, dst: np.ndarray, sent: int,
+                key: np.ndarray | None = None) -> np.ndarray:
+        """Which messages sent at ``sent`` arrive ``delay.steps`` late."""
+        d = self.config.delay
+        if d is None:
+            return np.zeros(src.shape[0], dtype=bool)
+        keys = (key,) if key is not None else (src, dst)
+        return self.rng.bernoulli("fault_delay", *keys, p=d.fraction, step=sent)

@@ -137,6 +137,8 @@ class Shard:
         # what other shards sent in the checkpoint step, read back on restart.
         self._own: Outbox | None = None
         self._restored: list[Outbox | None] = []
+        # Messages the delay fault holds back: delivery step -> {"direct"|"broadcast": cols}.
+        self._held: dict[int, Outbox] = {}
         self._sent: list[Outbox | None] = [None] * self.num_shards
         self.steps_done = 0
         if restore_step is None:
@@ -170,6 +172,7 @@ class Shard:
         self._sent = outboxes
         n_msgs = sum(m[next(iter(m))].shape[0] for m in (result.messages, result.broadcasts)
                      if m is not None)
+        n_msgs += self._held_count()  # held-back messages keep a run from stopping
         summary = {
             "shard": self.id,
             "active": result.active,
@@ -218,24 +221,48 @@ class Shard:
     # -- exchange ----------------------------------------------------------------
 
     def _inject_faults(self, inbox: Inbox, step: int) -> int:
-        """Remove what the configured faults lose from ``inbox``; returns how many."""
+        """Remove what the faults lose from ``inbox``, hold back what they delay and add
+        what was held back for this step; returns how many were lost."""
         sent = step - 1  # delivered now, sent in the previous step
         dropped = 0
+        late = self.faults.config.delay
+        held: Outbox = {}
         d = inbox.direct
         if d is not None:
-            lost = self.faults.lost(d["src"], d["dst"], sent)
-            if lost.any():
-                dropped += int(lost.sum())
-                inbox.direct = _concat([{k: v[~lost] for k, v in d.items()}])
+            gone = self.faults.lost(d["src"], d["dst"], sent)
+            dropped += int(gone.sum())
+            wait = ~gone & self.faults.delayed(d["src"], d["dst"], sent)
+            if wait.any():
+                held["direct"] = {k: v[wait] for k, v in d.items()}
+            if gone.any() or wait.any():
+                inbox.direct = _concat([{k: v[~(gone | wait)] for k, v in d.items()}])
         b = inbox.broadcast
         if b is not None and len(b):
             senders = b.sources()
             receivers = self.view.agents[b.receiver_rows()]
-            lost = self.faults.lost(senders, receivers, sent, key=b.edge)
-            if lost.any():
-                dropped += int(lost.sum())
-                inbox.broadcast = b.keep(~lost)
+            gone = self.faults.lost(senders, receivers, sent, key=b.edge)
+            dropped += int(gone.sum())
+            wait = ~gone & self.faults.delayed(senders, receivers, sent, key=b.edge)
+            if wait.any():
+                held["broadcast"] = b.take(np.flatnonzero(wait))
+            if gone.any() or wait.any():
+                inbox.broadcast = b.keep(~(gone | wait))
+        if held:
+            self._held[step + late.steps] = held
+        due = self._held.pop(step, None)
+        if due:  # held back earlier: delivered now, after the faults of its own step
+            if "direct" in due:
+                inbox.direct = _concat([inbox.direct, due["direct"]])
+            if "broadcast" in due:
+                parts = [due["broadcast"]]
+                if inbox.broadcast is not None and len(inbox.broadcast):
+                    parts.insert(0, inbox.broadcast.take())
+                inbox.broadcast = FannedOut.from_columns(_concat(parts))
         return dropped
+
+    def _held_count(self) -> int:
+        return sum(next(iter(m.values())).shape[0] for box in self._held.values()
+                   for m in box.values())
 
 
     def _route(self, messages: Messages | None, broadcasts: Messages | None,
@@ -316,6 +343,9 @@ class Shard:
     def _write_state(self, step: int) -> int:
         arrays = {f"env.{k}": v for k, v in self.env.state_dict().items()}
         arrays.update({f"pop.{k}": v for k, v in self.population.state_dict().items()})
+        for due, box in self._held.items():
+            for kind, cols in box.items():
+                arrays.update({f"held.{due}.{kind}.{k}": v for k, v in cols.items()})
         for kind, cols in (self._own or {}).items():
             arrays.update({f"own.{kind}.{k}": v for k, v in cols.items()})
         meta = {"step": step, "shard": self.id, "num_shards": self.num_shards,
@@ -338,6 +368,11 @@ class Shard:
         self.population.load_state_dict({k[4:]: v for k, v in arrays.items()
                                          if k.startswith("pop.")})
         self._own = _unflatten({k[4:]: v for k, v in arrays.items() if k.startswith("own.")})
+        self._held = {}
+        for key, value in arrays.items():
+            if key.startswith("held."):
+                _, due, kind, name = key.split(".", 3)
+                self._held.setdefault(int(due), {}).setdefault(kind, {})[name] = value
         self.log.rewind(meta["log_parts"], meta["log_rows"])
         folder = ckpt.step_dir(step)
         for name in self.store.listdir(folder):

@@ -24,7 +24,8 @@ def test_env_is_deterministic_across_runs_and_shards(name, tmp_path):
 def test_env_is_deterministic_under_faults(name, tmp_path):
     check_determinism(ENV_REGISTRY[name], tmp_path, faults={
         "drop": 0.2, "crash": {"fraction": 0.1, "at_step": 2},
-        "partition": {"fraction": 0.5, "start": 3, "end": 6}})
+        "partition": {"fraction": 0.5, "start": 3, "end": 6},
+        "delay": {"steps": 2, "fraction": 0.3}})
 
 
 def test_the_kit_catches_an_env_that_depends_on_sharding(tmp_path):

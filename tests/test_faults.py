@@ -67,7 +67,8 @@ def test_resume_of_a_faulty_run_is_exact(tmp_path, monkeypatch):
     from test_checkpoint import crash_shards_at
 
     cfg = with_faults(cascade_config(n=3000, shards=2, model="sir", beta=0.15, gamma=0.1),
-                      drop=0.2, crash={"fraction": 0.2, "at_step": 5})
+                      drop=0.2, crash={"fraction": 0.2, "at_step": 5},
+                      delay={"steps": 2, "fraction": 0.5})
     cfg = cfg.model_copy(update={"checkpoint": swarm.config.CheckpointConfig(every=3),
                                  "steps": 30})
     reference = swarm.run(cfg, tmp_path / "ref", backend="local")
@@ -85,3 +86,16 @@ def test_fault_config_errors_name_the_key():
                                "faults": {"partition": {"start": 5, "end": 5}}})
     with pytest.raises(ConfigError, match="faults.drop"):
         swarm.validate_config({**cascade_config().dump(), "faults": {"drop": 1.5}})
+
+
+def test_delaying_every_message_stretches_the_cascade_in_time(tmp_path):
+    clean = swarm.run(ic(), tmp_path / "clean", backend="local")
+    slow = swarm.run(ic(shards=3, delay={"steps": 2, "fraction": 1.0}), tmp_path / "slow",
+                     backend="local")
+    # Each generation now takes 1 + 2 steps: the same agents activate, 3x later.
+    # (Parents may differ: ties between simultaneous activators are broken by a
+    # draw keyed by the step.)
+    a, b = sorted_events(clean), sorted_events(slow)
+    assert a.num_rows == b.num_rows > 30
+    assert (np.asarray(b["step"]) == 3 * np.asarray(a["step"])).all()
+    assert a["agent"].equals(b["agent"])
