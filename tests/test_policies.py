@@ -129,7 +129,10 @@ def test_llm_run_on_ray_with_a_policy_server_equals_the_local_run(
 
 
 def test_llm_memory_survives_ctrl_c_and_resume(tiny_model, tmp_path, llm_reference):
-    cfg = llm_config(tiny_model).model_copy(
+    # Two shards: the driver steps one at a time. One shard runs batches of steps
+    # per call, and on a fast machine the whole run fits in the first batch, so
+    # a Ctrl-C seen at step 2 would find nothing left to stop.
+    cfg = llm_config(tiny_model, shards=2).model_copy(
         update={"checkpoint": swarm.config.CheckpointConfig(every=2)})
 
     def interrupt(row):
