@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -76,6 +76,9 @@ class ShardView:
     in_degree: np.ndarray
     rng: KeyedRNG
     contiguous_start: int | None = None
+    #: The run's injected faults (``swarm.faults.Faults``), None in a run without
+    #: any: an env whose crashed agents should stop acting asks ``faults.crashed``.
+    faults: Any = None
 
     @property
     def n_local(self) -> int:

@@ -7,7 +7,8 @@ Two checks, in the spirit of PettingZoo's ``api_test`` and ``seed_test``:
   that validates), and one shard built by hand runs a few steps whose batches,
   events, messages and metrics have the declared columns and equal lengths;
   ``state_dict`` round-trips into a fresh env, and a shard restored from a
-  mid-run checkpoint replays the later steps with equal events and state.
+  mid-run checkpoint replays the later steps with equal events and state
+  (once without faults, once with messages dropped and delayed).
 * ``check_determinism``: the smoke config run twice gives equal logs, and run
   with 1 and 3 shards gives equal logs (events without the ``shard`` column,
   in a canonical order, and the env's metrics).
@@ -47,10 +48,9 @@ def smoke_run_config(env_cls: type[Env], shards: int = 1, **overrides: Any):
 
 def check_env_api(env_cls: type[Env], steps: int = 5) -> None:
     """Check the declarations of ``env_cls`` and a few steps of one shard built by hand."""
-    from swarm.partition import Partition
+    from swarm.faults import FaultsConfig
     from swarm.rng import KeyedRNG
     from swarm.runner import build_graph
-    from swarm.shard import Shard, ShardSpec
 
     name = env_cls.__name__
     for attr in ("name", "Config", "event_types"):
@@ -69,8 +69,20 @@ def check_env_api(env_cls: type[Env], steps: int = 5) -> None:
         raise AssertionError(f"{name}.event_columns redeclares common columns {sorted(clash)}")
     config = smoke_run_config(env_cls)
     graph = build_graph(config)
-    part = Partition("contiguous", graph.n, 1)
     setup = env_cls.prepare(config.env, graph.n, KeyedRNG(config.seed))
+    # Once clean, once with messages delayed (held by the shard, checkpointed with it).
+    for faults in ({}, {"drop": 0.1, "delay": {"steps": 2, "fraction": 0.5}}):
+        _check_shard(env_cls, config, graph, setup, steps, FaultsConfig.model_validate(faults))
+
+
+def _check_shard(env_cls, config, graph, setup, steps: int, faults) -> None:
+    """A few steps of one shard built by hand; its state round-trips and replays."""
+    from swarm.partition import Partition
+    from swarm.shard import Shard, ShardSpec
+
+    name = env_cls.__name__
+    part = Partition("contiguous", graph.n, 1)
+    note = " (with delayed messages)" if faults.active else ""
     with tempfile.TemporaryDirectory() as tmp:
         from swarm.storage import RunStore
 
@@ -80,7 +92,8 @@ def check_env_api(env_cls: type[Env], steps: int = 5) -> None:
                          indices=graph.indices,
                          row_shift=np.zeros(graph.n, dtype=np.int64),
                          in_degree=graph.in_degree().astype(np.int32), env_config=config.env,
-                         env_setup=setup, store=store, population=config.population)
+                         env_setup=setup, store=store, population=config.population,
+                         faults=faults)
         seen: list[StepResult] = []
         shard = _watched(Shard(spec), env_cls, seen)
         half = max(1, steps // 2)
@@ -105,9 +118,10 @@ def check_env_api(env_cls: type[Env], steps: int = 5) -> None:
         later = seen[half:]
         if len(later) != len(replay) or not all(
                 _same_state(a.events, b.events) for a, b in zip(later, replay, strict=True)):
-            raise AssertionError(f"{name}: a shard restored from a checkpoint logged different "
-                                 "events than the original in the steps after it; something the "
-                                 "env keeps between steps is missing from state_dict")
+            raise AssertionError(f"{name}: a shard restored from a checkpoint{note} logged "
+                                 "different events than the original in the steps after it; "
+                                 "something the env keeps between steps is missing from "
+                                 "state_dict")
         if not _same_state(restored.env.state_dict(), state):
             raise AssertionError(f"{name}: a restored shard ends in a different state than the "
                                  "original; state_dict misses something")
@@ -215,10 +229,11 @@ def _canonical(run) -> tuple[pa.Table, pa.Table]:
 
 
 def check_determinism(env_cls: type[Env], tmp_dir: str | Path, shards: int = 3,
-                      backend: str = "local", **overrides: Any) -> None:
+                      backend: str = "local", **overrides: Any) -> list:
     """Equal logs for two runs of the smoke config, and for 1 vs ``shards`` shards.
 
     ``overrides`` replace top-level keys of the smoke config (e.g. ``faults``).
+    Returns the three runs (1 shard, 1 shard, ``shards`` shards).
     """
     import swarm
 
@@ -241,3 +256,4 @@ def check_determinism(env_cls: type[Env], tmp_dir: str | Path, shards: int = 3,
                              "inboxes before summing floats)")
     if not m0.equals(m3):
         raise AssertionError(f"{name}: 1 and {shards} shards gave different metrics")
+    return runs

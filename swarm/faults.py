@@ -11,13 +11,19 @@ sent at ``s`` is delivered at ``s + 1``):
 * ``partition``: a keyed ``fraction`` of agents forms side A; messages between
   side A and the rest are lost for ``start <= s < end``;
 * ``crash``: a keyed ``fraction`` of agents crash-stops at ``at_step``: from
-  then on nothing they send arrives and nothing sent to them arrives. They stay
-  in the env (crash-stop isolates an agent; an env that should also freeze
-  its state can ask ``Faults.crashed``);
+  then on nothing they send arrives and nothing delivered to them from that
+  step on arrives. They stay in the env (crash-stop isolates an agent; an env
+  that should also freeze its state asks ``Faults.crashed``);
 * ``delay``: a keyed ``fraction`` of the messages that are not lost arrive
   ``steps`` steps late (held by the receiving shard, and checkpointed with it).
 
 Point-to-point messages must carry a ``src`` column for this (the engine checks).
+Their drop and delay draws are keyed by (sender, receiver, sending step): two
+messages between the same pair in the same step share their fate, which is a
+link failing for a step; a broadcast copy is keyed by its edge.
+
+Envs see the run's ``Faults`` as ``ShardView.faults`` (None without faults), so
+one whose crashed agents should also stop deciding can ask ``crashed``.
 """
 
 from __future__ import annotations
@@ -117,8 +123,10 @@ class Faults:
         if p is not None and p.start <= sent < p.end:
             side = self.rng.uniform("fault_side", src) < p.fraction
             lost |= side != (self.rng.uniform("fault_side", dst) < p.fraction)
-        if cfg.crash is not None and sent >= cfg.crash.at_step:
-            lost |= self.crashed(src, sent) | self.crashed(dst, sent)
+        if cfg.crash is not None:
+            # A crashed sender sends nothing from its crash step on; a receiver
+            # that has crashed by the delivery step (sent + 1) takes nothing in.
+            lost |= self.crashed(src, sent) | self.crashed(dst, sent + 1)
         return lost
 
     def delayed(self, src: np.ndarray, dst: np.ndarray, sent: int,

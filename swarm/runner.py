@@ -40,7 +40,7 @@ from swarm.policy_server import PolicyServers
 from swarm.population import POLICY_METRICS, check_population, load_personas
 from swarm.rng import KeyedRNG
 from swarm.rundir import METRICS, STATE, Run, create_run_dir, open_run, versions, write_manifest
-from swarm.shard import Fanout, Shard, ShardSpec
+from swarm.shard import Fanout, Shard, ShardSpec, is_quiescent
 from swarm.storage import RunStore
 
 __all__ = ["run", "resume", "build_graph"]
@@ -594,7 +594,7 @@ class _Driver:
             self.run_seconds = time.perf_counter() - t0
         if self.rows:
             last = self.rows[-1]
-            if last["active"] == 0 and last["messages"] == 0:
+            if is_quiescent(last):
                 self.stop_reason = "quiescent"
 
     # -- steps -------------------------------------------------------------------
@@ -605,7 +605,7 @@ class _Driver:
             bar.update(row["step"], row)
         if self.on_step:
             self.on_step(row)
-        return row["active"] == 0 and row["messages"] == 0
+        return is_quiescent(row)
 
     def _due(self, step: int) -> bool:
         return self.every > 0 and (step + 1) % self.every == 0
@@ -756,6 +756,7 @@ def _row(step: int, summaries: list[dict], seconds: float, derive=None) -> dict:
         # The slowest shard's decide stage (policies, model calls included).
         "decide_seconds": max(s["policy"]["decide_seconds"] for s in summaries),
         "dropped_messages": sum(s.get("dropped_messages", 0) for s in summaries),
+        "held_messages": sum(s.get("held_messages", 0) for s in summaries),
     }
     for name in POLICY_METRICS:
         row[name] = sum(s["policy"][name] for s in summaries)
@@ -775,7 +776,7 @@ def _write_metrics(store: RunStore, rel: str, rows: list[dict], metric_names) ->
 
     floats = ("seconds", "shard_seconds_max", "checkpoint_seconds", "decide_seconds")
     cols = ["step", "active", "events", "messages", "cross_shard_messages", "cross_shard_bytes",
-            "dropped_messages", *floats, *POLICY_METRICS, *metric_names]
+            "dropped_messages", "held_messages", *floats, *POLICY_METRICS, *metric_names]
     types = {"step": pa.int32(), **{c: pa.float64() for c in floats}}
     for c in metric_names:  # env metrics: float64 when any step's value is a float
         if any(isinstance(r.get(c), (float, np.floating)) for r in rows):

@@ -31,7 +31,7 @@ from swarm.population import Population, PopulationConfig
 from swarm.rng import KeyedRNG
 from swarm.storage import RunStore
 
-__all__ = ["Fanout", "Shard", "ShardSpec"]
+__all__ = ["Fanout", "Shard", "ShardSpec", "is_quiescent"]
 
 Messages = dict[str, np.ndarray]
 #: What one shard sends another in a step: {"direct": Messages, "broadcast": Messages}.
@@ -114,6 +114,7 @@ class Shard:
         self.store = spec.store
         self.rng = KeyedRNG(spec.seed)
         self.fanout = spec.fanout
+        self.faults = Faults(spec.faults, self.rng) if spec.faults.active else None
         self.view = ShardView(
             shard=spec.shard,
             num_shards=spec.num_shards,
@@ -124,13 +125,13 @@ class Shard:
             in_degree=spec.in_degree,
             rng=self.rng,
             contiguous_start=spec.partition.contiguous_start(spec.shard),
+            faults=self.faults,
         )
         _touch(spec.indptr, spec.indices, spec.row_shift, spec.in_degree)
         env_cls = ENV_REGISTRY[spec.env_config.kind]
         self.env = env_cls(spec.env_config, self.view, spec.env_setup)
         self.population = Population(spec.population, self.env, self.view, spec.personas,
                                      spec.backends)
-        self.faults = Faults(spec.faults, self.rng) if spec.faults.active else None
         self.log = EventLog(spec.store, f"events/shard={spec.shard}", spec.shard,
                             env_cls.event_types, env_cls.event_columns, spec.flush_every)
         # Messages to this shard's own agents never leave it; `_restored` holds
@@ -172,7 +173,6 @@ class Shard:
         self._sent = outboxes
         n_msgs = sum(m[next(iter(m))].shape[0] for m in (result.messages, result.broadcasts)
                      if m is not None)
-        n_msgs += self._held_count()  # held-back messages keep a run from stopping
         summary = {
             "shard": self.id,
             "active": result.active,
@@ -185,6 +185,8 @@ class Shard:
             "metrics": result.metrics,
             "policy": decided,
             "dropped_messages": dropped,
+            # Held back by the delay fault: not sent this step, but they keep a run going.
+            "held_messages": self._held_count() if self.faults is not None else 0,
         }
         self.steps_done = step + 1
         if checkpoint:
@@ -212,7 +214,7 @@ class Shard:
             summary = self.step(step, checkpoint=due)[0]
             summary["step"] = step
             out.append(summary)
-            if (summary["active"] == 0 and summary["messages"] == 0) or (
+            if is_quiescent(summary) or (
                 time.perf_counter() > t_end
             ):
                 break
@@ -250,6 +252,10 @@ class Shard:
         if held:
             self._held[step + late.steps] = held
         due = self._held.pop(step, None)
+        if due and self.faults.config.crash is not None:
+            # A receiver that crashed while the message was held never gets it.
+            due, lost_late = self._drop_crashed(due, step)
+            dropped += lost_late
         if due:  # held back earlier: delivered now, after the faults of its own step
             if "direct" in due:
                 inbox.direct = _concat([inbox.direct, due["direct"]])
@@ -259,6 +265,18 @@ class Shard:
                     parts.insert(0, inbox.broadcast.take())
                 inbox.broadcast = FannedOut.from_columns(_concat(parts))
         return dropped
+
+    def _drop_crashed(self, box: Outbox, step: int) -> tuple[Outbox, int]:
+        """``box`` without what goes to receivers crashed by ``step``; and how many that was."""
+        out: Outbox = {}
+        lost = 0
+        for kind, cols in box.items():
+            dst = cols["dst"] if kind == "direct" else self.view.agents[cols["row"]]
+            gone = self.faults.crashed(dst, step)
+            lost += int(gone.sum())
+            if not gone.all():
+                out[kind] = {k: v[~gone] for k, v in cols.items()}
+        return out, lost
 
     def _held_count(self) -> int:
         return sum(next(iter(m.values())).shape[0] for box in self._held.values()
@@ -390,6 +408,12 @@ class Shard:
     def health(self) -> dict:
         return {"shard": self.id, "ok": True, "steps_done": self.steps_done, "pid": os.getpid(),
                 "peak_rss_mib": _peak_rss_mib()}
+
+
+def is_quiescent(summary: dict) -> bool:
+    """Nothing active, nothing sent and nothing held back for later: the run is over."""
+    return (summary["active"] == 0 and summary["messages"] == 0
+            and summary.get("held_messages", 0) == 0)
 
 
 def _sum_totals(parts: list[Messages | None]) -> dict[str, int] | None:

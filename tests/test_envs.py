@@ -22,10 +22,14 @@ def test_env_is_deterministic_across_runs_and_shards(name, tmp_path):
 
 @pytest.mark.parametrize("name", ENVS)
 def test_env_is_deterministic_under_faults(name, tmp_path):
-    check_determinism(ENV_REGISTRY[name], tmp_path, faults={
+    runs = check_determinism(ENV_REGISTRY[name], tmp_path, faults={
         "drop": 0.2, "crash": {"fraction": 0.1, "at_step": 2},
         "partition": {"fraction": 0.5, "start": 3, "end": 6},
         "delay": {"steps": 2, "fraction": 0.3}})
+    m = runs[0].metrics()
+    # The faults did something: messages were lost and others held back.
+    assert sum(m["dropped_messages"].to_pylist()) > 0
+    assert sum(m["held_messages"].to_pylist()) > 0
 
 
 def test_the_kit_catches_an_env_that_depends_on_sharding(tmp_path):

@@ -99,3 +99,27 @@ def test_delaying_every_message_stretches_the_cascade_in_time(tmp_path):
     assert a.num_rows == b.num_rows > 30
     assert (np.asarray(b["step"]) == 3 * np.asarray(a["step"])).all()
     assert a["agent"].equals(b["agent"])
+
+
+def test_a_crash_cuts_the_agent_off_from_its_crash_step(tmp_path):
+    # Crash at step 3 of an SIR run: a message sent at step 2 reaches its
+    # receiver at step 3, by which time a crashed receiver must take nothing in.
+    rng = KeyedRNG(5)
+    cfg = with_faults(cascade_config(n=3000, shards=2, model="sir", beta=0.2, gamma=0.1),
+                      crash={"fraction": 0.3, "at_step": 3}, delay={"steps": 2, "fraction": 0.3})
+    run = swarm.run(cfg, tmp_path / "c", backend="local")
+    ev = run.events()
+    step = np.asarray(ev["step"])
+    child = np.asarray(ev["agent"])
+    parent = np.asarray(ev["parent"].fill_null(-1))
+    crashed = rng.uniform("fault_crash", child) < 0.3
+    infected = parent >= 0
+    assert (infected & (step < 3) & crashed).any()  # they took part before the crash
+    assert not (infected & (step >= 3) & crashed).any()
+    # Delivered at step t, a message was sent at t - 1, or at t - 3 if delayed.
+    sent_after = infected & (step - 3 >= 3)
+    assert sent_after.sum() > 20
+    assert not (rng.uniform("fault_crash", parent[sent_after]) < 0.3).any()
+    m = run.metrics()
+    # Held messages are counted apart from what each step sent.
+    assert sum(m["held_messages"].to_pylist()) > 0 and sum(m["dropped_messages"].to_pylist()) > 0
