@@ -4,6 +4,7 @@ from swarm.envs.base import ENV_REGISTRY, Env, EnvConfig, ShardView, StepResult,
 from swarm.envs.cascade import Cascade, CascadeConfig
 from swarm.envs.commons import Commons, CommonsConfig
 from swarm.envs.consensus import Consensus, ConsensusConfig
+from swarm.envs.feed import Feed, FeedConfig
 from swarm.envs.games import Games, GamesConfig
 from swarm.envs.opinion import Opinion, OpinionConfig
 
@@ -17,6 +18,8 @@ __all__ = [
     "ConsensusConfig",
     "Env",
     "EnvConfig",
+    "Feed",
+    "FeedConfig",
     "Games",
     "GamesConfig",
     "Opinion",

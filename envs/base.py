@@ -79,6 +79,8 @@ class ShardView:
     #: The run's injected faults (``swarm.faults.Faults``), None in a run without
     #: any: an env whose crashed agents should stop acting asks ``faults.crashed``.
     faults: Any = None
+    #: Set by the shard: returns the edges into its agents (see ``in_edges``).
+    in_edges_fn: Any = None
 
     @property
     def n_local(self) -> int:
@@ -105,6 +107,17 @@ class ShardView:
         else:
             edge = pos + np.repeat(self.row_shift[rows], counts)
         return pos, edge, counts
+
+    def in_edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """The edges into this shard's agents: (sources' global ids, receivers' local rows).
+
+        Built from the fan-out tables, so only for envs that broadcast (and any
+        one-shard run); the arrays are made on each call, so keep the result.
+        """
+        if self.in_edges_fn is None:
+            raise RuntimeError("in_edges needs a shard's fan-out tables: the env must declare "
+                               "broadcast_fields")
+        return self.in_edges_fn()
 
     @staticmethod
     def edge_sources(rows: np.ndarray, counts: np.ndarray, which: np.ndarray) -> np.ndarray:
@@ -146,6 +159,9 @@ class ChoiceSpec:
     template: str = ""
     #: The prompt for free text, rendered after the choice (``{choice}`` is its label).
     text_template: str = ""
+    #: Where an agent has several rows in a batch (one per feed item, say): the
+    #: int column that tells them apart, keyed with the agent for sampling.
+    row_key: str = ""
 
 
 @dataclass
@@ -171,6 +187,12 @@ class StepResult:
     #: fixed point). Return the same keys every step. Totals alone do not keep a
     #: run going: it stops when ``active`` is 0 and no message was sent.
     totals: dict[str, int] | None = None
+    #: A small table every shard sees at the next step (an all-gather): equal-length
+    #: columns, concatenated over the shards into ``Inbox.shared`` in no fixed order,
+    #: so sort it by a key before use. For population-wide rankings (the feed's
+    #: trending items: each shard sends its local top, every shard keeps the global
+    #: top of the union). Like totals, it is not faulted and keeps no run going.
+    shared: dict[str, np.ndarray] | None = None
 
 
 class FannedOut:
@@ -252,11 +274,14 @@ class Inbox:
     ``broadcast``: broadcasts fanned out to this shard's receivers (see
     ``FannedOut``), or None when none arrived. ``totals``: the previous step's
     ``StepResult.totals`` summed over every shard (None at step 0).
+    ``shared``: the previous step's ``StepResult.shared`` of every shard, concatenated.
     """
 
     direct: dict[str, np.ndarray] | None = None
     broadcast: FannedOut | None = None
     totals: dict[str, int] | None = None
+    #: Every shard's ``StepResult.shared`` of the previous step, concatenated (None: none).
+    shared: dict[str, np.ndarray] | None = None
 
 
 def make_events(event: np.ndarray, agent: np.ndarray, **columns: np.ndarray) -> dict:

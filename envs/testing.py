@@ -197,6 +197,8 @@ def _check_result(env_cls: type[Env], result: StepResult) -> None:
         m = {len(v) for v in cols.values()}
         if len(m) > 1:
             raise AssertionError(f"{name}: {kind} columns have different lengths")
+    if result.shared is not None and len({len(v) for v in result.shared.values()}) > 1:
+        raise AssertionError(f"{name}: shared columns have different lengths")
     missing = set(env_cls.metric_names) - set(result.metrics)
     if missing:
         raise AssertionError(f"{name}: step metrics lack declared {sorted(missing)}")

@@ -265,6 +265,9 @@ class LLMPolicy(Policy):
         prompts = self._render(self.template, self.fields, cols, first)
         if cfg.dedup:
             prompts, inverse = _dedup_strings(prompts, inverse)
+        self._keys = (agents,)
+        if self.spec.row_key:
+            self._keys = (agents, as_numpy(batch[self.spec.row_key]).astype(np.int64))
         choice, failed = self._choose(prompts, inverse, agents, ctx)
         out: dict[str, Any] = {self.spec.action: torch.from_numpy(choice)}
         if self.text_template is not None:
@@ -348,7 +351,7 @@ class LLMPolicy(Policy):
                 bad_prompt |= ~finite
                 if bad_prompt.any():
                     scores = np.where(bad_prompt[:, None], 0.0, scores)  # may be read-only
-                choice = _sample(scores[inverse], agents, ctx, cfg.temperature)
+                choice = _sample(scores[inverse], self._keys, ctx, cfg.temperature)
                 bad = bad_prompt[inverse]
             else:
                 choice, unknown = self._answer(prompts, ctx)
@@ -520,14 +523,16 @@ def _keyed_seeds(ctx: PolicyContext, stream: str, prompts: list[str]) -> np.ndar
     return (bits >> np.uint64(1)).astype(np.int64)
 
 
-def _sample(scores: np.ndarray, agents: np.ndarray, ctx: PolicyContext,
+def _sample(scores: np.ndarray, keys: tuple[np.ndarray, ...], ctx: PolicyContext,
             temperature: float) -> np.ndarray:
-    """One label per row: inverse CDF of softmax(scores / T) at the agent's keyed uniform."""
+    """One label per row: inverse CDF of softmax(scores / T) at the row's keyed uniform
+    (keyed by the agent, and by the env's ``ChoiceSpec.row_key`` where an agent has
+    several rows)."""
     if temperature <= 0:
         return scores.argmax(axis=1).astype(np.int64)
     z = scores / temperature
     z -= z.max(axis=1, keepdims=True)
     cdf = np.cumsum(np.exp(z), axis=1)
-    u = ctx.rng.uniform("llm_choice", agents, step=ctx.step) * cdf[:, -1]
+    u = ctx.rng.uniform("llm_choice", *keys, step=ctx.step) * cdf[:, -1]
     choice = (cdf <= u[:, None]).sum(axis=1)
     return np.minimum(choice, scores.shape[1] - 1).astype(np.int64)

@@ -75,9 +75,9 @@ class EventLog:
         for k, t in self.extra.items():
             # An env may leave an extra column out of a step (text that no
             # policy wrote, say): those rows are null, built by Arrow, not Python.
+            # NaN (floats) and negative values (ints) are null, as in the common columns.
             pieces = [pa.nulls(ev["agent"].shape[0], t) if k not in ev else
-                      pa.array(ev[k], type=t, mask=(np.isnan(ev[k]) if ev[k].dtype.kind == "f"
-                                                    else None))
+                      pa.array(ev[k], type=t, mask=_null_mask(ev[k]))
                       for _, ev in self._buffer]
             arrays[k] = pa.concat_arrays(pieces) if pieces else pa.nulls(0, t)
         return pa.Table.from_arrays(list(arrays.values()), schema=self.schema)
@@ -109,3 +109,11 @@ class EventLog:
                 deleted += bool(m)
         self._parts, self.rows_written = parts, rows
         return deleted
+
+
+def _null_mask(col: np.ndarray) -> np.ndarray | None:
+    if col.dtype.kind == "f":
+        return np.isnan(col)
+    if col.dtype.kind == "i":
+        return col < 0
+    return None

@@ -740,6 +740,10 @@ class _Driver:
                 exc = again
 
 
+#: The shard's stages timed in every step besides decide (metrics ``<stage>_seconds``).
+STAGES = ("deliver", "observe", "apply", "log", "route")
+
+
 def _row(step: int, summaries: list[dict], seconds: float, derive=None) -> dict:
     """One metrics row from the shards' summaries of one step."""
     row = {
@@ -758,6 +762,9 @@ def _row(step: int, summaries: list[dict], seconds: float, derive=None) -> dict:
         "dropped_messages": sum(s.get("dropped_messages", 0) for s in summaries),
         "held_messages": sum(s.get("held_messages", 0) for s in summaries),
     }
+    # Each stage of the slowest shard at it (decide_seconds above is the decide stage).
+    for stage in STAGES:
+        row[f"{stage}_seconds"] = max(s["stages"][stage] for s in summaries)
     for name in POLICY_METRICS:
         row[name] = sum(s["policy"][name] for s in summaries)
     totals = {name: sum(s["metrics"][name] for s in summaries) for name in summaries[0]["metrics"]}
@@ -774,7 +781,8 @@ def _metric_columns(env_cls) -> tuple[str, ...]:
 def _write_metrics(store: RunStore, rel: str, rows: list[dict], metric_names) -> None:
     import pyarrow as pa
 
-    floats = ("seconds", "shard_seconds_max", "checkpoint_seconds", "decide_seconds")
+    floats = ("seconds", "shard_seconds_max", "checkpoint_seconds", "decide_seconds",
+              *(f"{stage}_seconds" for stage in STAGES))
     cols = ["step", "active", "events", "messages", "cross_shard_messages", "cross_shard_bytes",
             "dropped_messages", "held_messages", *floats, *POLICY_METRICS, *metric_names]
     types = {"step": pa.int32(), **{c: pa.float64() for c in floats}}

@@ -127,6 +127,8 @@ class Shard:
             contiguous_start=spec.partition.contiguous_start(spec.shard),
             faults=self.faults,
         )
+        if self.fanout is not None or self.num_shards == 1:
+            self.view.in_edges_fn = self._in_edges
         _touch(spec.indptr, spec.indices, spec.row_shift, spec.in_degree)
         env_cls = ENV_REGISTRY[spec.env_config.kind]
         self.env = env_cls(spec.env_config, self.view, spec.env_setup)
@@ -161,16 +163,27 @@ class Shard:
         self._own, self._restored = None, []
         inbox = Inbox(direct=_concat([p.get("direct") for p in parts if p]),
                       broadcast=self._fan_out([p.get("broadcast") for p in parts if p]),
-                      totals=_sum_totals([p.get("totals") for p in parts if p]))
+                      totals=_sum_totals([p.get("totals") for p in parts if p]),
+                      shared=_concat([p.get("shared") for p in parts if p]))
         dropped = self._inject_faults(inbox, step) if self.faults is not None else 0
+        t1 = time.perf_counter()
         batch = self.env.observe(step, inbox)
+        t2 = time.perf_counter()
         actions, decided = self.population.decide(batch, step, self.rng)
+        t3 = time.perf_counter()
         result = self.env.apply(step, batch, actions)
+        t4 = time.perf_counter()
         self.log.append(step, result.events)
         if not checkpoint:
             self.log.end_step(step)
-        outboxes = self._route(result.messages, result.broadcasts, result.totals)
+        t5 = time.perf_counter()
+        outboxes = self._route(result.messages, result.broadcasts, result.totals,
+                               result.shared)
         self._sent = outboxes
+        # Where the shard's time went: delivery (inbox, fan-out, faults) and routing
+        # are its part of the exchange; observe, decide, apply and log are the round.
+        stages = {"deliver": t1 - t0, "observe": t2 - t1, "decide": t3 - t2, "apply": t4 - t3,
+                  "log": t5 - t4, "route": time.perf_counter() - t5}
         n_msgs = sum(m[next(iter(m))].shape[0] for m in (result.messages, result.broadcasts)
                      if m is not None)
         summary = {
@@ -180,13 +193,14 @@ class Shard:
             "messages": int(n_msgs),
             "cross_shard_messages": int(sum(
                 m[next(iter(m))].shape[0] for o in outboxes if o for kind, m in o.items()
-                if kind != "totals")),
+                if kind in ("direct", "broadcast"))),
             "cross_shard_bytes": int(sum(_nbytes(o) for o in outboxes)),
             "metrics": result.metrics,
             "policy": decided,
             "dropped_messages": dropped,
             # Held back by the delay fault: not sent this step, but they keep a run going.
             "held_messages": self._held_count() if self.faults is not None else 0,
+            "stages": stages,
         }
         self.steps_done = step + 1
         if checkpoint:
@@ -219,6 +233,16 @@ class Shard:
             ):
                 break
         return out
+
+    def _in_edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """The edges into this shard's agents: (sources' global ids, receivers' local rows)."""
+        if self.fanout is None:  # one shard: every edge is an out-edge of a local row
+            view = self.view
+            return (np.repeat(view.agents, np.diff(view.indptr)),
+                    view.local_index(view.indices).astype(np.int64))
+        fan = self.fanout
+        return (np.repeat(fan.recv_src, np.diff(fan.recv_indptr)),
+                fan.recv_row.astype(np.int64))
 
     # -- exchange ----------------------------------------------------------------
 
@@ -284,10 +308,12 @@ class Shard:
 
 
     def _route(self, messages: Messages | None, broadcasts: Messages | None,
-               totals: dict[str, int] | None = None) -> list[Outbox | None]:
+               totals: dict[str, int] | None = None,
+               shared: Messages | None = None) -> list[Outbox | None]:
         """Group outgoing messages by destination shard; keep this shard's own part.
 
-        ``totals`` (the env's additive contributions) go to every shard, this one included.
+        ``totals`` (the env's additive contributions) and ``shared`` (its table for
+        every shard) go to every shard, this one included.
         """
         single = self.num_shards == 1  # everything stays here: no routing at all
         groups: dict[str, list[Messages | None]] = {}
@@ -313,6 +339,8 @@ class Shard:
         if totals:
             part = {k: np.array([int(v)], dtype=np.int64) for k, v in totals.items()}
             groups["totals"] = [part] * self.num_shards
+        if shared and next(iter(shared.values())).shape[0]:
+            groups["shared"] = [shared] * self.num_shards
         for kind, parts in groups.items():
             for k, part in enumerate(parts):
                 if part is not None:

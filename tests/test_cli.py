@@ -130,7 +130,7 @@ def test_llm_example_runs_with_a_tiny_model_made_by_the_cli(tmp_path):
     assert bad.returncode == 2 and "personas: file not found: missing.csv" in bad.stderr
 
 
-@pytest.mark.parametrize("example", ["opinion", "games", "commons", "consensus"])
+@pytest.mark.parametrize("example", ["opinion", "games", "commons", "consensus", "feed"])
 def test_each_env_example_runs_on_the_cli(tmp_path, example):
     proc = swarm_cli("run", f"examples/{example}.yaml", "--out", tmp_path / "r", "--shards",
                      "1", "--set", "steps=3", "--set", "graph.n=500")
