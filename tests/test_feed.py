@@ -160,3 +160,29 @@ def test_feed_config_errors_name_the_key():
         feed_config(activity=1.5)
     with pytest.raises(ConfigError, match="env.recommender.hott"):
         feed_config(recommender={"hott": 1.0})
+
+
+def test_llm_agents_use_the_feed_and_their_text_lands_in_the_log(tiny_model, tmp_path):
+    from conftest import sorted_events
+
+    def cfg(shards):
+        raw = feed_config(shards=shards, steps=3, n=120, feed_size=2).dump()
+        raw["population"] = {"groups": [
+            {"policy": {"kind": "default"}, "fraction": 0.5},
+            {"policy": {"kind": "llm", "model": tiny_model, "temperature": 1.0,
+                        "text": {"when": ["post", "repost", "comment"],
+                                 "max_new_tokens": 4}},
+             "fraction": 0.5}]}
+        return swarm.validate_config(raw)
+
+    one = swarm.run(cfg(1), tmp_path / "one", backend="local")
+    two = swarm.run(cfg(2), tmp_path / "two", backend="local")
+    assert sorted_events(one).equals(sorted_events(two))
+    m = one.metrics()
+    assert sum(m["policy_decisions"].to_pylist()) > 50
+    assert sum(m["policy_calls"].to_pylist()) < sum(m["policy_decisions"].to_pylist())
+    ev = one.events()
+    written = ev.filter(pc.is_valid(ev["text"]))
+    assert written.num_rows > 0
+    kinds = set(written["event"].cast(pa.string()).to_pylist())
+    assert kinds <= {"post", "repost", "comment"}
