@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench bench-scale bench-policy clean
+.PHONY: install demo test test-slow lint bench bench-scale bench-policy bench-envs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -45,6 +45,11 @@ bench-scale: $(STAMP)
 # LLM-style agents: per-agent model calls vs batched vs batched + dedup (tiny model, CPU).
 bench-policy: $(STAMP)
 	$(PY) -m benchmarks.bench_policy
+
+# The feed at 1e5 agents (recommender on) and consensus gossip at 1e6: agent-steps/s
+# and the share of step time in each stage.
+bench-envs: $(STAMP)
+	$(PY) -m benchmarks.bench_envs
 
 clean:
 	rm -rf runs .pytest_cache

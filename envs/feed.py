@@ -59,6 +59,7 @@ prompts show an item's topic, similarity and popularity, not its words).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Literal
 
@@ -205,7 +206,8 @@ class Feed(Env):
     event_types = ("post", "repost", "like", "comment", "follow", "unfollow", "view")
     event_columns = {"text": pa.string(), "source": pa.int8()}
     metric_names = ("active_agents", "posts", "reposts", "likes", "comments", "follows",
-                    "unfollows", "views", "invalid_actions", "live_items")
+                    "unfollows", "views", "invalid_actions", "live_items",
+                    "recommend_seconds")
     summary_metrics = ("posts", "reposts", "likes", "follows", "unfollows")
     message_fields = {"src": np.int64, "kind": np.int8, "item": np.int64, "root": np.int64,
                       "topic": np.int64}
@@ -241,6 +243,7 @@ class Feed(Env):
         src, row = view.in_edges()
         self.in_keys = np.sort(row * self.n + src)  # the graph's follows, by follower row
         self._turn: dict | None = None
+        self._recommend_seconds = 0.0
 
     @classmethod
     def prepare(cls, config: FeedConfig, n: int, rng) -> dict[str, np.ndarray]:
@@ -359,7 +362,10 @@ class Feed(Env):
                                                    step=step))
         if view.faults is not None:  # crash-stopped agents no longer open their feed
             active = active[~view.faults.crashed(view.agents[active], step)]
-        return self._recommend(step, active, pool)
+        t0 = time.perf_counter()
+        batch = self._recommend(step, active, pool)
+        self._recommend_seconds = time.perf_counter() - t0
+        return batch
 
     def _pool(self, shared: dict | None) -> dict[str, np.ndarray]:
         """The global trending items: the top of every shard's top (same on any sharding)."""
@@ -518,6 +524,8 @@ class Feed(Env):
             "follows": int((imp == FOLLOW).sum()), "unfollows": int((imp == UNFOLLOW).sum()),
             "views": int(m), "invalid_actions": n_invalid,
             "live_items": int(self.own_item.shape[0]),
+            # Timing (summed over shards), for the benchmark's stage shares.
+            "recommend_seconds": float(self._recommend_seconds),
         }
         return StepResult(events=events, messages=messages, broadcasts=broadcasts,
                           active=int(active.shape[0]), metrics=metrics, shared=shared)

@@ -3,8 +3,9 @@
 The env builds the batch in ``observe`` (the agent's state, what its
 in-neighbours sent, the population-wide tally of the previous round) and
 applies the result in ``apply``; these rules are the decide stage in
-between, on tensors on the policy's device. Byzantine behaviour is not a
-policy: it is the adversary of the fault model and lives in the env.
+between, on tensors on the policy's device. Byzantine and Sybil behaviour is
+not a policy: it is the adversary of the fault model and lives in the env,
+which also ignores what these rules return for crashed agents.
 
 Batch columns (see ``swarm.envs.consensus.Consensus.observe``):
 
@@ -19,11 +20,17 @@ Batch columns (see ``swarm.envs.consensus.Consensus.observe``):
 ``top``, ``top_votes``, ``expected``, ``heard``
     The value with the most votes in the last global tally (-1: no tally),
     its vote count, the number of votes that would arrive without faults,
-    and whether the agent has ever heard from a neighbour (a crashed agent
-    never has, and so never decides).
+    and whether the agent has ever heard from a neighbour (one that never
+    has, cut off by a partition say, does not decide).
+``cost``
+    contract_net: an (agents x tasks) int64 matrix, the agent's fixed-point
+    cost (``cost * 2**32``) of each task it may bid on this step and
+    ``UNAVAILABLE`` elsewhere (tasks not announced, agents that hold a task,
+    steps that are not a bidding step).
 
-Each rule returns int64 tensors ``vote`` and ``decide`` (-1: no decision
-this step), and gossip's float ``value``.
+Each vote rule returns int64 tensors ``vote`` and ``decide`` (-1: no
+decision this step); gossip returns a float ``value``; contract-net returns
+int64 ``task`` and ``bid`` (-1: no bid).
 """
 
 from __future__ import annotations
@@ -32,7 +39,10 @@ import torch
 
 from swarm.policies.base import Policy, PolicyContext
 
-__all__ = ["GossipAverage", "LeaderCommitVote", "MajorityVote"]
+__all__ = ["UNAVAILABLE", "ContractNetBid", "GossipAverage", "LeaderCommitVote", "MajorityVote"]
+
+#: contract_net: the ``cost`` of a task an agent may not bid on (the int64 maximum).
+UNAVAILABLE = 2**63 - 1
 
 
 class GossipAverage(Policy):
@@ -88,3 +98,22 @@ class LeaderCommitVote(Policy):
         decide = torch.where(passed, top, torch.full_like(top, -1))
         vote = torch.where(locked >= 0, locked, batch["proposal"])
         return {"vote": vote, "decide": decide}
+
+
+class ContractNetBid(Policy):
+    """Contract-net bidding: bid your cost for the cheapest task you may bid on.
+
+    One bid per agent and round, on the announced task with the lowest cost
+    (ties: the smallest task id); the bid is that cost. Agents that may bid
+    on nothing (every entry ``UNAVAILABLE``) bid -1. Awarding, the
+    manager's side, acts on the bids a manager received, not on agent rows,
+    and lives in the env: the lowest bid wins, ties to the smallest agent id.
+    """
+
+    name = "contract_net"
+
+    def _forward(self, batch: dict[str, torch.Tensor], ctx: PolicyContext) -> dict:
+        best, task = batch["cost"].min(dim=1)  # ties: the first (smallest) task
+        ok = best < UNAVAILABLE
+        none = torch.full_like(best, -1)
+        return {"task": torch.where(ok, task, none), "bid": torch.where(ok, best, none)}
