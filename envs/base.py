@@ -219,7 +219,10 @@ class FannedOut:
     def sender_index(self, which: np.ndarray | None = None) -> np.ndarray:
         """Index of each entry's sender in the broadcast columns (entries ``which``)."""
         if which is None:
-            which = np.arange(len(self))
+            if self._sender is not None:
+                return self._sender
+            # Entries are grouped by sender: a repeat, not a search per entry.
+            return np.repeat(np.arange(self._ends.shape[0]), np.diff(self._ends, prepend=0))
         if self._sender is not None:
             return self._sender[which]
         return np.searchsorted(self._ends, which, side="right")
@@ -232,6 +235,11 @@ class FannedOut:
         senders = {k: v for k, v in cols.items() if k not in ("row", "edge")}
         return cls(cols["edge"], np.arange(m), cols["row"].astype(np.int64), _identity,
                    np.ones(m, dtype=np.int64), senders)
+
+    def sender_column(self, name: str) -> np.ndarray:
+        """Broadcast field ``name`` per sender (index it with ``sender_index``): cheaper
+        than per entry when an env can work per sender first."""
+        return self._senders[name]
 
     def sources(self) -> np.ndarray:
         """The global id of every entry's sender."""
@@ -252,13 +260,20 @@ class FannedOut:
         out._sender = self.sender_index(which)
         return out
 
-    def take(self, which: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Columns ``row``, ``src``, ``edge`` and the broadcast fields of entries ``which``."""
-        if which is None:
-            which = np.arange(len(self))
+    def take(self, which: np.ndarray | None = None,
+             fields: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Columns ``row``, ``src``, ``edge`` and the broadcast fields of entries ``which``
+        (all entries by default; only ``row`` and ``fields`` when those are named)."""
         sender = self.sender_index(which)
-        out = {"row": self._to_row(self._receivers[self._pos[which]]), "edge": self.edge[which]}
-        out.update({name: col[sender] for name, col in self._senders.items()})
+        if which is None:
+            pos, edge = self._pos, self.edge
+        else:
+            pos, edge = self._pos[which], self.edge[which]
+        out = {"row": self._to_row(self._receivers[pos])}
+        if fields is None:
+            out["edge"] = edge
+        out.update({name: col[sender] for name, col in self._senders.items()
+                    if fields is None or name in fields})
         return out
 
 

@@ -242,6 +242,27 @@ def epoch_leader(epoch: int, n: int, rng) -> int:
     return int(rng.bits("consensus_leader", np.array([epoch]))[0] % np.uint64(n))
 
 
+def _exact_sums(rows: np.ndarray, sender: np.ndarray, values: np.ndarray,
+                n: int) -> np.ndarray:
+    """Per-row sums of ``values[sender]`` (values in [0, 1]) that do not depend on order.
+
+    Float addition is not associative, and arrival order depends on sharding.
+    Each sender's value is cut into two 26-bit integer halves (of ``value *
+    2**52``); float64 sums of such integers are exact below 2**53, so in any
+    order, and the halves recombine to the sum to within 2**-52 per value. No
+    sort needed, and the cut is made once per sender, not per edge.
+
+    >>> r, s, v = np.array([0, 0, 1]), np.array([0, 1, 2]), np.array([0.1, 0.2, 0.3])
+    >>> (_exact_sums(r, s, v, 2) == _exact_sums(r[::-1], s[::-1], v, 2)).all()
+    np.True_
+    """
+    q = np.rint(values * 2.0**52).astype(np.int64)
+    hi = (q >> 26).astype(np.float64)
+    lo = (q & ((1 << 26) - 1)).astype(np.float64)
+    return (np.bincount(rows, weights=hi[sender], minlength=n) * 2.0**-26
+            + np.bincount(rows, weights=lo[sender], minlength=n) * 2.0**-52)
+
+
 def _fixed(values: np.ndarray) -> int:
     return int(np.rint(values * _FIXED).astype(np.int64).sum())
 
@@ -462,20 +483,24 @@ class Consensus(Env):
         if cfg.protocol == "contract_net":
             return self._observe_tasks(step, inbox)
         b = inbox.broadcast
-        got = b.take() if b is not None and len(b) else None
-        if got is not None:
-            # Arrival order depends on sharding (and on delays): sort before summing floats.
-            order = np.lexsort((got["value"], got["src"], got["row"]))
-            got = {k: v[order] for k, v in got.items()}
-            self.heard[got["row"]] = True
         batch: dict[str, np.ndarray] = {"agent": view.agents.copy()}
         if cfg.protocol == "gossip":
-            rows = got["row"].astype(np.int64) if got is not None else np.empty(0, np.int64)
-            vals = got["value"] if got is not None else np.empty(0)
-            batch.update(own=self.value.copy(),
-                         nbr_sum=np.bincount(rows, weights=vals, minlength=n),
+            if b is not None and len(b):
+                rows = b.receiver_rows().astype(np.int64)
+                nbr_sum = _exact_sums(rows, b.sender_index(), b.sender_column("value"), n)
+                self.heard[rows] = True
+            else:
+                rows, nbr_sum = np.empty(0, np.int64), np.zeros(n)
+            batch.update(own=self.value.copy(), nbr_sum=nbr_sum,
                          nbr_count=np.bincount(rows, minlength=n).astype(np.float64))
             return batch
+        got = b.take() if b is not None and len(b) else None
+        if got is not None:
+            self.heard[got["row"]] = True
+        if got is not None:
+            # Arrival order depends on sharding (and on delays): votes in a fixed order.
+            order = np.lexsort((got["value"], got["src"], got["row"]))
+            got = {k: v[order] for k, v in got.items()}
         top, top_votes, expected = self._tally(inbox.totals)
         proposal = np.full(n, -1, dtype=np.int64)
         if cfg.protocol == "leader_commit":

@@ -6,7 +6,8 @@ what u posts reaches v (out-edges are who receives what an agent emits).
 A step, for each shard:
 
 * **Delivery** (``observe``). Posts and reposts of followed agents land in
-  each follower's *timeline*, a ring of ``timeline`` slots (newest first).
+  each follower's *timeline*, a ring of ``timeline`` slots: new arrivals
+  overwrite the oldest, and an item leaves it once shown.
   Likes, reposts and comments reach the item's author as notices, which
   count toward the item's hot score. Follow and unfollow notices reach the
   followed agent.
@@ -127,8 +128,8 @@ class FeedConfig(EnvConfig):
     """Probability that an agent opens its feed in a step."""
     feed_size: int = Field(5, ge=1, le=64)
     """Items shown to an active agent per step."""
-    timeline: int = Field(8, ge=1, le=256)
-    """Slots of an agent's timeline (the newest items from those it follows)."""
+    timeline: int = Field(8, ge=1, le=127)
+    """Slots of an agent's timeline (a ring: the newest arrivals from those it follows)."""
     pool: int = Field(32, ge=0, le=4096)
     """Trending items every agent can be recommended (0: none)."""
     window: int = Field(24, ge=1)
@@ -212,7 +213,7 @@ class Feed(Env):
     message_fields = {"src": np.int64, "kind": np.int8, "item": np.int64, "root": np.int64,
                       "topic": np.int64}
     broadcast_fields = {"item": np.int64, "root": np.int64, "topic": np.int64}
-    state_attrs = ("tl_item", "tl_root", "tl_topic", "seen", "seen_head", "own_item",
+    state_attrs = ("tl_item", "tl_root", "tl_topic", "tl_head", "seen", "seen_head", "own_item",
                    "own_root", "own_topic", "own_likes", "own_reposts", "own_comments",
                    "follow_add", "follow_mute", "fan_add")
     state_bytes_per_agent = 24 * 8 + 8 * 8 + TOPIC_DIMS * 4
@@ -232,6 +233,7 @@ class Feed(Env):
         self.tl_item = np.full((n_local, m), -1, dtype=np.int64)
         self.tl_root = np.full((n_local, m), -1, dtype=np.int64)
         self.tl_topic = np.zeros((n_local, m), dtype=np.int64)
+        self.tl_head = np.zeros(n_local, dtype=np.int8)  # where the next arrival goes
         self.seen = np.full((n_local, _SEEN), -1, dtype=np.int64)
         self.seen_head = np.zeros(n_local, dtype=np.int8)
         empty = np.empty(0, dtype=np.int64)
@@ -298,36 +300,31 @@ class Feed(Env):
 
     def _insert(self, rows: np.ndarray, item: np.ndarray, root: np.ndarray,
                 topic: np.ndarray) -> None:
-        """Put new items into their receivers' timelines; each keeps its newest slots."""
+        """Put delivered items into their receivers' timelines (rings of the newest ones)."""
         if rows.shape[0] == 0:
             return
         m = self.config.timeline
-        order = np.argsort(rows, kind="stable")
-        r = rows[order]
-        first = np.ones(r.shape[0], dtype=bool)
-        first[1:] = r[1:] != r[:-1]
-        ur = r[first]
-        all_rows = np.concatenate([np.repeat(ur, m), rows])
-        all_item = np.concatenate([self.tl_item[ur].ravel(), item])
-        all_root = np.concatenate([self.tl_root[ur].ravel(), root])
-        all_topic = np.concatenate([self.tl_topic[ur].ravel(), topic])
-        o = np.lexsort((-all_item, all_rows))  # per row, newest (largest id) first
-        all_rows, all_item = all_rows[o], all_item[o]
-        keep = all_item >= 0
-        keep[1:] &= ~((all_rows[1:] == all_rows[:-1]) & (all_item[1:] == all_item[:-1]))
-        o, all_rows, all_item = o[keep], all_rows[keep], all_item[keep]
-        start = np.ones(all_rows.shape[0], dtype=bool)
-        start[1:] = all_rows[1:] != all_rows[:-1]
+        o = np.lexsort((item, rows))  # per row, oldest (smallest id) first
+        rows, item = rows[o], item[o]
+        keep = np.ones(rows.shape[0], dtype=bool)
+        keep[1:] = (rows[1:] != rows[:-1]) | (item[1:] != item[:-1])
+        o, rows, item = o[keep], rows[keep], item[keep]
+        start = np.ones(rows.shape[0], dtype=bool)
+        start[1:] = rows[1:] != rows[:-1]
+        first = np.flatnonzero(start)
+        count = np.diff(np.append(first, rows.shape[0]))
         group = np.cumsum(start) - 1
-        rank = np.arange(all_rows.shape[0]) - np.flatnonzero(start)[group]
-        top = rank < m
-        self.tl_item[ur] = -1
-        self.tl_root[ur] = -1
-        self.tl_topic[ur] = 0
-        rr, kk = all_rows[top], rank[top]
-        self.tl_item[rr, kk] = all_item[top]
-        self.tl_root[rr, kk] = all_root[o[top]]
-        self.tl_topic[rr, kk] = all_topic[o[top]]
+        # Only the newest m of a row's arrivals are kept; they fill the ring from its head.
+        offset = np.arange(rows.shape[0]) - first[group] - np.maximum(count - m, 0)[group]
+        fit = offset >= 0
+        ur = rows[first]
+        head = self.tl_head[ur].astype(np.int64)
+        slot = (head[group[fit]] + offset[fit]) % m
+        r = rows[fit]
+        self.tl_item[r, slot] = item[fit]
+        self.tl_root[r, slot] = root[o[fit]]
+        self.tl_topic[r, slot] = topic[o[fit]]
+        self.tl_head[ur] = ((head + np.minimum(count, m)) % m).astype(np.int8)
 
     def follows(self, rows: np.ndarray, authors: np.ndarray) -> np.ndarray:
         """Whether the agents in local ``rows`` follow ``authors`` (global ids) now."""
@@ -379,7 +376,7 @@ class Feed(Env):
 
     def _recommend(self, step: int, active: np.ndarray, pool: dict) -> dict[str, np.ndarray]:
         cfg, rec, view = self.config, self.config.recommender, self.view
-        a, k = active.shape[0], cfg.feed_size
+        a, k, m = active.shape[0], cfg.feed_size, cfg.timeline
         agents = view.agents[active]
         tl_item, tl_root, tl_topic = (self.tl_item[active], self.tl_root[active],
                                       self.tl_topic[active])
@@ -387,64 +384,75 @@ class Feed(Env):
         interest = self.interest[active]
         tl_sim = _dot(unpack_topics(tl_topic), interest[:, None, :])
         tl_age = step - self._item_step(tl_item)
-        h = pool["item"].shape[0]
+        h = pool["item"].shape[0] if a else 0
         if rec.enabled:
             score = rec.follow + rec.interest * tl_sim - rec.recency * tl_age
         else:
             score = -tl_age.astype(np.float64)
         score = np.where(tl_ok, score, -np.inf)
-        item, root, topic, sim, hot = tl_item, tl_root, tl_topic, tl_sim, np.zeros_like(tl_sim)
-        from_tl = np.ones((a, tl_item.shape[1]), dtype=bool)
-        if h and a:
-            p_topic = unpack_topics(pool["topic"])
-            p_sim = _dot(interest[:, None, :], p_topic[None, :, :])
-            p_ok = self._author(pool["item"])[None, :] != agents[:, None]
-            p_ok &= ~(pool["item"][None, :, None] == self.seen[active][:, None, :]).any(axis=2)
-            p_ok &= ~(pool["item"][None, :, None] == tl_item[:, None, :]).any(axis=2)
-            p_hot = np.broadcast_to(pool["hot"], (a, h))
-            p_score = (rec.hot * np.log1p(p_hot) + rec.interest * p_sim
+        p_sim = None
+        if h:
+            p_sim = _dot(interest[:, None, :], unpack_topics(pool["topic"])[None, :, :])
+            p_score = (rec.hot * np.log1p(pool["hot"]) + rec.interest * p_sim
                        - rec.recency * (step - self._item_step(pool["item"])))
-            score = np.concatenate([score, np.where(p_ok, p_score, -np.inf)], axis=1)
-            item = np.concatenate([item, np.broadcast_to(pool["item"], (a, h))], axis=1)
-            root = np.concatenate([root, np.broadcast_to(pool["root"], (a, h))], axis=1)
-            topic = np.concatenate([topic, np.broadcast_to(pool["topic"], (a, h))], axis=1)
-            sim = np.concatenate([sim, p_sim], axis=1)
-            hot = np.concatenate([hot, p_hot], axis=1)
-            from_tl = np.concatenate([from_tl, np.zeros((a, h), dtype=bool)], axis=1)
-        pick = np.argsort(-score, axis=1, kind="stable")[:, :k]
+            # Not one's own items, nor items seen lately or waiting in the timeline.
+            p_score[self._author(pool["item"])[None, :] == agents[:, None]] = -np.inf
+            self._exclude(p_score, pool["item"], self.seen[active])
+            self._exclude(p_score, pool["item"], tl_item)
+            score = np.concatenate([score, p_score], axis=1)
+        if k < score.shape[1]:  # the k best, then in order (ties to the lower column)
+            part = np.argpartition(-score, k - 1, axis=1)[:, :k]
+            best = np.take_along_axis(score, part, axis=1)
+            pick = np.take_along_axis(part, np.lexsort((part, -best), axis=-1), axis=1)
+        else:
+            pick = np.argsort(-score, axis=1, kind="stable")
         r = np.arange(a)[:, None]
         shown = np.isfinite(score[r, pick])
         rr, cc = np.nonzero(shown)  # row-major: by agent, then rank
         col = pick[rr, cc]
-        s_item, s_root = item[rr, col], root[rr, col]
+        s_tl = col < m
+        tc, pc = np.minimum(col, m - 1), np.maximum(col - m, 0)
+        s_item = np.where(s_tl, tl_item[rr, tc], pool["item"][pc] if h else -1)
+        s_root = np.where(s_tl, tl_root[rr, tc], pool["root"][pc] if h else -1)
+        s_topic = np.where(s_tl, tl_topic[rr, tc], pool["topic"][pc] if h else 0)
+        s_sim = np.where(s_tl, tl_sim[rr, tc], p_sim[rr, pc] if h else 0.0)
+        s_hot = np.where(s_tl, 0.0, pool["hot"][pc] if h else 0.0)
         # Social proof: how many timeline items (from followed agents) share the root.
         proof = ((tl_root[rr] == s_root[:, None]) & tl_ok[rr]).sum(axis=1).astype(np.int32)
-        s_tl = from_tl[rr, col]
         rows = active[rr]
         # Shown timeline items leave the timeline; shown pool items are remembered.
-        tl_cols = col[s_tl]
-        self.tl_item[rows[s_tl], tl_cols] = -1
-        self.tl_root[rows[s_tl], tl_cols] = -1
+        self.tl_item[rows[s_tl], col[s_tl]] = -1
+        self.tl_root[rows[s_tl], col[s_tl]] = -1
         self._remember(rows[~s_tl], s_item[~s_tl])
         authors = self._author(s_item)
-        followed = np.where(s_tl, True, self.follows(rows, authors))
-        s_topic = topic[rr, col]
+        # Timeline items may outlive an unfollow: ask the follow state, not the source.
+        followed = self.follows(rows, authors)
         own_topic = interest.argmax(axis=1).astype(np.int64)
-        m = rows.shape[0]
+        n_imp = rows.shape[0]
         self._turn = {"rows": rows, "slot": cc.astype(np.int64), "item": s_item, "root": s_root,
                       "topic": s_topic, "author": authors, "followed": followed,
-                      "sim": sim[rr, col].astype(np.float32), "from_timeline": s_tl,
-                      "active": active}
+                      "sim": s_sim.astype(np.float32), "from_timeline": s_tl, "active": active}
         return {
             "agent": np.concatenate([view.agents[rows], agents]),
             "slot": np.concatenate([cc.astype(np.int64), np.full(a, k, np.int64)]),
-            "own": np.concatenate([np.zeros(m, np.int8), np.ones(a, np.int8)]),
-            "sim": np.concatenate([sim[rr, col], np.ones(a)]).astype(np.float32),
+            "own": np.concatenate([np.zeros(n_imp, np.int8), np.ones(a, np.int8)]),
+            "sim": np.concatenate([s_sim, np.ones(a)]).astype(np.float32),
             "proof": np.concatenate([proof, np.zeros(a, np.int32)]),
-            "hot": np.concatenate([hot[rr, col], np.zeros(a)]).astype(np.float32),
+            "hot": np.concatenate([s_hot, np.zeros(a)]).astype(np.float32),
             "followed": np.concatenate([followed.astype(np.int8), np.zeros(a, np.int8)]),
             "topic": np.concatenate([unpack_topics(s_topic).argmax(axis=1), own_topic]),
         }
+
+    @staticmethod
+    def _exclude(score: np.ndarray, pool_item: np.ndarray, items: np.ndarray) -> None:
+        """Set ``score[r, j]`` to -inf where pool item j is among ``items[r]`` (a search
+        per listed item, not a comparison of every pair)."""
+        order = np.argsort(pool_item)
+        sp = pool_item[order]
+        idx = np.minimum(np.searchsorted(sp, items), sp.shape[0] - 1)
+        hit = (sp[idx] == items) & (items >= 0)
+        r, c = np.nonzero(hit)
+        score[r, order[idx[r, c]]] = -np.inf
 
     def _remember(self, rows: np.ndarray, items: np.ndarray) -> None:
         """Record shown trending items in each agent's ring of recently seen ones."""
@@ -480,6 +488,12 @@ class Feed(Env):
         invalid = ((imp == POST) | ((imp == FOLLOW) & followed) | ((imp == UNFOLLOW) & ~followed))
         n_invalid = int(invalid.sum()) + int(((own != IGNORE) & (own != POST)).sum())
         imp = np.where(invalid, IGNORE, imp)
+        # Two items of one author in a feed: one follow (or unfollow) of them, not two.
+        ff = np.flatnonzero((imp == FOLLOW) | (imp == UNFOLLOW))
+        if ff.shape[0] > 1:
+            key = rows[ff] * n + author[ff]
+            o = np.argsort(key, kind="stable")
+            imp[ff[o[1:][key[o][1:] == key[o][:-1]]]] = IGNORE
 
         # New items: original posts (own rows) and reposts (impressions).
         poster = active[own == POST]

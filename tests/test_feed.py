@@ -109,8 +109,15 @@ def test_without_the_recommender_the_feed_is_the_timeline(tmp_path, feed_run):
                     backend="local")
     view = columns(off.events(), "view")
     assert view["step"].shape[0] > 500 and (view["source"] == 0).all()
-    # Nobody can follow anyone new (all shown authors are followed already).
-    assert columns(off.events(), "follow")["step"].shape[0] == 0
+    # Every shown author was followed when they posted: a follow can only undo an
+    # unfollow made while their items waited in the timeline.
+    fo, un = columns(off.events(), "follow"), columns(off.events(), "unfollow")
+    undone: dict = {}
+    for s, v, u in zip(un["step"].tolist(), un["agent"].tolist(), un["target"].tolist(),
+                       strict=True):
+        undone[(v, u)] = min(s, undone.get((v, u), s))
+    assert all(undone.get((v, u), 10**9) < s for s, v, u in zip(
+        fo["step"].tolist(), fo["agent"].tolist(), fo["target"].tolist(), strict=True))
     # The trending pool spreads items further: more reposts with the recommender.
     on_reposts = columns(feed_run.events(), "repost")["step"].shape[0]
     assert view["step"].shape[0] > 0 and on_reposts > 1.2 * columns(
