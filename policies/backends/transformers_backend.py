@@ -203,8 +203,12 @@ class TransformersBackend(Backend):
         from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
         layers = DynamicCache(config=model.config).layers
+        # transformers 5.24 renamed the forward's cache argument to `cache` (the old
+        # name still works, with a deprecation warning); pass whichever it takes.
+        self._cache_kw = next((k for k in ("cache", "past_key_values") if k in forward_params),
+                              None)
         self._can_share = (
-            "position_ids" in forward_params and "past_key_values" in forward_params
+            "position_ids" in forward_params and self._cache_kw is not None
             and bool(layers)
             and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers))
         self._share_window = min((layer.sliding_window for layer in layers
@@ -406,7 +410,7 @@ class TransformersBackend(Backend):
         with torch.inference_mode():
             logits = self._kept_logits(torch.from_numpy(ids).to(dev), prefix_mask,
                                        torch.from_numpy(keep).to(dev), len(blocks),
-                                       past_key_values=cache, use_cache=True)
+                                       use_cache=True, **{self._cache_kw: cache})
             logp = torch.log_softmax(logits.double(), dim=-1)
             out = logp.gather(1, torch.tensor(first, dtype=torch.long, device=dev)).cpu().numpy()
             for start in range(0, len(tails), self.batch_size):
@@ -455,7 +459,7 @@ class TransformersBackend(Backend):
         logits = self._kept_logits(torch.from_numpy(ids).to(dev), attention,
                                    torch.from_numpy(keep).to(dev), len(targets),
                                    position_ids=torch.from_numpy(positions).to(dev),
-                                   past_key_values=rows_cache, use_cache=True)
+                                   use_cache=True, **{self._cache_kw: rows_cache})
         logp = torch.log_softmax(logits.double(), dim=-1)
         target_t = torch.tensor(targets, dtype=torch.long, device=dev)
         picked = logp.gather(1, target_t.unsqueeze(1)).squeeze(1).cpu().numpy()
@@ -539,8 +543,9 @@ class TransformersBackend(Backend):
         with torch.inference_mode():
             for t in range(max_new_tokens):
                 logits = self.model(input_ids=input_ids, attention_mask=attention,
-                                    position_ids=positions, past_key_values=cache,
-                                    use_cache=True, **last_only).logits[:, -1, :]
+                                    position_ids=positions, use_cache=True,
+                                    **{self._cache_kw or "past_key_values": cache},
+                                    **last_only).logits[:, -1, :]
                 nxt = sample_tokens(logits, seeds, position=t, temperature=temperature)
                 nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
                 new_tokens.append(nxt)
