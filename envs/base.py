@@ -329,7 +329,8 @@ class Env:
     Config: ClassVar[type[EnvConfig]]
     #: The values of the ``event`` column, in a fixed order (their codes).
     event_types: ClassVar[tuple[str, ...]]
-    #: Extra nullable event columns beyond COMMON_EVENT_COLUMNS.
+    #: Extra nullable event columns beyond COMMON_EVENT_COLUMNS. As in the common
+    #: ones, NaN (floats) and negative values (ints) are logged as null.
     event_columns: ClassVar[dict[str, pa.DataType]] = {}
     #: Per-step counters summed over shards into the metrics table.
     metric_names: ClassVar[tuple[str, ...]] = ()

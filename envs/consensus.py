@@ -256,6 +256,9 @@ def _exact_sums(rows: np.ndarray, sender: np.ndarray, values: np.ndarray,
     >>> (_exact_sums(r, s, v, 2) == _exact_sums(r[::-1], s[::-1], v, 2)).all()
     np.True_
     """
+    if values.shape[0] and not (values.min() >= 0.0 and values.max() <= 1.0):
+        raise ValueError("gossip values must lie in [0, 1] (a policy returned "
+                         f"{values.min()}..{values.max()}); clip them in the policy")
     q = np.rint(values * 2.0**52).astype(np.int64)
     hi = (q >> 26).astype(np.float64)
     lo = (q & ((1 << 26) - 1)).astype(np.float64)

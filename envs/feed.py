@@ -21,7 +21,9 @@ A step, for each shard:
   which is the same whatever the shard count. Candidates are ranked by
   ``recommender.follow`` (from someone followed) + ``recommender.interest``
   * cosine(agent interest, item topic) + ``recommender.hot`` * log1p(hot)
-  - ``recommender.recency`` * age. Items already shown are not shown again.
+  - ``recommender.recency`` * age; ties go to the timeline, then to the lower
+  ring slot or pool rank. An item shown to an agent is not shown to it again while it is among
+  the last ``seen`` items it was shown.
   With the recommender off the feed is the timeline, newest first.
 * **Decide and apply.** The policy answers each impression with one action
   (``swarm.policies.feed``: interest and social-proof rules by default) and
@@ -43,7 +45,12 @@ broadcasts are dropped on arrival); the author's shard keeps ``fan_add``
 (followers beyond the graph, sent each new item point to point). All three
 are sorted key arrays (``row * n + other``), merged (compacted) in the step
 they change, and saved in checkpoints. The follow graph at any step is the
-initial graph plus the ``follow``/``unfollow`` events up to it.
+initial graph plus the ``follow``/``unfollow`` events up to it. A follow
+delivers items posted from the next step on; an unfollow stops those posted
+from its own step on. Under the engine's delay fault, follow state is applied
+when items and notices arrive, so a delayed item or a notice overtaken by a
+later one can break that rule (a known limit; without delays it holds exactly,
+tested).
 
 Events (``agent`` acts, ``target`` is the other agent): ``post`` (item,
 root = item), ``repost`` (item, root, parent, target = the parent's author),
@@ -99,8 +106,6 @@ __all__ = ["Feed", "FeedConfig", "RecommenderConfig", "TOPIC_DIMS", "pack_topics
 
 #: Dimensions of interest and topic vectors (packed as int8 into one int64).
 TOPIC_DIMS = 8
-#: Trending items an agent remembers having been shown (not shown again while there).
-_SEEN = 8
 # Kinds of point-to-point messages.
 _FOLLOW, _UNFOLLOW, _ITEM, _LIKE, _REPOST, _COMMENT = range(6)
 
@@ -132,6 +137,9 @@ class FeedConfig(EnvConfig):
     """Slots of an agent's timeline (a ring: the newest arrivals from those it follows)."""
     pool: int = Field(32, ge=0, le=4096)
     """Trending items every agent can be recommended (0: none)."""
+    seen: int = Field(32, ge=1, le=127)
+    """Items an agent remembers having been shown: they are not shown to it again
+    while remembered (a ring: the oldest are forgotten first)."""
     window: int = Field(24, ge=1)
     """Steps an item stays in the trending ranking."""
     half_life: float = Field(4.0, gt=0.0)
@@ -234,7 +242,7 @@ class Feed(Env):
         self.tl_root = np.full((n_local, m), -1, dtype=np.int64)
         self.tl_topic = np.zeros((n_local, m), dtype=np.int64)
         self.tl_head = np.zeros(n_local, dtype=np.int8)  # where the next arrival goes
-        self.seen = np.full((n_local, _SEEN), -1, dtype=np.int64)
+        self.seen = np.full((n_local, config.seen), -1, dtype=np.int64)
         self.seen_head = np.zeros(n_local, dtype=np.int8)
         empty = np.empty(0, dtype=np.int64)
         self.own_item, self.own_root, self.own_topic = empty, empty.copy(), empty.copy()
@@ -268,7 +276,7 @@ class Feed(Env):
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         super().load_state_dict(state)
         width = {"tl_item": self.config.timeline, "tl_root": self.config.timeline,
-                 "tl_topic": self.config.timeline, "seen": _SEEN}
+                 "tl_topic": self.config.timeline, "seen": self.config.seen}
         for name, w in width.items():  # checkpoints store arrays flat
             setattr(self, name, np.asarray(getattr(self, name)).reshape(self.view.n_local, w))
 
@@ -389,6 +397,10 @@ class Feed(Env):
             score = rec.follow + rec.interest * tl_sim - rec.recency * tl_age
         else:
             score = -tl_age.astype(np.float64)
+        seen = self.seen[active]
+        # Not what the agent was shown lately (the same item can reach it twice: from
+        # the timeline and from the trending pool).
+        tl_ok &= ~(tl_item[:, :, None] == seen[:, None, :]).any(axis=2)
         score = np.where(tl_ok, score, -np.inf)
         p_sim = None
         if h:
@@ -397,15 +409,11 @@ class Feed(Env):
                        - rec.recency * (step - self._item_step(pool["item"])))
             # Not one's own items, nor items seen lately or waiting in the timeline.
             p_score[self._author(pool["item"])[None, :] == agents[:, None]] = -np.inf
-            self._exclude(p_score, pool["item"], self.seen[active])
+            self._exclude(p_score, pool["item"], seen)
             self._exclude(p_score, pool["item"], tl_item)
             score = np.concatenate([score, p_score], axis=1)
-        if k < score.shape[1]:  # the k best, then in order (ties to the lower column)
-            part = np.argpartition(-score, k - 1, axis=1)[:, :k]
-            best = np.take_along_axis(score, part, axis=1)
-            pick = np.take_along_axis(part, np.lexsort((part, -best), axis=-1), axis=1)
-        else:
-            pick = np.argsort(-score, axis=1, kind="stable")
+        # The k best, ties to the lower column (a stable sort: the order is defined).
+        pick = np.argsort(-score, axis=1, kind="stable")[:, :k]
         r = np.arange(a)[:, None]
         shown = np.isfinite(score[r, pick])
         rr, cc = np.nonzero(shown)  # row-major: by agent, then rank
@@ -420,10 +428,10 @@ class Feed(Env):
         # Social proof: how many timeline items (from followed agents) share the root.
         proof = ((tl_root[rr] == s_root[:, None]) & tl_ok[rr]).sum(axis=1).astype(np.int32)
         rows = active[rr]
-        # Shown timeline items leave the timeline; shown pool items are remembered.
+        # Shown timeline items leave the timeline; every shown item is remembered.
         self.tl_item[rows[s_tl], col[s_tl]] = -1
         self.tl_root[rows[s_tl], col[s_tl]] = -1
-        self._remember(rows[~s_tl], s_item[~s_tl])
+        self._remember(rows, s_item)
         authors = self._author(s_item)
         # Timeline items may outlive an unfollow: ask the follow state, not the source.
         followed = self.follows(rows, authors)
@@ -455,7 +463,7 @@ class Feed(Env):
         score[r, order[idx[r, c]]] = -np.inf
 
     def _remember(self, rows: np.ndarray, items: np.ndarray) -> None:
-        """Record shown trending items in each agent's ring of recently seen ones."""
+        """Record shown items in each agent's ring of recently seen ones."""
         if rows.shape[0] == 0:
             return
         # Rows come grouped (row-major pick): the j-th item of a row goes j slots on.
