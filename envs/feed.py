@@ -202,6 +202,28 @@ def _dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
+def _top_k(score: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the columns of the ``k`` highest scores, best first, ties to the lower
+    column; and which of them are real (finite). ``k`` passes of argmax (which returns
+    the first maximum): for a small ``k``, several times faster than a full sort.
+
+    >>> pick, ok = _top_k(np.array([[1.0, 3.0, 3.0, -np.inf]]), 3)
+    >>> pick.tolist(), ok.tolist()
+    ([[1, 2, 0]], [[True, True, True]])
+    """
+    work = score.copy()
+    rows = np.arange(score.shape[0])
+    k = min(k, score.shape[1])
+    pick = np.empty((score.shape[0], k), dtype=np.int64)
+    ok = np.empty((score.shape[0], k), dtype=bool)
+    for j in range(k):
+        col = work.argmax(axis=1)
+        pick[:, j] = col
+        ok[:, j] = np.isfinite(work[rows, col])
+        work[rows, col] = -np.inf
+    return pick, ok
+
+
 def _normalized(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.sqrt(_dot(x, x))[..., None], 1e-12)
 
@@ -412,10 +434,7 @@ class Feed(Env):
             self._exclude(p_score, pool["item"], seen)
             self._exclude(p_score, pool["item"], tl_item)
             score = np.concatenate([score, p_score], axis=1)
-        # The k best, ties to the lower column (a stable sort: the order is defined).
-        pick = np.argsort(-score, axis=1, kind="stable")[:, :k]
-        r = np.arange(a)[:, None]
-        shown = np.isfinite(score[r, pick])
+        pick, shown = _top_k(score, k)
         rr, cc = np.nonzero(shown)  # row-major: by agent, then rank
         col = pick[rr, cc]
         s_tl = col < m
