@@ -582,7 +582,7 @@ class Feed(Env):
         return pack_topics(_normalized(x))
 
     def _add_own(self, item: np.ndarray, root: np.ndarray, topic: np.ndarray) -> None:
-        """Append new items to this shard's own table; drop those past the window."""
+        """Append new items to this shard's own table (``_trending`` drops old ones)."""
         order = np.argsort(item)  # all newer than the table's: it stays sorted
         self.own_item = np.concatenate([self.own_item, item[order]])
         self.own_root = np.concatenate([self.own_root, root[order]])
