@@ -1,4 +1,7 @@
-"""Analysis of run directories (``swarm.analysis``); built in a later issue.
+"""Analysis of run directories (``swarm.analysis``): pure functions, tables in, tables out.
 
 Reads run directories (manifest and Arrow logs) only; see ``swarm.open_run``.
+
+* ``swarm.analysis.cascades``: cascade trees from root/parent (size, depth,
+  breadth, structural virality, timing) for the cascade and feed envs.
 """
