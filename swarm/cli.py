@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from enum import Enum
+from pathlib import Path
 
 import typer
 
@@ -186,6 +187,30 @@ def query(
         typer.echo(buf.getvalue().decode().rstrip())
     else:
         _print_table(table)
+
+
+@app.command()
+def analyze(
+    run_dir: str = typer.Argument(..., metavar="RUN", help="Run directory."),
+    out: str = typer.Option(None, "--out", "-o",
+                            help="Where metrics.json and report.html go [default: RUN/analysis]."),
+    window: int = typer.Option(None, "--window", min=1,
+                               help="Steps per window for socialization [default: steps/10]."),
+) -> None:
+    """Analyze a run: cascades, socialization, coordination; writes metrics.json and report.html."""
+    from swarm.analysis.report import analyze as run_analysis
+    from swarm.analysis.report import write_report
+
+    try:
+        result = run_analysis(run_dir, window=window)
+    except SwarmError as exc:
+        _fail(exc)
+    metrics_path, report_path = write_report(result, out or str(Path(run_dir) / "analysis"))
+    for s in result["sections"]:
+        typer.echo(f"{s['title']}: " + ", ".join(
+            f"{k}={v}" for k, v in s["numbers"].items()
+            if isinstance(v, (int, float, str)) and not isinstance(v, bool))[:300])
+    typer.echo(f"wrote {metrics_path} and {report_path} ({result['seconds']['total']:.1f} s)")
 
 
 def _print_table(table) -> None:

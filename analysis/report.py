@@ -1,0 +1,316 @@
+"""``swarm analyze``: every analysis that applies to a run, as metrics.json and report.html.
+
+``analyze(run)`` looks at what the run's env logged and returns sections:
+an overview (events by type, agents, steps), the env's metrics over time,
+cascades (trees, size distribution and its power-law fit) where there are
+root/parent columns, socialization (stabilization, turnover, inertia,
+influence persistence) where agents take several kinds of action, and
+coordination outcomes for consensus, commons and games runs; opinion runs get
+their consensus and polarization figures. ``write_report`` writes
+``metrics.json`` (the numbers) and ``report.html``: one self-contained page,
+plots inline as PNG, readable offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = ["analyze", "write_report"]
+
+#: Runs with fewer cascades than this get no size-distribution fit.
+MIN_CASCADES_FOR_FIT = 30
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _figure(width: float = 6.0, height: float = 3.2):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: numpy scalars to Python, NaN/inf to None."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _overview(run, events: pa.Table, metrics: pa.Table) -> dict:
+    import pyarrow.compute as pc
+
+    counts = pc.value_counts(events.column("event").cast(pa.string())).to_pylist()
+    by_type = {c["values"]: c["counts"] for c in sorted(counts, key=lambda c: -c["counts"])}
+    m = run.manifest
+    numbers = {"env": m["env"]["kind"], "agents": m.get("graph", {}).get("n"),
+               "steps": metrics.num_rows, "events": events.num_rows,
+               "events_by_type": by_type, "status": m.get("status")}
+    return {"title": "Overview", "numbers": numbers, "plots": []}
+
+
+def _metrics_over_time(run, metrics: pa.Table) -> dict | None:
+    from swarm.envs import ENV_REGISTRY
+
+    env_cls = ENV_REGISTRY.get(run.manifest["env"]["kind"])
+    names = [c for c in (getattr(env_cls, "summary_metrics", ()) or
+                         getattr(env_cls, "derived_metric_names", ()) or
+                         getattr(env_cls, "metric_names", ())) if c in metrics.column_names]
+    names = [c for c in names if "seconds" not in c][:6]
+    if not names or metrics.num_rows == 0:
+        return None
+    step = np.asarray(metrics.column("step"))
+    fig, ax = _figure()
+    for c in names:
+        y = np.asarray(metrics.column(c).to_numpy(zero_copy_only=False), dtype=np.float64)
+        ax.plot(step, y, label=c)
+    ax.set_xlabel("step")
+    ax.legend(fontsize=7)
+    ax.set_title("metrics per step")
+    last = {c: metrics.column(c)[-1].as_py() for c in names}
+    return {"title": "Metrics over time", "numbers": {"last_step": last}, "plots": [_png(fig)]}
+
+
+def _cascades(events: pa.Table) -> dict | None:
+    from swarm.analysis.cascades import cascade_nodes, cascade_table
+    from swarm.analysis.powerlaw_fit import fit_power_law
+
+    try:
+        nodes = cascade_nodes(events)
+    except ValueError:
+        return None
+    t = cascade_table(**nodes)
+    if t.num_rows == 0:
+        return None
+    size = np.asarray(t.column("size"))
+    vir = np.asarray(t.column("structural_virality"))
+    numbers: dict[str, Any] = {
+        "cascades": t.num_rows, "nodes": int(size.sum()), "mean_size": float(size.mean()),
+        "max_size": int(size.max()), "median_size": float(np.median(size)),
+        "max_depth": int(np.asarray(t.column("depth")).max()),
+        "mean_structural_virality": float(np.nanmean(vir)) if np.isfinite(vir).any() else None,
+        "share_of_single_node_cascades": float((size == 1).mean()),
+    }
+    notes = []
+    fit = None
+    if t.num_rows >= MIN_CASCADES_FOR_FIT and size.min() != size.max():
+        fit = fit_power_law(size)
+        numbers["power_law"] = fit.to_dict()
+        notes.append(f"Discrete power-law fit: alpha = {fit.alpha:.3f} +/- {fit.sigma:.3f} "
+                     f"above xmin = {fit.xmin} ({fit.n_tail} of {fit.n} cascades); versus "
+                     f"lognormal: {fit.preferred('lognormal')}, versus exponential: "
+                     f"{fit.preferred('exponential')} (likelihood ratio, 10% level).")
+    else:
+        notes.append(f"No size-distribution fit: {t.num_rows} cascades (needs "
+                     f"{MIN_CASCADES_FOR_FIT} and more than one size).")
+    fig, ax = _figure()
+    xs = np.sort(size)
+    ccdf = 1.0 - np.arange(xs.shape[0]) / xs.shape[0]
+    ax.loglog(xs, ccdf, ".", ms=3, label="cascades")
+    if fit is not None:
+        grid = np.unique(xs[xs >= fit.xmin]).astype(np.float64)
+        tail = (xs >= fit.xmin).mean()
+        ax.loglog(grid, tail * (grid / fit.xmin) ** (1.0 - fit.alpha), "-",
+                  label=f"power law, alpha={fit.alpha:.2f}")
+    ax.set_ylim(ccdf.min() / 2, 1.5)
+    ax.set_xlabel("cascade size")
+    ax.set_ylabel("P(size >= x)")
+    ax.legend(fontsize=7)
+    ax.set_title("cascade size CCDF")
+    top = t.sort_by([("size", "descending")]).slice(0, 10)
+    return {"title": "Cascades", "numbers": numbers, "plots": [_png(fig)], "notes": notes,
+            "table": top.to_pylist()}
+
+
+def _socialization(run, events: pa.Table, window: int) -> dict | None:
+    from swarm.analysis import socialization as so
+
+    step, agent, code, names = so.action_columns(events)
+    if len(names) < 2 or agent.min() == agent.max():
+        return None
+    stab, settled = so.collective_stabilization(step, agent, code, window)
+    turn = so.individual_turnover(step, agent, code, window)
+    numbers: dict[str, Any] = {"window": window, "action_types": names,
+                               "stabilized_at_window": settled,
+                               "mean_turnover": _mean(turn, "turnover")}
+    notes = [f"Windows of {window} steps. The action mix settles (total variation below "
+             f"0.05 from then on) at window {settled}." if settled is not None else
+             f"Windows of {window} steps. The action mix does not settle (total variation "
+             "stays above 0.05)."]
+    try:
+        from swarm.config import validate_config
+        from swarm.runner import build_graph
+
+        graph = build_graph(validate_config(run.manifest["config"]))
+        src = np.repeat(np.arange(graph.n), np.diff(graph.indptr))
+        inert = so.individual_inertia(step, agent, code, src, graph.indices, graph.n, window)
+        numbers["mean_self_similarity"] = _mean(inert, "self_similarity")
+        numbers["mean_neighbour_similarity"] = _mean(inert, "neighbour_similarity")
+    except Exception as exc:  # the graph may be gone (an edge-list file moved)
+        inert = None
+        notes.append(f"Inertia skipped: the run's graph could not be rebuilt ({exc}).")
+    infl = so.influence_persistence(events, window)
+    if infl.num_rows:
+        numbers["mean_top_overlap"] = _mean(infl, "overlap")
+    fig, ax = _figure()
+    w = np.asarray(stab.column("first_step"))
+    ax.plot(w, np.asarray(stab.column("distance")), label="population mix change")
+    if turn.num_rows:
+        ax.plot(np.asarray(turn.column("window")) * window, np.asarray(turn.column("turnover")),
+                label="individual turnover")
+    if inert is not None and inert.num_rows:
+        x = np.asarray(inert.column("window")) * window
+        ax.plot(x, np.asarray(inert.column("self_similarity")), label="similarity to own past")
+        ax.plot(x, np.asarray(inert.column("neighbour_similarity")),
+                label="similarity to neighbours' past")
+    if infl.num_rows:
+        ax.plot(np.asarray(infl.column("window")) * window, np.asarray(infl.column("overlap")),
+                label="top-100 influencer overlap")
+    ax.set_xlabel("step")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    ax.set_title("socialization")
+    return {"title": "Socialization and influence", "numbers": numbers,
+            "plots": [_png(fig)], "notes": notes}
+
+
+def _mean(table: pa.Table, col: str) -> float | None:
+    if table.num_rows == 0 or col not in table.column_names:
+        return None
+    x = np.asarray(table.column(col).to_numpy(zero_copy_only=False), dtype=np.float64)
+    return float(np.nanmean(x)) if np.isfinite(x).any() else None
+
+
+def _coordination(env: str, metrics: pa.Table) -> dict | None:
+    from swarm.analysis.coordination import coordination_summary
+
+    if env not in ("consensus", "commons", "games"):
+        return None
+    return {"title": "Coordination", "numbers": coordination_summary(metrics, env), "plots": []}
+
+
+def _opinion(env: str, metrics: pa.Table) -> dict | None:
+    if env != "opinion":
+        return None
+    names = [c for c in ("variance", "bimodality", "group_distance", "consensus")
+             if c in metrics.column_names]
+    numbers = {c: metrics.column(c)[-1].as_py() for c in names}
+    if "consensus" in names:
+        cons = np.asarray(metrics.column("consensus").to_numpy(zero_copy_only=False))
+        hit = np.flatnonzero(cons > 0.5)
+        numbers["consensus_step"] = int(np.asarray(metrics.column("step"))[hit[0]]) \
+            if hit.shape[0] else None
+    return {"title": "Consensus and polarization", "numbers": numbers, "plots": []}
+
+
+def analyze(run, window: int | None = None) -> dict:
+    """Every analysis that applies to ``run`` (a Run or a run directory): a dict of sections."""
+    from swarm import open_run
+
+    if not hasattr(run, "events"):
+        run = open_run(run)
+    t0 = time.perf_counter()
+    env = run.manifest["env"]["kind"]
+    metrics = run.metrics()
+    columns = ["step", "agent", "event", "target", "item", "root", "parent", "value"]
+    events = run.events(columns=columns)
+    if window is None:
+        window = max(1, metrics.num_rows // 10)
+    sections = [_overview(run, events, metrics)]
+    timings = {}
+    for name, make in (("metrics", lambda: _metrics_over_time(run, metrics)),
+                       ("cascades", lambda: _cascades(events)),
+                       ("socialization", lambda: _socialization(run, events, window)),
+                       ("coordination", lambda: _coordination(env, metrics)),
+                       ("opinion", lambda: _opinion(env, metrics))):
+        t = time.perf_counter()
+        section = make()
+        timings[name] = round(time.perf_counter() - t, 3)
+        if section is not None:
+            section["key"] = name
+            sections.append(section)
+    sections[0]["key"] = "overview"
+    return {"run": str(run.path), "env": env, "sections": sections,
+            "seconds": {**timings, "total": round(time.perf_counter() - t0, 3)}}
+
+
+def write_report(result: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``metrics.json`` and ``report.html`` for ``analyze``'s result; returns both paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    numbers = {s["key"]: s["numbers"] for s in result["sections"]}
+    metrics_path = out / "metrics.json"
+    metrics_path.write_text(json.dumps(_clean({"run": result["run"], "env": result["env"],
+                                               **numbers, "seconds": result["seconds"]}),
+                                       indent=2))
+    parts = [f"<h1>swarm analysis: {html.escape(result['env'])} run</h1>",
+             f"<p class=run>{html.escape(result['run'])}</p>"]
+    for s in result["sections"]:
+        parts.append(f"<section id={s['key']}><h2>{html.escape(s['title'])}</h2>")
+        for note in s.get("notes", []):
+            parts.append(f"<p>{html.escape(note)}</p>")
+        parts.append(_html_numbers(s["numbers"]))
+        for img in s.get("plots", []):
+            parts.append(f'<img alt="{html.escape(s["title"])}" '
+                         f'src="data:image/png;base64,{img}">')
+        if s.get("table"):
+            parts.append(_html_table(s["table"]))
+        parts.append("</section>")
+    page = ("<!doctype html><html><head><meta charset=utf-8><title>swarm analysis</title>"
+            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
+            "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;"
+            "padding:2px 6px;text-align:right}th{background:#f3f3f3}.run{color:#666}"
+            "img{display:block;margin:1em 0;max-width:100%}</style></head><body>"
+            + "\n".join(parts) + "</body></html>")
+    report_path = out / "report.html"
+    report_path.write_text(page)
+    return metrics_path, report_path
+
+
+def _fmt(v: Any) -> str:
+    v = _clean(v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
+    if isinstance(v, list):
+        return ", ".join(_fmt(x) for x in v)
+    return "-" if v is None else str(v)
+
+
+def _html_numbers(numbers: dict) -> str:
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+                   for k, v in numbers.items())
+    return f"<table>{rows}</table>"
+
+
+def _html_table(rows: list[dict]) -> str:
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r.values())
+                   + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"

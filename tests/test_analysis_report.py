@@ -1,0 +1,150 @@
+"""Socialization and coordination measures on made-up data, and `swarm analyze` on every example."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from test_cli import swarm_cli
+
+import swarm
+from swarm.analysis import socialization as so
+from swarm.analysis.coordination import compare_conditions, sweep_comparison
+from swarm.analysis.report import analyze, write_report
+from swarm.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_collective_stabilization_finds_when_the_mix_settles():
+    rng = np.random.default_rng(0)
+    steps, n = 40, 500
+    step = np.repeat(np.arange(steps), n)
+    agent = np.tile(np.arange(n), steps)
+    # The share of action 1 drifts from 0.1 to 0.6 over steps 0-19, then stays.
+    share = np.minimum(0.1 + 0.025 * step, 0.6)
+    code = (rng.random(step.shape[0]) < share).astype(np.int64)
+    table, settled = so.collective_stabilization(step, agent, code, window=5, threshold=0.05)
+    d = np.asarray(table.column("distance"))
+    assert d[1] > 0.1 and settled is not None and 4 <= settled <= 5
+
+
+def test_turnover_inertia_and_influence_persistence():
+    n, steps = 200, 8
+    step = np.repeat(np.arange(steps), n)
+    agent = np.tile(np.arange(n), steps)
+    # A ring: agent i hears i-1. Copiers take their neighbour's last action, the
+    # stubborn repeat their own.
+    src, dst = (np.arange(n) - 1) % n, np.arange(n)
+    rng = np.random.default_rng(3)
+
+    def history(copier):
+        code = np.empty(steps * n, np.int64)
+        code[:n] = rng.integers(0, 3, n)
+        for s in range(1, steps):  # a made-up history; the measures are vectorized
+            prev = code[(s - 1) * n:s * n]
+            code[s * n:(s + 1) * n] = np.where(copier, np.roll(prev, 1), prev)
+        return code
+
+    def sims(code):
+        t = so.individual_inertia(step, agent, code, src, dst, n, window=1)
+        return (np.asarray(t.column("self_similarity")),
+                np.asarray(t.column("neighbour_similarity")))
+
+    stubborn_self, stubborn_nbr = sims(history(np.zeros(n, bool)))
+    copier_self, copier_nbr = sims(history(np.ones(n, bool)))
+    assert np.allclose(stubborn_self, 1.0) and (stubborn_nbr < 0.6).all()
+    assert np.allclose(copier_nbr, 1.0) and (copier_self < 0.6).all()
+    code = np.repeat(np.arange(steps) % 2, n)  # everyone switches action every step
+    turn = so.individual_turnover(step, agent, code, window=1)
+    assert np.allclose(np.asarray(turn.column("turnover")), 1.0)  # every agent switches
+    steady = so.individual_turnover(step, agent, history(np.zeros(n, bool)), window=1)
+    assert np.allclose(np.asarray(steady.column("turnover")), 0.0)
+
+    ev = pa.table({"step": pa.array(np.repeat(np.arange(4), 3), pa.int32()),
+                   "agent": pa.array(np.arange(12), pa.int64()),
+                   "event": pa.array(["like"] * 12).dictionary_encode(),
+                   "target": pa.array([1, 1, 2, 1, 1, 2, 5, 5, 6, 5, 5, 6], pa.int64())})
+    infl = so.influence_persistence(ev, window=1, top=2)
+    assert infl.column("overlap").to_pylist()[1:] == [1.0, 0.0, 1.0]
+
+
+def test_compare_conditions_finds_real_differences_only():
+    rng = np.random.default_rng(2)
+    same = compare_conditions(rng.normal(0, 1, 30), rng.normal(0, 1, 30), seed=1)
+    shifted = compare_conditions(rng.normal(1, 1, 30), rng.normal(0, 1, 30), seed=1)
+    assert same["p_value"] > 0.05 and abs(same["cohens_d"]) < 0.6
+    assert shifted["p_value"] < 0.01 and 0.5 < shifted["cohens_d"] < 1.6
+    with pytest.raises(ValueError, match="at least 2"):
+        compare_conditions([1.0], [2.0, 3.0])
+
+
+def test_a_sweep_compares_message_loss_against_the_clean_baseline(tmp_path):
+    from swarm.sweep import sweep
+
+    base = load_config(ROOT / "examples/consensus.yaml",
+                       ["graph.n=300", "steps=10", "shards=1", "faults.crash=null",
+                        "env.protocol=majority", "env.byzantine=0", "faults.drop=0"])
+    sweep(base.dump(), {"faults.drop": [0.0, 0.6], "seed": [1, 2, 3]}, tmp_path / "sw",
+          backend="local")
+    table = sweep_comparison(tmp_path / "sw", "dropped_messages", "faults.drop", 0.0)
+    row = table.to_pylist()[0]
+    assert row["faults.drop"] == "0.6" and row["n_a"] == 3 and row["n_b"] == 3
+    assert row["mean_b"] == 0 and row["difference"] > 0 and row["cohens_d"] > 1
+    with pytest.raises(ValueError, match="not a grid key"):
+        sweep_comparison(tmp_path / "sw", "messages", "env.protocol", "majority")
+
+
+EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.yaml") if p.stem != "llm_agents")
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_analyze_writes_a_report_for_every_example(example, tmp_path):
+    cfg = load_config(ROOT / f"examples/{example}.yaml",
+                      ["steps=12", "graph.n=600", "shards=1"])
+    run = swarm.run(cfg, tmp_path / "run", backend="local", progress=False)
+    result = analyze(run)
+    metrics_path, report_path = write_report(result, tmp_path / "analysis")
+    numbers = json.loads(metrics_path.read_text())
+    assert numbers["env"] == cfg.env.kind and numbers["overview"]["events"] == run.events().num_rows
+    page = report_path.read_text()
+    assert page.startswith("<!doctype html>") and "http" not in page.replace(
+        str(tmp_path), "")  # self-contained: nothing to fetch
+    keys = {s["key"] for s in result["sections"]}
+    if cfg.env.kind in ("cascade", "feed"):
+        assert "cascades" in keys and numbers["cascades"]["cascades"] > 0
+    if cfg.env.kind in ("consensus", "commons", "games"):
+        assert "coordination" in keys
+    if cfg.env.kind == "feed":
+        assert numbers["socialization"]["mean_turnover"] is not None
+    _screenshot_is_not_blank(report_path, tmp_path)
+
+
+def _screenshot_is_not_blank(report: Path, tmp_path: Path) -> None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or \
+        shutil.which("google-chrome")
+    if browser is None:
+        return  # CI installs Chromium (.ci/run); without it only the HTML is checked
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                           f"--screenshot={shot}", "--window-size=900,1400",
+                           report.as_uri()], capture_output=True, text=True, timeout=120)
+    assert shot.exists(), proc.stderr[-2000:]
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(shot)
+    assert img.shape[0] > 100 and img[..., :3].std() > 0.05  # text and plots, not one colour
+
+
+def test_swarm_analyze_on_the_cli(tmp_path):
+    cfg = load_config(ROOT / "examples/cascade.yaml", ["graph.n=2000", "steps=20"])
+    run = swarm.run(cfg, tmp_path / "r", backend="local", progress=False)
+    proc = swarm_cli("analyze", str(run.path))
+    assert "Cascades:" in proc.stdout and (tmp_path / "r/analysis/report.html").exists()
+    bad = swarm_cli("analyze", str(tmp_path / "nothing"), check=False)
+    assert bad.returncode == 2 and "error:" in bad.stderr
