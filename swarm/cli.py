@@ -150,10 +150,12 @@ def validate(
 @app.command()
 def query(
     run_dir: str = typer.Argument(..., metavar="RUN", help="Run directory."),
-    sql: str = typer.Argument(..., help="SQL over the views `events` and `metrics`."),
+    sql: str = typer.Argument(..., help="SQL over the views `events` and `metrics`, and the "
+                              "saved views `cascades` (one row per cascade tree)."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
 ) -> None:
-    """Run SQL (DuckDB) over a run's Arrow files: views `events` and `metrics`."""
+    """Run SQL (DuckDB) over a run's Arrow files: views `events` and `metrics`, and saved
+    analysis views (`cascades`: size, depth, breadth, structural virality per tree)."""
     import duckdb
 
     from swarm.rundir import open_run
@@ -166,6 +168,8 @@ def query(
             con.register("metrics", result.metrics())
         except SwarmError:
             pass  # a running or failed run has no metrics table yet
+        for name, table in _saved_views(result, sql).items():
+            con.register(name, table)
         rel = con.sql(sql)
         if rel is None:  # a statement with no result set
             raise SwarmError("the statement returned no rows; use a SELECT")
@@ -211,6 +215,21 @@ def analyze(
             f"{k}={v}" for k, v in s["numbers"].items()
             if isinstance(v, (int, float, str)) and not isinstance(v, bool))[:300])
     typer.echo(f"wrote {metrics_path} and {report_path} ({result['seconds']['total']:.1f} s)")
+
+
+def _saved_views(run, sql: str) -> dict:
+    """Analysis tables the SQL names (computed only then): ``cascades``."""
+    import re
+
+    views = {}
+    if re.search(r"\bcascades\b", sql, re.IGNORECASE):
+        from swarm.analysis.cascades import cascades
+
+        try:
+            views["cascades"] = cascades(run)
+        except ValueError as exc:
+            raise SwarmError(f"no `cascades` view for this run: {exc}") from None
+    return views
 
 
 def _print_table(table) -> None:

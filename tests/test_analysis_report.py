@@ -146,5 +146,11 @@ def test_swarm_analyze_on_the_cli(tmp_path):
     run = swarm.run(cfg, tmp_path / "r", backend="local", progress=False)
     proc = swarm_cli("analyze", str(run.path))
     assert "Cascades:" in proc.stdout and (tmp_path / "r/analysis/report.html").exists()
+    from swarm.analysis.cascades import cascades
+
+    q = swarm_cli("query", str(run.path), "SELECT count(*) AS n, max(size) AS s FROM cascades",
+                  "--format", "json")
+    t = cascades(run)
+    assert json.loads(q.stdout) == [{"n": t.num_rows, "s": max(t.column("size").to_pylist())}]
     bad = swarm_cli("analyze", str(tmp_path / "nothing"), check=False)
     assert bad.returncode == 2 and "error:" in bad.stderr
