@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench bench-scale bench-policy bench-envs clean
+.PHONY: install demo test test-slow lint bench bench-scale bench-policy bench-envs bench-analysis clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -50,6 +50,10 @@ bench-policy: $(STAMP)
 # and the share of step time in each stage.
 bench-envs: $(STAMP)
 	$(PY) -m benchmarks.bench_envs
+
+# swarm analyze on a 1e6-agent feed run (> 1e7 events): seconds per analysis, peak memory.
+bench-analysis: $(STAMP)
+	$(PY) -m benchmarks.bench_analysis
 
 clean:
 	rm -rf runs .pytest_cache
