@@ -6,6 +6,10 @@ its ``root`` (the seed whose cascade it joined), so cascade trees are exact.
 When several neighbours activate an agent in the same step, the parent is the
 one with the smallest keyed hash of (receiver, sender): unbiased, and the
 same whatever order messages arrive in or however agents are sharded.
+
+With ``inject`` (linear threshold only), a keyed random subset of agents gets
+extra exposures at one step, each logged as an ``inject`` event: a randomized
+test of exposure response (``swarm.analysis.exposure.injection_effect``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
+from swarm.config_base import StrictModel
 from swarm.envs.base import (
     ChoiceSpec,
     Env,
@@ -31,7 +36,7 @@ from swarm.policies.base import as_numpy
 from swarm.policies.cascade import EdgeTransmission, LinearThreshold
 from swarm.rng import KeyedRNG
 
-__all__ = ["Cascade", "CascadeConfig"]
+__all__ = ["Cascade", "CascadeConfig", "InjectConfig"]
 
 SUSCEPTIBLE, ACTIVE, RECOVERED = 0, 1, 2
 _MODEL_PARAMS = {
@@ -39,6 +44,26 @@ _MODEL_PARAMS = {
     "linear_threshold": {"threshold"},
     "sir": {"beta", "gamma"},
 }
+
+
+class InjectConfig(StrictModel):
+    """Extra exposures for a keyed random subset of agents: a randomized experiment.
+
+    At ``step`` every agent drawn (a keyed draw per agent id, so the same set on
+    any shard count) that is still susceptible gets ``exposures`` added to its
+    exposure count, as if that many more in-neighbours had shared, and an
+    ``inject`` event (``value`` = the exposures added). The extra exposures
+    carry no item, so they alone do not make an agent decide: they count from
+    its next real exposure on. Agents not drawn are the control group
+    (``swarm.analysis.exposure.injection_effect``).
+    """
+
+    fraction: float = Field(gt=0.0, le=1.0)
+    """Probability that an agent is drawn for injection."""
+    exposures: int = Field(1, ge=1)
+    """Exposures added to the count of each injected agent."""
+    step: int = Field(1, ge=1)
+    """The step at which exposures are injected (step 0 is seeding)."""
 
 
 class CascadeConfig(EnvConfig):
@@ -60,6 +85,9 @@ class CascadeConfig(EnvConfig):
     """Number of agents active at step 0."""
     seed_ids: list[int] | None = None
     """Explicit agent ids active at step 0."""
+    inject: InjectConfig | None = None
+    """linear_threshold: extra exposures for a random subset of agents at one step
+    (a causal test of exposure response), e.g. ``{fraction: 0.1, exposures: 1, step: 1}``."""
 
     @model_validator(mode="after")
     def _check(self) -> CascadeConfig:
@@ -69,6 +97,10 @@ class CascadeConfig(EnvConfig):
             raise ValueError(f"give one of seed_fraction, seed_count, seed_ids; got {given}")
         if self.seed_ids is not None and (not self.seed_ids or min(self.seed_ids) < 0):
             raise ValueError("seed_ids must be a non-empty list of agent ids >= 0")
+        if self.inject is not None and self.model != "linear_threshold":
+            raise ValueError(f"inject applies to model='linear_threshold' only (the only model "
+                             f"with an exposure count); got model={self.model!r}: remove inject "
+                             "or set model: linear_threshold")
         # Parameters of another model are an error unless left at their default
         # (a dumped config, e.g. a run's manifest, lists every field).
         foreign = set()
@@ -94,11 +126,17 @@ class Cascade(Env):
     out-neighbour, so newly active agents broadcast their root: the engine
     ships a broadcast once to each shard and fans it out there, where the
     policy decides per exposed agent whether it adopts.
+
+    With ``inject`` (LT only), the agents drawn for injection that are still
+    susceptible at ``inject.step`` get extra exposures and an ``inject`` event;
+    until that step shard 0 reports one more active agent than it has, so the
+    run is not found quiescent (and its events dropped) before the injection.
     """
 
     name = "cascade"
     Config = CascadeConfig
-    event_types = ("activate", "recover")
+    # New types go at the end: the codes of the existing ones must not change.
+    event_types = ("activate", "recover", "inject")
     # What an LLM-style agent wrote when it shared (null for rule-based agents).
     event_columns = {"text": pa.string()}
     metric_names = ("new_active", "recovered", "ever_active")
@@ -136,6 +174,7 @@ class Cascade(Env):
         # senders, roots) and the activations to log.
         self._candidates = None
         self._pending: dict[str, np.ndarray] = {}
+        self._injected = np.empty(0, np.int64)  # rows injected this step, logged in apply
         # Rows that left the defaults, in chunks (for sparse checkpoints).
         self._touched: list[np.ndarray] = []
 
@@ -243,6 +282,24 @@ class Cascade(Env):
         if text is not None:
             self._pending["text"] = text
 
+    def _inject(self, inject: InjectConfig) -> None:
+        """Add the injected exposures to the drawn agents that are still susceptible."""
+        view = self.view
+        drawn = view.rng.bernoulli("inject", view.agents, p=inject.fraction)
+        rows = np.flatnonzero(drawn & (self.status == SUSCEPTIBLE))
+        self.exposures[rows] += np.int32(inject.exposures)
+        self._injected = rows
+
+    def _with_inject_events(self, events: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``events`` followed by one ``inject`` event per agent injected this step."""
+        rows, self._injected = self._injected, np.empty(0, np.int64)
+        extra = make_events(np.full(rows.shape[0], self.event_code("inject"), np.int8),
+                            self.view.agents[rows],
+                            value=np.full(rows.shape[0], self.config.inject.exposures))
+        if "text" in events:
+            extra["text"] = np.full(rows.shape[0], None, object)
+        return {k: np.concatenate([v, extra[k]]) for k, v in events.items()}
+
     def observe(self, step: int, inbox: Inbox) -> dict[str, np.ndarray]:
         view, model = self.view, self.config.model
         self._candidates, self._pending = None, {}
@@ -250,6 +307,9 @@ class Cascade(Env):
             rows = self._seed_rows
             self._activate(rows, np.full(rows.shape[0], -1, np.int64), view.agents[rows])
         elif model == "linear_threshold":
+            inject = self.config.inject
+            if inject is not None and step == inject.step:
+                self._inject(inject)
             b = inbox.broadcast
             if b is not None and len(b):
                 got = b.take()
@@ -336,8 +396,15 @@ class Cascade(Env):
                                                  np.full(recovered.shape[0], None, object)])
         else:
             events = make_events(np.empty(0, np.int8), np.empty(0, np.int64))
+        if self._injected.shape[0]:
+            events = self._with_inject_events(events)
         self._pending, self._candidates = {}, None
         active = self.infected.shape[0] if model == "sir" else n_new
+        inject = self.config.inject
+        if inject is not None and step < inject.step and view.shard == 0:
+            # Hold the run open until the injection: a quiescent step would end it
+            # first. One count from shard 0 only, so the sum is shard-independent.
+            active += 1
         return StepResult(
             events=events,
             messages=messages,
