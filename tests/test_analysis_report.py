@@ -154,3 +154,19 @@ def test_swarm_analyze_on_the_cli(tmp_path):
     assert json.loads(q.stdout) == [{"n": t.num_rows, "s": max(t.column("size").to_pylist())}]
     bad = swarm_cli("analyze", str(tmp_path / "nothing"), check=False)
     assert bad.returncode == 2 and "error:" in bad.stderr
+
+
+def test_the_report_says_what_the_exposure_conclusion_rests_on(tmp_path):
+    from conftest import cascade_config
+
+    plain = cascade_config(n=2000, model="linear_threshold", seed_count=60)
+    injected = plain.model_copy(update={"env": plain.env.model_copy(update={
+        "inject": swarm.envs.cascade.InjectConfig(fraction=0.3, exposures=1, step=1)})})
+    for cfg, basis in ((plain, "observational"), (injected, "randomized injection")):
+        run = swarm.run(cfg, tmp_path / basis.split()[0], backend="local", progress=False)
+        sections = {s["key"]: s for s in analyze(run)["sections"]}
+        ex = sections["exposure"]["numbers"]
+        assert ex["conclusion_rests_on"] == basis and ex["pairs"] > 100
+        assert ex["p_k"] and "cox" in ex or any("cox" in n for n in sections["exposure"]["notes"])
+        if basis != "observational":
+            assert ex["injection"]["difference"] > 0
