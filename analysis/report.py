@@ -280,6 +280,59 @@ def _exposure(run, events: pa.Table, metrics: pa.Table) -> dict | None:
             "notes": notes}
 
 
+#: What the report's roles analysis costs (``swarm.analysis.roles`` takes any setting).
+REPORT_ROLES = {"n_null": 2, "n_seeds": 2, "swaps": 1.0, "k_range": range(2, 7),
+                "betweenness_sample": None}
+REPORT_CORE_NULLS = 4
+
+
+def role_analysis(events: pa.Table, n: int):
+    """Roles and core-periphery of the interaction graph (who reposted, liked or commented
+    whom) with the report's settings: (RoleResult, CorePeriphery, edge count)."""
+    from swarm.analysis import roles as R
+
+    edges = R.interaction_edges(events)
+    if edges.num_rows < 10:
+        raise ValueError(f"only {edges.num_rows} interaction edges")
+    src, dst = np.asarray(edges.column("src")), np.asarray(edges.column("dst"))
+    w = np.asarray(edges.column("weight"))
+    result = R.roles(src, dst, n, events=events, weight=w, **REPORT_ROLES)
+    core = R.core_periphery(src, dst, n, n_null=REPORT_CORE_NULLS, swaps=1.0)
+    return result, core, edges.num_rows
+
+
+def _roles(run, events: pa.Table) -> dict | None:
+    kinds = set(events.column("event").cast(pa.string()).unique().to_pylist())
+    if not {"repost", "like", "comment"} & kinds:
+        return None
+    n = run.manifest["graph"]["n"]
+    try:
+        result, core, m = role_analysis(events, n)
+    except ValueError as exc:
+        return {"title": "Roles", "numbers": {}, "plots": [], "notes": [f"Not computed: {exc}"]}
+    numbers: dict[str, Any] = {"interaction_edges": m, **result.summary(),
+                               "rule": result.rule,
+                               "core_periphery": {"core_size": int(core.core.sum()),
+                                                  "rho": core.rho, "null_mean": core.null_mean,
+                                                  "null_sd": core.null_sd, "z": core.z,
+                                                  "p_value": core.p_value}}
+    verdict = "beat" if result.beats_null else "do not beat"
+    notes = [f"Roles by k-means over log-scaled, standardized features of the interaction "
+             f"graph (who reposted, liked or commented whom) and behaviour; k = {result.k} "
+             f"by silhouette ({result.silhouette:.3f}). On {REPORT_ROLES['n_null']} "
+             f"degree-preserving rewirings the same pipeline scores {result.null_mean:.3f} "
+             f"+/- {result.null_sd:.3f}: the roles {verdict} the null "
+             f"({result.rule}). Betweenness is left out here (sampled betweenness: "
+             "swarm.analysis.roles.agent_features).",
+             f"Core-periphery (Borgatti-Everett): a core of {int(core.core.sum())} agents, "
+             f"fit {core.rho:.3f} vs {core.null_mean:.3f} +/- {core.null_sd:.3f} on "
+             f"{REPORT_CORE_NULLS} rewirings (z = {core.z:.1f}, p = {core.p_value:.2f}; with "
+             f"{REPORT_CORE_NULLS} rewirings p cannot go below {1 / (REPORT_CORE_NULLS + 1):.2f}"
+             ")."]
+    return {"title": "Roles and core-periphery", "numbers": numbers, "plots": [],
+            "notes": notes, "table": result.profiles.to_pylist()}
+
+
 def _mean(table: pa.Table, col: str) -> float | None:
     if table.num_rows == 0 or col not in table.column_names:
         return None
@@ -327,6 +380,7 @@ def analyze(run, window: int | None = None) -> dict:
     for name, make in (("metrics", lambda: _metrics_over_time(run, metrics)),
                        ("cascades", lambda: _cascades(events)),
                        ("exposure", lambda: _exposure(run, events, metrics)),
+                       ("roles", lambda: _roles(run, events)),
                        ("socialization", lambda: _socialization(run, events, window)),
                        ("coordination", lambda: _coordination(env, metrics)),
                        ("opinion", lambda: _opinion(env, metrics))):

@@ -415,10 +415,16 @@ def interaction_edges(events: pa.Table, kinds: Sequence[str] = INTERACTIONS) -> 
 
 
 def _in_sorted(sorted_keys: np.ndarray, q: np.ndarray) -> np.ndarray:
-    if sorted_keys.size == 0:
+    """Which of ``q`` are in ``sorted_keys``. The queries are sorted first: a search
+    with sorted queries walks memory in order (several times faster on big arrays)."""
+    if sorted_keys.size == 0 or q.size == 0:
         return np.zeros(q.shape[0], dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_keys, q), sorted_keys.shape[0] - 1)
-    return sorted_keys[pos] == q
+    order = np.argsort(q, kind="stable")
+    qs = q[order]
+    pos = np.minimum(np.searchsorted(sorted_keys, qs), sorted_keys.shape[0] - 1)
+    out = np.empty(q.shape[0], dtype=bool)
+    out[order] = sorted_keys[pos] == qs
+    return out
 
 
 def rewire(src, dst, n: int, *, directed: bool, swaps: float = 10.0, seed: int = 0,

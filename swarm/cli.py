@@ -151,11 +151,13 @@ def validate(
 def query(
     run_dir: str = typer.Argument(..., metavar="RUN", help="Run directory."),
     sql: str = typer.Argument(..., help="SQL over the views `events` and `metrics`, and the "
-                              "saved views `cascades` (one row per cascade tree)."),
+                              "saved views `cascades` (one row per cascade tree) and `roles` "
+                              "(one row per agent: features, role, in_core)."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
 ) -> None:
     """Run SQL (DuckDB) over a run's Arrow files: views `events` and `metrics`, and saved
-    analysis views (`cascades`: size, depth, breadth, structural virality per tree)."""
+    analysis views (`cascades`: size, depth, breadth, structural virality per tree;
+    `roles`: per agent, its features, `role` and `in_core`, as in `swarm analyze`)."""
     import duckdb
 
     from swarm.rundir import open_run
@@ -218,7 +220,7 @@ def analyze(
 
 
 def _saved_views(run, sql: str) -> dict:
-    """Analysis tables the SQL names (computed only then): ``cascades``."""
+    """Analysis tables the SQL names (computed only then): ``cascades``, ``roles``."""
     import re
 
     views = {}
@@ -229,6 +231,19 @@ def _saved_views(run, sql: str) -> dict:
             views["cascades"] = cascades(run)
         except ValueError as exc:
             raise SwarmError(f"no `cascades` view for this run: {exc}") from None
+    if re.search(r"\broles\b", sql, re.IGNORECASE):
+        import pyarrow as pa
+
+        from swarm.analysis.report import role_analysis
+
+        events = run.events(columns=["step", "agent", "event", "target", "item", "root",
+                                     "parent"])
+        try:
+            result, core, _ = role_analysis(events, run.manifest["graph"]["n"])
+        except ValueError as exc:
+            raise SwarmError(f"no `roles` view for this run: {exc}") from None
+        views["roles"] = result.features.append_column("role", pa.array(result.labels)) \
+            .append_column("in_core", pa.array(core.core))
     return views
 
 

@@ -122,6 +122,8 @@ def test_analyze_writes_a_report_for_every_example(example, tmp_path):
         assert "coordination" in keys
     if cfg.env.kind == "feed":
         assert numbers["socialization"]["mean_turnover"] is not None
+        assert numbers["roles"]["k"] >= 2 and "beats_null" in numbers["roles"]
+        assert numbers["exposure"]["pairs"] > 0
     _screenshot_is_not_blank(report_path, tmp_path)
 
 
@@ -170,3 +172,12 @@ def test_the_report_says_what_the_exposure_conclusion_rests_on(tmp_path):
         assert ex["p_k"] and "cox" in ex or any("cox" in n for n in sections["exposure"]["notes"])
         if basis != "observational":
             assert ex["injection"]["difference"] > 0
+
+
+def test_the_roles_view_gives_every_agent_a_role(tmp_path):
+    cfg = load_config(ROOT / "examples/feed.yaml", ["steps=8", "graph.n=500", "shards=1"])
+    run = swarm.run(cfg, tmp_path / "feed", backend="local", progress=False)
+    q = swarm_cli("query", str(run.path), "SELECT count(*) AS n, count(DISTINCT role) AS k, "
+                  "CAST(sum(CAST(in_core AS INT)) AS INT) AS core FROM roles", "--format", "json")
+    row = json.loads(q.stdout)[0]
+    assert row["n"] == 500 and row["k"] >= 2 and 0 < row["core"] < 500
