@@ -286,36 +286,46 @@ REPORT_ROLES = {"n_null": 2, "n_seeds": 2, "swaps": 1.0, "k_range": range(2, 7),
 REPORT_CORE_NULLS = 4
 
 
-def role_analysis(events: pa.Table, n: int):
-    """Roles and core-periphery of the interaction graph (who reposted, liked or commented
-    whom) with the report's settings: (RoleResult, CorePeriphery, edge count)."""
+def _interaction_edges(events: pa.Table):
     from swarm.analysis import roles as R
 
     edges = R.interaction_edges(events)
     if edges.num_rows < 10:
         raise ValueError(f"only {edges.num_rows} interaction edges")
-    src, dst = np.asarray(edges.column("src")), np.asarray(edges.column("dst"))
-    w = np.asarray(edges.column("weight"))
-    result = R.roles(src, dst, n, events=events, weight=w, **REPORT_ROLES)
-    core = R.core_periphery(src, dst, n, n_null=REPORT_CORE_NULLS, swaps=1.0)
-    return result, core, edges.num_rows
+    return (np.asarray(edges.column("src")), np.asarray(edges.column("dst")),
+            np.asarray(edges.column("weight")))
+
+
+def role_analysis(events: pa.Table, n: int):
+    """Roles of the interaction graph (who reposted, liked or commented whom) with the
+    report's settings (``REPORT_ROLES``): a ``RoleResult``."""
+    from swarm.analysis import roles as R
+
+    src, dst, w = _interaction_edges(events)
+    return R.roles(src, dst, n, events=events, weight=w, **REPORT_ROLES)
+
+
+def core_analysis(events: pa.Table, n: int):
+    """Borgatti-Everett core-periphery of the interaction graph, ``REPORT_CORE_NULLS``
+    rewirings: a ``CorePeriphery``."""
+    from swarm.analysis import roles as R
+
+    src, dst, _ = _interaction_edges(events)
+    return R.core_periphery(src, dst, n, n_null=REPORT_CORE_NULLS, swaps=1.0)
+
+
+def _interacts(events: pa.Table) -> bool:
+    kinds = set(events.column("event").cast(pa.string()).unique().to_pylist())
+    return bool({"repost", "like", "comment"} & kinds)
 
 
 def _roles(run, events: pa.Table) -> dict | None:
-    kinds = set(events.column("event").cast(pa.string()).unique().to_pylist())
-    if not {"repost", "like", "comment"} & kinds:
+    if not _interacts(events):
         return None
-    n = run.manifest["graph"]["n"]
     try:
-        result, core, m = role_analysis(events, n)
+        result = role_analysis(events, run.manifest["graph"]["n"])
     except ValueError as exc:
         return {"title": "Roles", "numbers": {}, "plots": [], "notes": [f"Not computed: {exc}"]}
-    numbers: dict[str, Any] = {"interaction_edges": m, **result.summary(),
-                               "rule": result.rule,
-                               "core_periphery": {"core_size": int(core.core.sum()),
-                                                  "rho": core.rho, "null_mean": core.null_mean,
-                                                  "null_sd": core.null_sd, "z": core.z,
-                                                  "p_value": core.p_value}}
     verdict = "beat" if result.beats_null else "do not beat"
     notes = [f"Roles by k-means over log-scaled, standardized features of the interaction "
              f"graph (who reposted, liked or commented whom) and behaviour; k = {result.k} "
@@ -323,14 +333,27 @@ def _roles(run, events: pa.Table) -> dict | None:
              f"degree-preserving rewirings the same pipeline scores {result.null_mean:.3f} "
              f"+/- {result.null_sd:.3f}: the roles {verdict} the null "
              f"({result.rule}). Betweenness is left out here (sampled betweenness: "
-             "swarm.analysis.roles.agent_features).",
-             f"Core-periphery (Borgatti-Everett): a core of {int(core.core.sum())} agents, "
-             f"fit {core.rho:.3f} vs {core.null_mean:.3f} +/- {core.null_sd:.3f} on "
-             f"{REPORT_CORE_NULLS} rewirings (z = {core.z:.1f}, p = {core.p_value:.2f}; with "
-             f"{REPORT_CORE_NULLS} rewirings p cannot go below {1 / (REPORT_CORE_NULLS + 1):.2f}"
-             ")."]
-    return {"title": "Roles and core-periphery", "numbers": numbers, "plots": [],
-            "notes": notes, "table": result.profiles.to_pylist()}
+             "swarm.analysis.roles.agent_features)."]
+    return {"title": "Roles", "numbers": {**result.summary(), "rule": result.rule},
+            "plots": [], "notes": notes, "table": result.profiles.to_pylist()}
+
+
+def _core(run, events: pa.Table) -> dict | None:
+    if not _interacts(events):
+        return None
+    try:
+        core = core_analysis(events, run.manifest["graph"]["n"])
+    except ValueError as exc:
+        return {"title": "Core-periphery", "numbers": {}, "plots": [],
+                "notes": [f"Not computed: {exc}"]}
+    numbers = {"core_size": int(core.core.sum()), "rho": core.rho, "null_mean": core.null_mean,
+               "null_sd": core.null_sd, "z": core.z, "p_value": core.p_value}
+    notes = [f"Borgatti-Everett core-periphery of the interaction graph: a core of "
+             f"{int(core.core.sum())} agents, fit {core.rho:.3f} vs {core.null_mean:.3f} +/- "
+             f"{core.null_sd:.3f} on {REPORT_CORE_NULLS} degree-preserving rewirings (z = "
+             f"{core.z:.1f}, p = {core.p_value:.2f}; with {REPORT_CORE_NULLS} rewirings p "
+             f"cannot go below {1 / (REPORT_CORE_NULLS + 1):.2f})."]
+    return {"title": "Core-periphery", "numbers": numbers, "plots": [], "notes": notes}
 
 
 def _mean(table: pa.Table, col: str) -> float | None:
@@ -381,6 +404,7 @@ def analyze(run, window: int | None = None) -> dict:
                        ("cascades", lambda: _cascades(events)),
                        ("exposure", lambda: _exposure(run, events, metrics)),
                        ("roles", lambda: _roles(run, events)),
+                       ("core_periphery", lambda: _core(run, events)),
                        ("socialization", lambda: _socialization(run, events, window)),
                        ("coordination", lambda: _coordination(env, metrics)),
                        ("opinion", lambda: _opinion(env, metrics))):
