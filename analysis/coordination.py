@@ -34,39 +34,50 @@ __all__ = ["compare_conditions", "coordination_summary", "sweep_comparison"]
 
 
 def _col(metrics: pa.Table, name: str) -> np.ndarray | None:
-    if name not in metrics.column_names:
+    """The column as floats; None when it is missing or empty."""
+    if name not in metrics.column_names or metrics.num_rows == 0:
         return None
     return np.asarray(metrics.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
+def _last(metrics: pa.Table, name: str) -> float | None:
+    x = _col(metrics, name)
+    return None if x is None else float(x[-1])
+
+
+def _agg(metrics: pa.Table, name: str, how) -> float | None:
+    x = _col(metrics, name)
+    return None if x is None or not np.isfinite(x).any() else float(how(x))
+
+
 def coordination_summary(metrics: pa.Table, env: str) -> dict:
-    """The outcome of one run from its metrics table (see the module docstring)."""
+    """The outcome of one run from its metrics table (see the module docstring); a value
+    is None where the table lacks its column (a failed run, say)."""
     out: dict = {"env": env, "steps": metrics.num_rows}
     if env == "consensus":
         agree = _col(metrics, "agreement")
         hit = np.flatnonzero(agree > 0.5) if agree is not None else np.empty(0, np.int64)
+        safety = _agg(metrics, "safety_violations", np.nanmax)
+        messages = _agg(metrics, "messages", np.nansum)
         out.update(
-            agreement=bool(hit.shape[0] > 0 and agree[-1] > 0.5),
+            agreement=bool(agree is not None and hit.shape[0] > 0 and agree[-1] > 0.5),
             steps_to_agreement=int(np.asarray(metrics.column("step"))[hit[0]])
             if hit.shape[0] else None,
-            validity=float(_col(metrics, "validity")[-1]) if _col(metrics, "validity")
-            is not None else None,
-            decided=float(_col(metrics, "decided")[-1]) if _col(metrics, "decided")
-            is not None else None,
-            safety_violations=int(np.nanmax(_col(metrics, "safety_violations")))
-            if _col(metrics, "safety_violations") is not None else None,
-            messages=int(np.nansum(_col(metrics, "messages"))))
+            validity=_last(metrics, "validity"), decided=_last(metrics, "decided"),
+            safety_violations=None if safety is None else int(safety),
+            messages=None if messages is None else int(messages))
     elif env == "commons":
-        collapsed = _col(metrics, "collapsed")
+        collapsed = _last(metrics, "collapsed")
+        rounds = _last(metrics, "rounds_survived")
         out.update(
-            survived=bool(collapsed is None or collapsed[-1] < 0.5),
-            rounds_survived=int(_col(metrics, "rounds_survived")[-1]),
-            final_stock=float(_col(metrics, "stock")[-1]),
-            total_harvest=float(np.nansum(_col(metrics, "total_harvest"))),
-            mean_gini=float(np.nanmean(_col(metrics, "gini"))))
+            survived=None if collapsed is None else bool(collapsed < 0.5),
+            rounds_survived=None if rounds is None else int(rounds),
+            final_stock=_last(metrics, "stock"),
+            total_harvest=_agg(metrics, "total_harvest", np.nansum),
+            mean_gini=_agg(metrics, "gini", np.nanmean))
     elif env == "games":
-        coop = _col(metrics, "cooperation_rate")
-        out.update(final_cooperation=float(coop[-1]), mean_cooperation=float(np.nanmean(coop)))
+        out.update(final_cooperation=_last(metrics, "cooperation_rate"),
+                   mean_cooperation=_agg(metrics, "cooperation_rate", np.nanmean))
     return out
 
 

@@ -101,10 +101,11 @@ def _cascades(events: pa.Table) -> dict | None:
     from swarm.analysis.powerlaw_fit import fit_power_law
 
     try:
-        nodes = cascade_nodes(events)
-    except ValueError:
-        return None
-    t = cascade_table(**nodes)
+        t = cascade_table(**cascade_nodes(events))
+    except ValueError as exc:
+        if "no cascade events" in str(exc):
+            return None
+        return {"title": "Cascades", "numbers": {}, "plots": [], "notes": [f"Not computed: {exc}"]}
     if t.num_rows == 0:
         return None
     size = np.asarray(t.column("size"))
@@ -150,6 +151,8 @@ def _cascades(events: pa.Table) -> dict | None:
 def _socialization(run, events: pa.Table, window: int) -> dict | None:
     from swarm.analysis import socialization as so
 
+    if run.manifest["env"]["kind"] == "cascade":
+        return None  # activate/recover are states of a contagion, not chosen actions
     step, agent, code, names = so.action_columns(events)
     if len(names) < 2 or agent.min() == agent.max():
         return None
@@ -392,13 +395,21 @@ def analyze(run, window: int | None = None) -> dict:
     if not hasattr(run, "events"):
         run = open_run(run)
     t0 = time.perf_counter()
+    from swarm.errors import LogError
+
     env = run.manifest["env"]["kind"]
-    metrics = run.metrics()
+    notes = []
+    try:
+        metrics = run.metrics()
+    except LogError as exc:  # a failed or running run: the event-based analyses still apply
+        metrics = pa.table({"step": pa.array([], pa.int32())})
+        notes.append(f"No metrics table ({exc}); analyses that need it are skipped.")
     columns = ["step", "agent", "event", "target", "item", "root", "parent", "value"]
     events = run.events(columns=columns)
     if window is None:
         window = max(1, metrics.num_rows // 10)
     sections = [_overview(run, events, metrics)]
+    sections[0]["notes"] = notes
     timings = {}
     for name, make in (("metrics", lambda: _metrics_over_time(run, metrics)),
                        ("cascades", lambda: _cascades(events)),

@@ -100,7 +100,8 @@ def collective_stabilization(step, agent, code, window: int = 5,
     if below.shape[0] and below[-1]:
         # The start of the final run of windows below the threshold.
         last_above = np.flatnonzero(~below)
-        settled = int(wins[1 + (last_above[-1] + 1 if last_above.shape[0] else 0)])
+        # Below from the start: settled at the first window; else after the last jump.
+        settled = int(wins[last_above[-1] + 2]) if last_above.shape[0] else int(wins[0])
     table = pa.table({"window": pa.array(wins.astype(np.int64)),
                       "first_step": pa.array((wins * window).astype(np.int64)),
                       "distance": pa.array(dist)})

@@ -113,16 +113,15 @@ class Run:
     def events(self, columns: list[str] | None = None, filter=None) -> pa.Table:
         """All events as one table (optionally a column subset and a pyarrow filter)."""
         dataset = self.events_dataset()
-        try:
-            table = dataset.to_table(columns=columns, filter=filter)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise LogError(f"{self.path}: an event chunk is corrupt ({exc})") from None
-        if table.num_rows == 0 and not dataset.files:
+        if not dataset.files:  # no chunk written (no events): the schema, empty
             from swarm.eventlog import event_schema
 
             schema = event_schema()
             return schema.empty_table().select(columns) if columns else schema.empty_table()
-        return table
+        try:
+            return dataset.to_table(columns=columns, filter=filter)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise LogError(f"{self.path}: an event chunk is corrupt ({exc})") from None
 
     def metrics(self) -> pa.Table:
         if not self.store.exists(METRICS):

@@ -181,3 +181,27 @@ def test_the_roles_view_gives_every_agent_a_role(tmp_path):
                   "CAST(sum(CAST(in_core AS INT)) AS INT) AS core FROM roles", "--format", "json")
     row = json.loads(q.stdout)[0]
     assert row["n"] == 500 and row["k"] >= 2 and 0 < row["core"] < 500
+
+
+def test_analyze_copes_with_no_events_and_with_a_failed_run(tmp_path):
+    from swarm.analysis.coordination import coordination_summary
+
+    quiet = swarm.validate_config({
+        "seed": 1, "steps": 3, "graph": {"kind": "barabasi_albert", "n": 50, "m": 2},
+        "env": {"kind": "feed", "activity": 0.0}, "checkpoint": {"every": 0}})
+    run = swarm.run(quiet, tmp_path / "quiet", backend="local", progress=False)
+    assert run.events().num_rows == 0
+    result = analyze(run)
+    assert result["sections"][0]["numbers"]["events"] == 0
+    write_report(result, tmp_path / "qa")
+    # A failed run has no metrics table: the event analyses still run.
+    cfg = load_config(ROOT / "examples/cascade.yaml", ["graph.n=2000", "steps=10"])
+    done = swarm.run(cfg, tmp_path / "r", backend="local", progress=False)
+    (tmp_path / "r/metrics.arrow").unlink()
+    broken = analyze(str(tmp_path / "r"))
+    keys = {s["key"] for s in broken["sections"]}
+    assert "cascades" in keys and broken["sections"][0]["notes"]
+    assert done.events().num_rows > 0
+    empty = pa.table({"step": pa.array([], pa.int32())})
+    for env in ("games", "commons", "consensus"):
+        assert coordination_summary(empty, env)["steps"] == 0
