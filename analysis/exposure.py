@@ -66,6 +66,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import stats
 
+from swarm.graph import ragged_arange
+
 __all__ = [
     "exposure_cloglog",
     "exposure_cox",
@@ -79,21 +81,6 @@ RANDOMIZED = "randomized injection"
 
 
 # -- the table ---------------------------------------------------------------
-
-
-def _ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Concatenated ``arange(s, s + c)`` for each (s, c)."""
-    counts = np.asarray(counts, dtype=np.int64)
-    total = int(counts.sum())
-    if total == 0:
-        return np.empty(0, np.int64)
-    keep = counts > 0
-    starts, counts = np.asarray(starts, np.int64)[keep], counts[keep]
-    steps = np.ones(total, dtype=np.int64)
-    ends = np.cumsum(counts)
-    steps[0] = starts[0]
-    steps[ends[:-1]] = starts[1:] - (starts[:-1] + counts[:-1] - 1)
-    return np.cumsum(steps)
 
 
 def _events_of(events: pa.Table, name: str, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -144,7 +131,7 @@ def _cascade_exposures(events: pa.Table, graph: Any, end_step: int):
     stop = np.full(n, end_step, dtype=np.int64)
     stop[act["agent"]] = act["step"]
     counts = indptr[act["agent"] + 1] - indptr[act["agent"]]
-    pos = _ragged_arange(indptr[act["agent"]], counts)
+    pos = ragged_arange(indptr[act["agent"]], counts)
     exposer = np.repeat(act["agent"], counts)
     when = np.repeat(act["step"] + 1, counts)
     agent = indices[pos]
@@ -658,7 +645,7 @@ def exposure_cloglog(table: pa.Table, *, strata: str | np.ndarray | None = None,
         raise ValueError("a pair ends before its first exposure: end_step < first exposure")
     length = end - first + 1
     which = np.repeat(np.arange(rows.shape[0]), length)
-    step = _ragged_arange(first, length)
+    step = ragged_arange(first, length)
     # Exposers held at each person-step: exposures of this row at or before the step.
     span = int(values.max(initial=0)) + int(end.max(initial=0)) + 2
     lengths = np.diff(offsets)

@@ -289,7 +289,9 @@ REPORT_ROLES = {"n_null": 2, "n_seeds": 2, "swaps": 1.0, "k_range": range(2, 7),
 REPORT_CORE_NULLS = 4
 
 
-def _interaction_edges(events: pa.Table):
+def interaction_graph(events: pa.Table):
+    """(src, dst, weight) of who reposted, liked or commented whom; ValueError when the
+    log has (almost) no interactions. Computed once and shared by roles and core."""
     from swarm.analysis import roles as R
 
     edges = R.interaction_edges(events)
@@ -299,34 +301,42 @@ def _interaction_edges(events: pa.Table):
             np.asarray(edges.column("weight")))
 
 
-def role_analysis(events: pa.Table, n: int):
-    """Roles of the interaction graph (who reposted, liked or commented whom) with the
-    report's settings (``REPORT_ROLES``): a ``RoleResult``."""
+def role_analysis(events: pa.Table, n: int, edges=None):
+    """Roles of the interaction graph with the report's settings (``REPORT_ROLES``): a
+    ``RoleResult``. ``edges``: ``interaction_graph(events)`` when already made."""
     from swarm.analysis import roles as R
 
-    src, dst, w = _interaction_edges(events)
+    src, dst, w = edges if edges is not None else interaction_graph(events)
     return R.roles(src, dst, n, events=events, weight=w, **REPORT_ROLES)
 
 
-def core_analysis(events: pa.Table, n: int):
+def core_analysis(events: pa.Table, n: int, edges=None):
     """Borgatti-Everett core-periphery of the interaction graph, ``REPORT_CORE_NULLS``
     rewirings: a ``CorePeriphery``."""
     from swarm.analysis import roles as R
 
-    src, dst, _ = _interaction_edges(events)
+    src, dst, _ = edges if edges is not None else interaction_graph(events)
     return R.core_periphery(src, dst, n, n_null=REPORT_CORE_NULLS, swaps=1.0)
 
 
-def _interacts(events: pa.Table) -> bool:
+def _interactions(events: pa.Table):
+    """The interaction graph, None without interaction events, or the ValueError."""
     kinds = set(events.column("event").cast(pa.string()).unique().to_pylist())
-    return bool({"repost", "like", "comment"} & kinds)
-
-
-def _roles(run, events: pa.Table) -> dict | None:
-    if not _interacts(events):
+    if not {"repost", "like", "comment"} & kinds:
         return None
     try:
-        result = role_analysis(events, run.manifest["graph"]["n"])
+        return interaction_graph(events)
+    except ValueError as exc:
+        return exc
+
+
+def _roles(run, events: pa.Table, edges) -> dict | None:
+    if edges is None:
+        return None
+    try:
+        if isinstance(edges, ValueError):
+            raise edges
+        result = role_analysis(events, run.manifest["graph"]["n"], edges)
     except ValueError as exc:
         return {"title": "Roles", "numbers": {}, "plots": [], "notes": [f"Not computed: {exc}"]}
     verdict = "beat" if result.beats_null else "do not beat"
@@ -341,11 +351,13 @@ def _roles(run, events: pa.Table) -> dict | None:
             "plots": [], "notes": notes, "table": result.profiles.to_pylist()}
 
 
-def _core(run, events: pa.Table) -> dict | None:
-    if not _interacts(events):
+def _core(run, events: pa.Table, edges) -> dict | None:
+    if edges is None:
         return None
     try:
-        core = core_analysis(events, run.manifest["graph"]["n"])
+        if isinstance(edges, ValueError):
+            raise edges
+        core = core_analysis(events, run.manifest["graph"]["n"], edges)
     except ValueError as exc:
         return {"title": "Core-periphery", "numbers": {}, "plots": [],
                 "notes": [f"Not computed: {exc}"]}
@@ -408,14 +420,21 @@ def analyze(run, window: int | None = None) -> dict:
     events = run.events(columns=columns)
     if window is None:
         window = max(1, metrics.num_rows // 10)
+    made: list = []
+
+    def edges():  # the interaction graph, made once for roles and core-periphery
+        if not made:
+            made.append(_interactions(events))
+        return made[0]
+
     sections = [_overview(run, events, metrics)]
     sections[0]["notes"] = notes
     timings = {}
     for name, make in (("metrics", lambda: _metrics_over_time(run, metrics)),
                        ("cascades", lambda: _cascades(events)),
                        ("exposure", lambda: _exposure(run, events, metrics)),
-                       ("roles", lambda: _roles(run, events)),
-                       ("core_periphery", lambda: _core(run, events)),
+                       ("roles", lambda: _roles(run, events, edges())),
+                       ("core_periphery", lambda: _core(run, events, edges())),
                        ("socialization", lambda: _socialization(run, events, window)),
                        ("coordination", lambda: _coordination(env, metrics)),
                        ("opinion", lambda: _opinion(env, metrics))):

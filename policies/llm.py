@@ -265,10 +265,10 @@ class LLMPolicy(Policy):
         prompts = self._render(self.template, self.fields, cols, first)
         if cfg.dedup:
             prompts, inverse = _dedup_strings(prompts, inverse)
-        self._keys = (agents,)
+        keys = (agents,)
         if self.spec.row_key:
-            self._keys = (agents, as_numpy(batch[self.spec.row_key]).astype(np.int64))
-        choice, failed = self._choose(prompts, inverse, agents, ctx)
+            keys = (agents, as_numpy(batch[self.spec.row_key]).astype(np.int64))
+        choice, failed = self._choose(prompts, inverse, keys, ctx)
         out: dict[str, Any] = {self.spec.action: torch.from_numpy(choice)}
         if self.text_template is not None:
             out[self.spec.text] = self._write(cols, choice, failed, ctx)
@@ -333,10 +333,10 @@ class LLMPolicy(Policy):
 
     # -- choosing ------------------------------------------------------------------
 
-    def _choose(self, prompts: list[str], inverse: np.ndarray, agents: np.ndarray,
+    def _choose(self, prompts: list[str], inverse: np.ndarray, keys: tuple[np.ndarray, ...],
                 ctx: PolicyContext) -> tuple[np.ndarray, np.ndarray]:
         """Each row's label index, and which rows fell back to idle."""
-        cfg, n = self.config, agents.shape[0]
+        cfg, n = self.config, keys[0].shape[0]
         ctx.stats.calls += len(prompts)
         failed = np.zeros(n, dtype=bool)
         try:
@@ -351,7 +351,7 @@ class LLMPolicy(Policy):
                 bad_prompt |= ~finite
                 if bad_prompt.any():
                     scores = np.where(bad_prompt[:, None], 0.0, scores)  # may be read-only
-                choice = _sample(scores[inverse], self._keys, ctx, cfg.temperature)
+                choice = _sample(scores[inverse], keys, ctx, cfg.temperature)
                 bad = bad_prompt[inverse]
             else:
                 choice, unknown = self._answer(prompts, ctx)

@@ -234,13 +234,14 @@ def _saved_views(run, sql: str) -> dict:
     if re.search(r"\broles\b", sql, re.IGNORECASE):
         import pyarrow as pa
 
-        from swarm.analysis.report import core_analysis, role_analysis
+        from swarm.analysis.report import core_analysis, interaction_graph, role_analysis
 
         events = run.events(columns=["step", "agent", "event", "target", "item", "root",
                                      "parent"])
         try:
-            result = role_analysis(events, run.manifest["graph"]["n"])
-            core = core_analysis(events, run.manifest["graph"]["n"])
+            edges = interaction_graph(events)
+            result = role_analysis(events, run.manifest["graph"]["n"], edges)
+            core = core_analysis(events, run.manifest["graph"]["n"], edges)
         except ValueError as exc:
             raise SwarmError(f"no `roles` view for this run: {exc}") from None
         views["roles"] = result.features.append_column("role", pa.array(result.labels)) \
