@@ -450,14 +450,20 @@ def analyze(run, window: int | None = None) -> dict:
 
 
 def write_report(result: dict, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``metrics.json`` and ``report.html`` for ``analyze``'s result; returns both paths."""
+    """Write ``metrics.json`` and ``report.html`` for ``analyze``'s result; returns both paths.
+
+    Both are rendered in full first, then each is written under a temporary
+    name and renamed: a kill or a full disk leaves the previous files whole,
+    never a 0-byte ``metrics.json`` (a StorageError names the file).
+    """
+    from swarm.storage import RunStore
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    store = RunStore(out)
+    store.makedirs()
     numbers = {s["key"]: s["numbers"] for s in result["sections"]}
-    metrics_path = out / "metrics.json"
-    metrics_path.write_text(json.dumps(_clean({"run": result["run"], "env": result["env"],
-                                               **numbers, "seconds": result["seconds"]}),
-                                       indent=2))
+    metrics = json.dumps(_clean({"run": result["run"], "env": result["env"],
+                                 **numbers, "seconds": result["seconds"]}), indent=2)
     parts = [f"<h1>swarm analysis: {html.escape(result['env'])} run</h1>",
              f"<p class=run>{html.escape(result['run'])}</p>"]
     for s in result["sections"]:
@@ -477,9 +483,9 @@ def write_report(result: dict, out_dir: str | Path) -> tuple[Path, Path]:
             "padding:2px 6px;text-align:right}th{background:#f3f3f3}.run{color:#666}"
             "img{display:block;margin:1em 0;max-width:100%}</style></head><body>"
             + "\n".join(parts) + "</body></html>")
-    report_path = out / "report.html"
-    report_path.write_text(page)
-    return metrics_path, report_path
+    store.write_bytes("report.html", page.encode())
+    store.write_bytes("metrics.json", metrics.encode())
+    return out / "metrics.json", out / "report.html"
 
 
 def _fmt(v: Any) -> str:

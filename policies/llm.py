@@ -1,12 +1,14 @@
 """LLM-style agents: prompts rendered per agent, actions chosen by a language model.
 
 The decide stage for agents whose policy is a language model. Each row of the
-batch (one agent) is rendered through a ``str.format`` template from its
-persona, its observation fields (bucketed if asked), its memory (its last k
-own actions) and the allowed actions. Identical prompts are inferred once:
-rows are grouped by the values the template actually uses before anything is
-rendered, so a population of millions costs one Python string per distinct
-prompt, not per agent (the archetype idea of AgentTorch, made exact).
+batch (one agent) is rendered through a template from its persona, its
+observation fields (bucketed if asked), its memory (its last k own actions)
+and the allowed actions. Templates are data: they name those fields and
+nothing else (see :mod:`swarm.policies.templates`). Identical prompts are
+inferred once: rows are grouped by the values the template actually uses
+before anything is rendered, so a population of millions costs one Python
+string per distinct prompt, not per agent (the archetype idea of AgentTorch,
+made exact).
 
 Action choice is by scoring: the backend returns each allowed action's
 log-likelihood after each distinct prompt in one batched pass, and every
@@ -20,19 +22,25 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import string
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from swarm.config_base import StrictModel
 from swarm.envs.base import ChoiceSpec
 from swarm.errors import PolicyError
 from swarm.policies.backends.base import Backend, BackendError, PromptError
 from swarm.policies.base import Policy, PolicyContext, as_numpy
+from swarm.policies.endpoints import check_api_key_env, check_key_transport
+from swarm.policies.templates import (
+    Persona,
+    TemplateFormatter,
+    check_template_syntax,
+    template_fields,
+)
 
 __all__ = ["LLMPolicy", "LLMPolicyConfig", "Persona", "TextConfig", "make_backend",
            "template_fields"]
@@ -55,6 +63,11 @@ class TextConfig(StrictModel):
     template: str | None = None
     """The prompt; default the env's text template. ``{choice}`` is the chosen label."""
 
+    @field_validator("template")
+    @classmethod
+    def _template_is_data(cls, template: str | None) -> str | None:
+        return None if template is None else check_template_syntax(template)
+
 
 class LLMPolicyConfig(StrictModel):
     """An LLM-style policy: a prompt template, a model backend and how to choose."""
@@ -69,7 +82,9 @@ class LLMPolicyConfig(StrictModel):
     """openai: the endpoint, e.g. http://127.0.0.1:8000/v1 (a vLLM, SGLang, llama.cpp or
     `swarm serve-policy` server)."""
     api_key_env: str | None = "OPENAI_API_KEY"
-    """openai: the environment variable holding the API key (unset: no key sent)."""
+    """openai: the environment variable holding the API key (unset: no key sent); a name
+    matching ``[A-Z][A-Z0-9_]*_API_KEY``. A key never goes over plain http beyond loopback:
+    for such a base_url, use https or set api_key_env: null (a server without a key)."""
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     """transformers: auto (a GPU when torch sees one), cpu, cuda or cuda:i."""
     dtype: Literal["auto", "float32", "float64", "float16", "bfloat16"] = "auto"
@@ -84,8 +99,9 @@ class LLMPolicyConfig(StrictModel):
     retries: int = Field(3, ge=0)
     """openai: retries with exponential backoff after connection errors, 429 and 5xx."""
     template: str | None = None
-    """A str.format template; default the env's. Names: the env's observation fields,
-    {persona} (or {persona.COLUMN}), {memory}, {actions}, {step}."""
+    """The prompt template; default the env's. Fields: the env's observation fields,
+    {persona} (or {persona.COLUMN}), {memory}, {actions}, {step}, each with an optional
+    format spec ({influence:.2f}); no attributes, indexing or conversions."""
     actions: dict[str, str] | None = None
     """The text scored for each allowed label; default ' ' + label."""
     temperature: float = Field(1.0, ge=0.0)
@@ -115,10 +131,25 @@ class LLMPolicyConfig(StrictModel):
     batch_window_ms: float = Field(5.0, ge=0.0)
     """server: how long a server waits to merge requests from several shards."""
 
+    @field_validator("template")
+    @classmethod
+    def _template_is_data(cls, template: str | None) -> str | None:
+        return None if template is None else check_template_syntax(template)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _only_api_keys(cls, name: str | None) -> str | None:
+        return check_api_key_env(name)
+
     @model_validator(mode="after")
     def _check(self) -> LLMPolicyConfig:
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend openai needs base_url, e.g. http://127.0.0.1:8000/v1")
+        if self.backend == "openai":
+            # Refused whether or not the variable is set here: a config's validity
+            # must not depend on the shell it is checked in, and the Ray workers that
+            # make the requests may have the key when the driver does not.
+            check_key_transport(self.base_url, self.api_key_env)
         if self.backend == "transformers" and self.base_url:
             raise ValueError("base_url is for backend: openai; the transformers backend loads "
                              "the checkpoint directory named by model")
@@ -126,47 +157,6 @@ class LLMPolicyConfig(StrictModel):
         if bad:
             raise ValueError(f"bucket widths must be > 0; got {bad}")
         return self
-
-
-def template_fields(template: str) -> list[str]:
-    """The top-level names a ``str.format`` template uses.
-
-    Examples
-    --------
-    >>> template_fields("You are {persona.role}; {exposures} shared. {memory}")
-    ['persona', 'exposures', 'memory']
-    """
-    names = []
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ValueError(f"template is not a valid str.format string ({exc})") from None
-    for _, name, _, _ in parsed:
-        if name is None:
-            continue
-        if name == "" or name[0].isdigit():
-            raise ValueError("template fields must be named, e.g. {exposures}; got {" + name + "}")
-        head = name.split(".")[0].split("[")[0]
-        if head not in names:
-            names.append(head)
-    return names
-
-
-class Persona:
-    """One persona row: ``{persona}`` renders its description, ``{persona.col}`` a column."""
-
-    def __init__(self, row: dict[str, Any]):
-        self._row = row
-        self.__dict__.update(row)
-
-    def __str__(self) -> str:
-        for key in ("description", "persona", "name"):
-            if key in self._row:
-                return str(self._row[key])
-        return "; ".join(f"{k}: {v}" for k, v in self._row.items() if k != "agent")
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
 
 
 #: Who an agent is when the population has no persona row for it.
@@ -323,9 +313,10 @@ class LLMPolicy(Policy):
                 values[name] = cols[name][rows].tolist()
         values.update(extra or {})
         names = list(values)
-        return [template.format(**dict(zip(names, vals, strict=True)))
-                for vals in zip(*values.values(), strict=True)] if names else \
-            [template] * rows.shape[0]
+        if not names:
+            return [_FORMATTER.vformat(template, (), {})] * rows.shape[0]
+        return [_FORMATTER.vformat(template, (), dict(zip(names, vals, strict=True)))
+                for vals in zip(*values.values(), strict=True)]
 
     def _memory_text(self, codes: list[int]) -> str:
         done = [self.labels[c] for c in codes if c >= 0]
@@ -480,14 +471,22 @@ class LLMPolicy(Policy):
 
 def check_template(template: str, spec: ChoiceSpec, key: str,
                    extra: tuple[str, ...] = ()) -> list[str]:
-    """The template's field names, or a ValueError naming the unknown ones."""
-    fields = template_fields(template)
+    """The template's field names, or a ValueError naming the unknown ones (or a form that
+    is not allowed: see :func:`~swarm.policies.templates.check_template_syntax`)."""
+    try:
+        fields = template_fields(template)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
     allowed = (*spec.fields, *SPECIAL_FIELDS, *extra)
     unknown = [f for f in fields if f not in allowed]
     if unknown:
         raise ValueError(f"{key} names {unknown}, which this env does not provide; "
                          f"allowed: {', '.join('{' + a + '}' for a in allowed)}")
     return fields
+
+
+#: Renders every prompt: names resolve only to the values passed in (no attributes).
+_FORMATTER = TemplateFormatter()
 
 
 def _bucketed(value: np.ndarray, width: float | None) -> np.ndarray:

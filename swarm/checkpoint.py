@@ -76,11 +76,10 @@ def unpack(table: pa.Table) -> tuple[dict[str, np.ndarray], dict]:
 
 
 def write_arrays(store: RunStore, rel: str, arrays: dict[str, np.ndarray],
-                 meta: dict | None = None) -> int:
-    """Write a checkpoint file atomically; returns its size in bytes (uncompressed)."""
-    table = pack(arrays, meta)
-    store.write_table(rel, table)
-    return table.nbytes
+                 meta: dict | None = None) -> dict:
+    """Write a checkpoint file atomically; returns its record ({"path", "rows", "bytes",
+    "blake2b"}), which the manifest keeps and a resume checks."""
+    return {"path": rel, **store.write_table(rel, pack(arrays, meta))}
 
 
 def read_arrays(store: RunStore, rel: str) -> tuple[dict[str, np.ndarray], dict]:

@@ -7,16 +7,18 @@ what is allowed, and it happens before anything is written to disk.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from swarm.config_base import StrictModel
+from swarm.config_file import parse_yaml, read_yaml, shorten
 from swarm.envs import ENV_REGISTRY, EnvConfig
 from swarm.errors import ConfigError
 from swarm.faults import FaultsConfig
+from swarm.graph import MAX_AGENTS
 from swarm.population import PopulationConfig
 
 __all__ = [
@@ -28,14 +30,27 @@ __all__ = [
     "load_config",
     "validate_config",
     "apply_overrides",
+    "MAX_AGENTS",
+    "MAX_STEPS",
+    "MAX_SHARDS",
 ]
+
+# Upper bounds a real run could use, so that a typo (n=1e12, steps=1e20) is a
+# named error at `swarm validate`, not an allocation that fails minutes later.
+#: Steps of one run.
+MAX_STEPS = 10**8
+#: Shard actors (a 100-node cluster of 192-core machines has about 2 x 10^4 cores).
+MAX_SHARDS = 100_000
+#: Seeds are 63-bit: they key a 64-bit counter-based generator.
+MAX_SEED = 2**63 - 1
+_INT64 = 2**63 - 1
 
 
 class BarabasiAlbertGraph(StrictModel):
     """Preferential attachment: ``n`` agents, each new one with ``m`` edges."""
 
     kind: Literal["barabasi_albert"]
-    n: int = Field(ge=2)
+    n: int = Field(ge=2, le=MAX_AGENTS)
     m: int = Field(ge=1)
 
     @model_validator(mode="after")
@@ -49,7 +64,7 @@ class WattsStrogatzGraph(StrictModel):
     """Small world: a ring where each agent links to ``k`` neighbours, rewired with ``p``."""
 
     kind: Literal["watts_strogatz"]
-    n: int = Field(ge=3)
+    n: int = Field(ge=3, le=MAX_AGENTS)
     k: int = Field(ge=2)
     p: float = Field(ge=0.0, le=1.0)
 
@@ -64,7 +79,7 @@ class ErdosRenyiGraph(StrictModel):
     """G(n, p) with p chosen to give ``mean_degree``."""
 
     kind: Literal["erdos_renyi"]
-    n: int = Field(ge=2)
+    n: int = Field(ge=2, le=MAX_AGENTS)
     mean_degree: float = Field(ge=0.0)
 
     @model_validator(mode="after")
@@ -88,6 +103,9 @@ class SBMGraph(StrictModel):
             raise ValueError(f"p must be a {k}x{k} matrix, one row and column per block")
         if any(self.p[i][j] != self.p[j][i] for i in range(k) for j in range(k)):
             raise ValueError("p must be symmetric")
+        if sum(self.sizes) > MAX_AGENTS:
+            raise ValueError(f"the blocks hold {sum(self.sizes):,} agents; at most "
+                             f"{MAX_AGENTS:,}")
         return self
 
 
@@ -110,7 +128,7 @@ class EdgeListGraph(StrictModel):
     kind: Literal["edgelist"]
     path: str
     directed: bool = False
-    n: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=MAX_AGENTS)
     """Number of agents; default max id + 1 (ids without edges are isolated agents)."""
 
 
@@ -132,32 +150,32 @@ GRAPH_KINDS = ("barabasi_albert", "watts_strogatz", "erdos_renyi", "sbm", "confi
 class LogConfig(StrictModel):
     """Event logging."""
 
-    flush_every: int = Field(10, ge=1)
+    flush_every: int = Field(10, ge=1, le=MAX_STEPS)
     """Steps between flushes of a shard's event buffer to a new Arrow chunk."""
 
 
 class CheckpointConfig(StrictModel):
     """Checkpoints: each shard's full state, written as Arrow under run_dir/state/."""
 
-    every: int = Field(10, ge=0)
+    every: int = Field(10, ge=0, le=MAX_STEPS)
     """Steps between checkpoints (0 turns them off; a failure then restarts from step 0)."""
 
 
 class FaultToleranceConfig(StrictModel):
     """What the driver does when a shard actor or its node dies."""
 
-    max_restarts: int = Field(3, ge=0)
+    max_restarts: int = Field(3, ge=0, le=1000)
     """Restarts from the last checkpoint before the run stops as `failed` (resumable later)."""
 
 
 class RunConfig(StrictModel):
     """A whole run. ``env`` is validated by the config class of the registered env it names."""
 
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     """The run seed: every random draw (graph, seeds, transmissions) derives from it."""
-    steps: int = Field(100, ge=1)
+    steps: int = Field(100, ge=1, le=MAX_STEPS)
     """Maximum number of steps; a run also stops when nothing is active."""
-    shards: int = Field(1, ge=1)
+    shards: int = Field(1, ge=1, le=MAX_SHARDS)
     """Number of shard actors the population is split over."""
     partition: Literal["contiguous", "hash", "metis", "label_propagation"] = "contiguous"
     """How agents are assigned to shards: id ranges, a hash of the id, or a graph partition
@@ -210,7 +228,7 @@ def _format_errors(exc: ValidationError, prefix: tuple = ()) -> list[str]:
         else:
             msg = err["msg"].removeprefix("Value error, ")
             got = err.get("input")
-            shown = "" if isinstance(got, dict) else f"; got {got!r}"
+            shown = "" if isinstance(got, dict) else f"; got {shorten(got)}"
             lines.append(f"{key}: {msg}{shown}")
     return lines
 
@@ -277,7 +295,7 @@ def validate_config(raw: dict) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of keys to values; got {type(raw).__name__}")
     raw = dict(raw)
-    problems: list[str] = []
+    problems: list[str] = _out_of_range(raw)
     env_raw = raw.pop("env", None)
     env_cfg = None
     if env_raw is None:
@@ -317,17 +335,34 @@ def validate_config(raw: dict) -> RunConfig:
     return cfg
 
 
+def _out_of_range(raw: Any, where: str = "") -> list[str]:
+    """Numbers no config key can take, wherever they are: integers beyond 64 bits (numpy
+    and Arrow hold 64), and NaN or infinite floats."""
+    problems = []
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            problems += _out_of_range(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(raw, list):
+        for i, v in enumerate(raw):
+            problems += _out_of_range(v, f"{where}.{i}")
+    elif isinstance(raw, int) and not isinstance(raw, bool) and abs(raw) > _INT64:
+        problems.append(f"{where}: {shorten(raw)} does not fit in 64 bits")
+    elif isinstance(raw, float) and not math.isfinite(raw):
+        problems.append(f"{where}: must be a finite number; got {raw}")
+    return problems[:20]
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
-        raise ConfigError(f"--set expects dotted.key=value; got {item!r}")
+        raise ConfigError(f"--set expects dotted.key=value; got {shorten(item)}")
     key, _, text = item.partition("=")
     parts = key.strip().split(".")
     if not all(parts):
-        raise ConfigError(f"--set key {key!r} has an empty part; write e.g. graph.n=1000")
+        raise ConfigError(f"--set key {shorten(key)} has an empty part; write e.g. graph.n=1000")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value {text!r} ({exc})") from None
+        value = parse_yaml(text, f"--set {key}") if text.strip() else None
+    except ConfigError as exc:
+        raise ConfigError(f"cannot parse the value of {exc}") from None
     return parts, value
 
 
@@ -354,20 +389,9 @@ def _deep_copy(d: Any) -> Any:
 
 
 def read_config_file(path: str | os.PathLike) -> dict:
-    """Parse a YAML config file into a dict, with the file and line in any error."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        with open(path) as fh:
-            raw = yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
-        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    if raw is None:
-        raise ConfigError(f"{path}: the config file is empty")
-    return raw
+    """Parse a YAML config file into a dict, with the file and line in any error (and
+    limits on size, nesting and aliases: see swarm.config_file)."""
+    return read_yaml(path)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:

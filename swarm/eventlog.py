@@ -6,7 +6,9 @@ every ``flush_every`` steps (and at every checkpoint) writes one chunk
 temporary name and renamed into place, so a reader never sees a half-written
 file and a crash loses at most the unflushed steps. A checkpoint records how
 many chunks existed; a restart from it deletes the later ones, whose steps
-are replayed, so a resumed run has no duplicated rows.
+are replayed, so a resumed run has no duplicated rows. Each chunk's record
+(rows, bytes, checksum) goes to the driver with the step's summary, and from
+there into the manifest, which is what readers trust (see swarm.rundir).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pyarrow as pa
 from swarm.envs.base import COMMON_EVENT_COLUMNS
 from swarm.storage import RunStore
 
-__all__ = ["EventLog", "event_schema"]
+__all__ = ["EventLog", "event_schema", "chunk_number"]
 
 _PART = re.compile(r"part-(\d+)\.arrow$")
 
@@ -48,6 +50,8 @@ class EventLog:
         self._buffer: list[tuple[int, dict]] = []
         self._parts = 0
         self.rows_written = 0
+        # Chunks written but not yet reported to the driver: {"path", "rows", "bytes", ...}.
+        self.files: list[dict] = []
         store.makedirs(directory)
 
     def append(self, step: int, events: dict[str, np.ndarray]) -> None:
@@ -87,11 +91,17 @@ class EventLog:
         if not self._buffer:
             return 0
         table = self._table()
-        self.store.write_table(f"{self.directory}/part-{self._parts:05d}.arrow", table)
+        rel = f"{self.directory}/part-{self._parts:05d}.arrow"
+        self.files.append({"path": rel, **self.store.write_table(rel, table)})
         self._parts += 1
         self._buffer.clear()
         self.rows_written += table.num_rows
         return table.num_rows
+
+    def take_files(self) -> list[dict]:
+        """The records of chunks written since the last call (for the step's summary)."""
+        files, self.files = self.files, []
+        return files
 
     def position(self) -> dict[str, int]:
         """Chunks and rows written so far (what a checkpoint records)."""
@@ -101,6 +111,7 @@ class EventLog:
         """Forget everything after a checkpoint: drop the buffer and delete chunks
         numbered ``parts`` and up (and stray temporary files). Returns chunks deleted."""
         self._buffer.clear()
+        self.files = [f for f in self.files if chunk_number(f["path"]) < parts]
         deleted = 0
         for name in self.store.listdir(self.directory):
             m = _PART.match(name)
@@ -109,6 +120,12 @@ class EventLog:
                 deleted += bool(m)
         self._parts, self.rows_written = parts, rows
         return deleted
+
+
+def chunk_number(path: str) -> int:
+    """The NNNNN of ``.../part-NNNNN.arrow`` (-1 for any other name)."""
+    m = _PART.search(path)
+    return int(m.group(1)) if m else -1
 
 
 def _null_mask(col: np.ndarray) -> np.ndarray | None:

@@ -11,12 +11,16 @@ agent emits.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from swarm.errors import GraphError
+
+#: Most agents a graph may have: ten times the 10^10 a 100-node cluster is meant to
+#: hold, so that a typo or a stray id is a named error, not a huge allocation.
+MAX_AGENTS = 10**11
 
 __all__ = [
     "CSRGraph",
@@ -149,12 +153,15 @@ def from_networkx(graph) -> tuple[CSRGraph, list | None]:
 
 
 def read_edgelist(
-    path: str | os.PathLike, directed: bool = False, n: int | None = None
+    path: str | os.PathLike, directed: bool = False, n: int | None = None,
+    check: Callable[[int, int], None] | None = None,
 ) -> CSRGraph:
     """Read an edge list: text (``u v`` per line, ``#`` comments) or Parquet (src, dst columns).
 
     Node ids must be non-negative integers; ``n`` defaults to max id + 1.
     A malformed text line raises GraphError naming the file, line number and content.
+    ``check(n, directed_edges)`` runs once the ids are read, before any array
+    is sized by ``n`` (the memory guard: one id of 2e9 means 2e9 agents).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -171,6 +178,12 @@ def read_edgelist(
     elif n < top:
         raise GraphError(f"{path}: graph.n={n} but the edge list names node {top - 1}; "
                          f"set n >= {top} or leave it out")
+    if n > MAX_AGENTS:
+        raise GraphError(f"{path}: the edge list names node {top - 1:,}, so the graph would "
+                         f"have {n:,} agents; ids must be below {MAX_AGENTS:,}. Renumber "
+                         "the nodes 0..n-1")
+    if check is not None:
+        check(n, src.shape[0] * (1 if directed else 2))
     return from_edges(src, dst, n, directed=directed)
 
 

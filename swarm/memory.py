@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from swarm.errors import ClusterError
 
-__all__ = ["MemoryEstimate", "estimate_memory", "check_memory", "available_memory"]
+__all__ = ["MemoryEstimate", "estimate_memory", "estimate_from_config", "estimate_for",
+           "expected_edges", "check_memory", "available_memory"]
 
 GIB = 1024**3
 # Measured: building BA at n=1e6 (1e7 directed edges, 88 MB of CSR) peaked
@@ -44,6 +45,42 @@ class MemoryEstimate:
         return self.driver + self.object_store + self.per_shard * self.shards
 
 
+def expected_edges(graph_config) -> tuple[int, int] | None:
+    """(agents, directed edges) a graph config will build, from the config alone; None
+    for an edge list, whose size is known only once its ids are read.
+
+    Examples
+    --------
+    >>> from swarm import validate_config
+    >>> cfg = validate_config({"graph": {"kind": "barabasi_albert", "n": 1000, "m": 3},
+    ...                        "env": {"kind": "cascade"}})
+    >>> expected_edges(cfg.graph)
+    (1000, 6000)
+    """
+    g = graph_config
+    if g.kind == "barabasi_albert":
+        return g.n, 2 * g.m * g.n
+    if g.kind == "watts_strogatz":
+        return g.n, g.k * g.n
+    if g.kind == "erdos_renyi":
+        return g.n, math.ceil(g.mean_degree * g.n)
+    if g.kind == "sbm":
+        sizes = g.sizes
+        pairs = sum(g.p[i][j] * sizes[i] * (sizes[j] - (i == j))
+                    for i in range(len(sizes)) for j in range(len(sizes)))
+        return sum(sizes), math.ceil(pairs)
+    if g.kind == "configuration":
+        return len(g.degrees), sum(g.degrees)
+    return None
+
+
+def estimate_from_config(config, env_cls) -> MemoryEstimate | None:
+    """``estimate_memory`` before anything is built: sizes from the config alone (None for
+    an edge list; ``estimate_for`` checks it once its ids are read)."""
+    sizes = expected_edges(config.graph)
+    return None if sizes is None else estimate_for(*sizes, config, env_cls)
+
+
 def estimate_memory(graph, config, env_cls) -> MemoryEstimate:
     """Estimate the peak memory of running ``config`` on ``graph``.
 
@@ -58,7 +95,12 @@ def estimate_memory(graph, config, env_cls) -> MemoryEstimate:
     >>> est.shards, est.per_shard > est.object_store // 2
     (2, True)
     """
-    n, edges, k = graph.n, graph.num_edges, config.shards
+    return estimate_for(graph.n, graph.num_edges, config, env_cls)
+
+
+def estimate_for(n: int, edges: int, config, env_cls) -> MemoryEstimate:
+    """The estimate for a graph of ``n`` agents and ``edges`` directed edges."""
+    k = config.shards
     csr = 8 * (n + 1) + 8 * edges
     # Shard specs: CSR slices (indptr, indices, row shift, in-degree) and, for
     # broadcasting envs on several shards, the fan-out tables (12 B per edge).

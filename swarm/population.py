@@ -35,6 +35,7 @@ from swarm.policies.llm import (
     Persona,
     check_template,
 )
+from swarm.policies.templates import render_template
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ def _check_renders(cfg: LLMPolicyConfig, spec: ChoiceSpec, personas: pa.Table | 
     for name, template in templates:
         for persona in rows[:1000] + rows[-1:]:
             try:
-                template.format(persona=persona, **sample)
+                render_template(template, persona=persona, **sample)
             except (AttributeError, KeyError, ValueError, IndexError, TypeError) as exc:
                 columns = [] if personas is None else personas.column_names
                 raise ConfigError(f"{key}.{name} cannot be rendered ({type(exc).__name__}: "

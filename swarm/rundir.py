@@ -3,15 +3,23 @@
 ::
 
     run_dir/
-      manifest.json                      config, seed, versions, graph and partition stats, status
+      manifest.json                      config, seed, versions, graph and partition stats,
+                                         status, and every file written (rows, bytes, checksum)
+      lease.json, .lease.lock            who is writing the run now (see swarm.lease)
       events/shard=K/part-NNNNN.arrow    Arrow IPC chunks, one per flush
       metrics.arrow                      one row per step
-      state/step=S/shard=K.arrow         the last complete checkpoint (see swarm.checkpoint)
+      state/step=S/shard=K.arrow         the last complete checkpoints (see swarm.checkpoint)
 
 The directory may be a local path or any pyarrow filesystem URI (see
 swarm.storage). ``open_run`` is how everything downstream (the CLI,
 analysis, tests) reads a run: the events as one pyarrow dataset, the metrics
 as a table.
+
+Readers trust the manifest, not the directory listing: the events are the
+chunks the manifest lists, each checked to exist with its size (cheap)
+before anything is read, so a deleted or truncated chunk is an error that
+names the file, never a silently smaller answer. ``verify`` also checks every
+checksum and the ranges of ids and steps (``swarm verify RUN``).
 """
 
 from __future__ import annotations
@@ -25,15 +33,19 @@ from functools import cached_property
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from swarm.errors import LogError
-from swarm.storage import RunStore
+from swarm.errors import IntegrityError, LogError
+from swarm.lease import LEASE_FILES, Lease
+from swarm.storage import RunStore, hash_file
 
-__all__ = ["Run", "open_run", "create_run_dir", "write_manifest", "versions"]
+__all__ = ["Run", "open_run", "create_run_dir", "write_manifest", "versions", "check_files",
+           "FORMAT"]
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.arrow"
 EVENTS = "events"
 STATE = "state"
+#: swarm-run/2 lists every file it wrote; readers of /1 runs fall back to the listing.
+FORMAT = "swarm-run/2"
 
 
 def versions() -> dict:
@@ -51,27 +63,81 @@ def versions() -> dict:
     }
 
 
-def create_run_dir(location: str | os.PathLike, overwrite: bool = False) -> RunStore:
-    """Make ``location`` ready for a new run; refuse to mix with an earlier run's files."""
+def _check_new_run_dir(store: RunStore, overwrite: bool) -> None:
+    if not store.exists():
+        return
+    if not store.isdir():
+        raise LogError(f"--out {store.uri} is a file; choose a directory path")
+    # Lease files alone (a run killed before its manifest) hold no run data.
+    if [name for name in store.listdir() if name not in LEASE_FILES]:
+        if not overwrite or not store.exists(MANIFEST):
+            raise LogError(
+                f"--out {store.uri} already holds files; choose a new directory"
+                + (" (or pass --overwrite to replace an earlier run)" if not overwrite else
+                   " (--overwrite only replaces a directory that holds a swarm run)")
+            )
+
+
+def create_run_dir(location: str | os.PathLike, overwrite: bool = False,
+                   manifest: dict | None = None) -> tuple[RunStore, Lease]:
+    """Make ``location`` ready for a new run and take its lease.
+
+    Refuses to mix with an earlier run's files, and to replace a run that a
+    live driver is still writing (``LeaseError``). With ``manifest``, writes
+    it before anything else, so a directory left by a kill at any later
+    moment is one that ``--overwrite`` and ``swarm resume`` recognise.
+    """
     store = RunStore(location)
-    if store.exists():
-        if not store.isdir():
-            raise LogError(f"--out {store.uri} is a file; choose a directory path")
-        if store.listdir():
-            if not overwrite or not store.exists(MANIFEST):
-                raise LogError(
-                    f"--out {store.uri} already holds files; choose a new directory"
-                    + (" (or pass --overwrite to replace an earlier run)" if not overwrite else
-                       " (--overwrite only replaces a directory that holds a swarm run)")
-                )
-            store.clear()
-    store.makedirs(EVENTS)
-    return store
+    _check_new_run_dir(store, overwrite)  # before writing anything, lock files included
+    store.makedirs()
+    lease = Lease(store, attempt=1).acquire()
+    try:
+        _check_new_run_dir(store, overwrite)  # again: another driver may have got here first
+        store.clear(keep=LEASE_FILES)
+        if manifest is not None:
+            write_manifest(store, manifest)
+        store.makedirs(EVENTS)
+    except BaseException:
+        lease.release()
+        raise
+    return store, lease
 
 
 def write_manifest(store: RunStore, manifest: dict) -> None:
     """Write manifest.json atomically (temporary file, then rename)."""
     store.write_json(MANIFEST, manifest)
+
+
+def check_files(store: RunStore, records: dict[str, dict], what: str = "file") -> None:
+    """Raise IntegrityError unless every listed file exists with its listed size (cheap:
+    one directory listing, no reads)."""
+    if not records:
+        return
+    tops = {rel.split("/", 1)[0] if "/" in rel else "" for rel in records}
+    sizes: dict[str, int] = {}
+    for top in tops:
+        if top:
+            sizes.update(store.sizes(top))
+        else:
+            sizes.update({k: store.info(k).size for k in records if "/" not in k
+                          and store.exists(k)})
+    for rel, rec in sorted(records.items()):
+        if rel not in sizes:
+            raise IntegrityError(
+                f"{store.child_uri(rel)} is missing: the manifest lists this {what} with "
+                f"{_rows(rec)}{rec['bytes']:,} bytes. The run is incomplete; `swarm verify "
+                f"{store.uri}` lists every problem")
+        if sizes[rel] != rec["bytes"]:
+            raise IntegrityError(
+                f"{store.child_uri(rel)} has {sizes[rel]:,} bytes but the manifest says "
+                f"{rec['bytes']:,}: the file was changed after the run wrote it. `swarm "
+                f"verify {store.uri}` lists every problem")
+
+
+def _rows(rec: dict) -> str:
+    if "rows" not in rec:
+        return ""
+    return f"{rec['rows']:,} row{'' if rec['rows'] == 1 else 's'}, "
 
 
 @dataclass
@@ -99,14 +165,46 @@ class Run:
     def status(self) -> str:
         return self.manifest.get("status", "unknown")
 
+    @property
+    def listed(self) -> bool:
+        """Whether the manifest lists the run's files (runs written since swarm-run/2)."""
+        return isinstance(self.manifest.get("files"), dict)
+
+    @property
+    def files(self) -> dict[str, dict]:
+        """The files the manifest lists outside checkpoints: {relative path: record}."""
+        return dict(self.manifest.get("files") or {})
+
+    def event_files(self) -> dict[str, dict]:
+        """The event chunks the manifest lists, checked to exist with their sizes."""
+        chunks = {rel: rec for rel, rec in self.files.items() if rel.startswith(f"{EVENTS}/")}
+        check_files(self.store, chunks, "event chunk")
+        return chunks
+
+    @cached_property
+    def unlisted_chunks(self) -> list[str]:
+        """Event chunks in the directory that the manifest does not list (left out of reads):
+        written after the manifest's last update by a run that was killed, or put there."""
+        if not self.listed:
+            return []
+        listed = self.files
+        return sorted(rel for rel in self.store.sizes(EVENTS)
+                      if rel not in listed and not rel.rsplit("/", 1)[-1].startswith("."))
+
     def events_dataset(self) -> ds.Dataset:
         """The event chunks of every shard as one pyarrow dataset (lazy)."""
         folder = self.store.child_uri(EVENTS)
         if not self.store.isdir(EVENTS):
             raise LogError(f"{self.path}: no {EVENTS}/ directory; is this a swarm run?")
         try:
-            return ds.dataset(self.store.path(EVENTS), filesystem=self.store.fs, format="ipc",
-                              exclude_invalid_files=False)
+            if not self.listed:  # a swarm-run/1 directory: whatever the folder holds
+                return ds.dataset(self.store.path(EVENTS), filesystem=self.store.fs,
+                                  format="ipc", exclude_invalid_files=False)
+            paths = [self.store.path(rel) for rel in sorted(self.event_files())]
+            from swarm.eventlog import event_schema
+
+            schema = None if paths else event_schema()
+            return ds.dataset(paths, schema=schema, filesystem=self.store.fs, format="ipc")
         except (pa.ArrowInvalid, OSError) as exc:
             raise LogError(f"{folder}: an event chunk is unreadable ({exc})") from None
 
@@ -119,17 +217,105 @@ class Run:
             schema = event_schema()
             return schema.empty_table().select(columns) if columns else schema.empty_table()
         try:
-            return dataset.to_table(columns=columns, filter=filter)
+            table = dataset.to_table(columns=columns, filter=filter)
         except (pa.ArrowInvalid, OSError) as exc:
             raise LogError(f"{self.path}: an event chunk is corrupt ({exc})") from None
+        self._check_ids(table)
+        return table
+
+    def _check_ids(self, table: pa.Table) -> None:
+        """Agent ids and steps inside the run's ranges (a damaged chunk that kept its size
+        shows here; ``verify`` finds which file)."""
+        import pyarrow.compute as pc
+
+        n = self.manifest.get("graph", {}).get("n")
+        steps = self.manifest.get("config", {}).get("steps")
+        for col, top in (("agent", n), ("step", steps)):
+            if col not in table.column_names or not table.num_rows or not isinstance(top, int):
+                continue
+            lo, hi = (v.as_py() for v in pc.min_max(table[col]).values())
+            if lo < 0 or hi >= top:
+                raise IntegrityError(f"{self.path}: events.{col} holds {hi if hi >= top else lo:,}"
+                                     f", outside 0..{top - 1:,}: an event chunk is damaged. "
+                                     f"`swarm verify {self.path}` names it")
 
     def metrics(self) -> pa.Table:
         if not self.store.exists(METRICS):
             raise LogError(f"{self.path}: {METRICS} is missing (status {self.status!r})")
+        if METRICS in self.files:
+            check_files(self.store, {METRICS: self.files[METRICS]}, "metrics table")
         try:
             return self.store.read_table(METRICS)
         except pa.ArrowInvalid as exc:
             raise LogError(f"{self.store.child_uri(METRICS)} is corrupt ({exc})") from None
+
+    def verify(self) -> list[str]:
+        """Check every listed file's checksum and rows, and the ranges of ids and steps.
+
+        Returns the problems found, one line each (an empty list: the run is intact).
+        Reads every file once; ``swarm verify RUN`` prints the result.
+        """
+        if not self.listed:
+            return [f"{self.path}: the manifest ({self.manifest.get('format', 'swarm-run/1')}) "
+                    "lists no files, so there is nothing to check them against"]
+        problems: list[str] = []
+        records = dict(self.files)
+        for key in ("checkpoint", "previous_checkpoint"):
+            records.update((self.manifest.get(key) or {}).get("files", {}))
+        for rel, rec in sorted(records.items()):
+            where = self.store.child_uri(rel)
+            if not self.store.exists(rel):
+                problems.append(f"{where}: missing ({_rows(rec)}{rec['bytes']:,} bytes listed)")
+                continue
+            try:
+                got = hash_file(self.store, rel)
+            except OSError as exc:
+                problems.append(f"{where}: unreadable ({exc})")
+                continue
+            if got["bytes"] != rec["bytes"]:
+                problems.append(f"{where}: {got['bytes']:,} bytes, the manifest says "
+                                f"{rec['bytes']:,}")
+            elif got["blake2b"] != rec.get("blake2b"):
+                problems.append(f"{where}: checksum differs from the manifest's (the file was "
+                                "changed after it was written)")
+            elif "rows" in rec:
+                try:
+                    rows = self.store.read_table(rel).num_rows
+                except (pa.ArrowInvalid, OSError) as exc:
+                    problems.append(f"{where}: not a readable Arrow file ({exc})")
+                    continue
+                if rows != rec["rows"]:
+                    problems.append(f"{where}: {rows:,} rows, the manifest says {rec['rows']:,}")
+        problems += [f"{self.store.child_uri(rel)}: an event chunk the manifest does not list "
+                     "(left out of every read)" for rel in self.unlisted_chunks]
+        if not problems:
+            problems += self._check_ranges()
+        return problems
+
+    def _check_ranges(self) -> list[str]:
+        """Ids and steps inside what the manifest says the run had."""
+        import pyarrow.compute as pc
+
+        m = self.manifest
+        bounds = {"agent": m.get("graph", {}).get("n"),
+                  "step": m.get("steps_run") or m.get("config", {}).get("steps"),
+                  "shard": m.get("partition", {}).get("shards")}
+        bounds = {k: v for k, v in bounds.items() if isinstance(v, int)}
+        events = self.events(columns=list(bounds))
+        problems = []
+        for col, top in bounds.items():
+            if not events.num_rows:
+                break
+            lo, hi = pc.min_max(events[col]).values()
+            if lo.as_py() < 0 or hi.as_py() >= top:
+                problems.append(f"{self.path}: events.{col} spans {lo.as_py()}..{hi.as_py()}, "
+                                f"outside 0..{top - 1}")
+        total = sum(rec.get("rows", 0) for rel, rec in self.files.items()
+                    if rel.startswith(f"{EVENTS}/"))
+        if m.get("status") == "completed" and m.get("events") not in (None, total):
+            problems.append(f"{self.path}: the manifest counts {m['events']:,} events but its "
+                            f"chunks hold {total:,} rows")
+        return problems
 
     def __repr__(self) -> str:
         return f"Run({self.path!r}, status={self.status!r})"

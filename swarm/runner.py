@@ -32,22 +32,49 @@ from swarm import checkpoint as ckpt
 from swarm import graph as graphs
 from swarm.config import RunConfig, validate_config
 from swarm.envs.base import ENV_REGISTRY
-from swarm.errors import ClusterError, ConfigError, GraphError, LogError, RunInterrupted
+from swarm.errors import (
+    ClusterError,
+    ConfigError,
+    GraphError,
+    IntegrityError,
+    LogError,
+    RunInterrupted,
+    ShardFailure,
+    StorageError,
+    SwarmError,
+)
+from swarm.eventlog import chunk_number
 from swarm.graph import CSRGraph, ragged_arange
-from swarm.memory import check_memory, estimate_memory
+from swarm.lease import Lease
+from swarm.memory import check_memory, estimate_for, estimate_from_config, estimate_memory
 from swarm.partition import Partition
 from swarm.policy_server import PolicyServers
 from swarm.population import POLICY_METRICS, check_population, load_personas
 from swarm.rng import KeyedRNG
-from swarm.rundir import METRICS, STATE, Run, create_run_dir, open_run, versions, write_manifest
+from swarm.rundir import (
+    FORMAT,
+    METRICS,
+    STATE,
+    Run,
+    check_files,
+    create_run_dir,
+    open_run,
+    versions,
+    write_manifest,
+)
 from swarm.shard import Fanout, Shard, ShardSpec, is_quiescent
-from swarm.storage import RunStore
+from swarm.storage import RunStore, hash_file
 
 __all__ = ["run", "resume", "build_graph"]
 
 
-def build_graph(config: RunConfig) -> CSRGraph:
-    """Build the graph a config names; the generator seed derives from the run seed."""
+def build_graph(config: RunConfig, check: Callable[[int, int], None] | None = None
+                ) -> CSRGraph:
+    """Build the graph a config names; the generator seed derives from the run seed.
+
+    ``check(n, directed_edges)`` runs on an edge list's sizes before its arrays
+    are allocated (the memory guard; generators are checked from the config).
+    """
     g = config.graph
     seed = int(KeyedRNG(config.seed).bits("graph", np.zeros(1, np.int64))[0] >> np.uint64(1))
     if g.kind == "barabasi_albert":
@@ -61,7 +88,7 @@ def build_graph(config: RunConfig) -> CSRGraph:
     if g.kind == "configuration":
         return graphs.configuration(np.asarray(g.degrees, dtype=np.int64), seed=seed)
     if g.kind == "edgelist":
-        return graphs.read_edgelist(g.path, directed=g.directed, n=g.n)
+        return graphs.read_edgelist(g.path, directed=g.directed, n=g.n, check=check)
     raise ConfigError(f"graph.kind {g.kind!r} has no builder")  # pragma: no cover
 
 
@@ -160,8 +187,8 @@ class _LocalShards:
 
     pipelined = False
 
-    def __init__(self, specs, restore_step: int | None):
-        self.shards = [Shard(s, restore_step) for s in specs]
+    def __init__(self, specs, restore_step: int | None, restore_files: tuple[str, ...] = ()):
+        self.shards = [Shard(s, restore_step, restore_files) for s in specs]
 
     def submit(self, step: int, outs: list[list[Any]] | None, checkpoint: bool = False):
         k = len(self.shards)
@@ -177,19 +204,21 @@ class _LocalShards:
     def run_steps(self, start: int, count: int, checkpoint_every: int) -> list[dict]:
         return self.shards[0].run_steps(start, count, checkpoint_every)
 
-    def checkpoint(self, step: int) -> None:
-        for s in self.shards:
-            s.checkpoint(step)
+    def checkpoint(self, step: int) -> list[dict]:
+        return [s.checkpoint(step) for s in self.shards]
 
     def close(self):
         return [s.close() for s in self.shards]
 
-    def abort(self) -> None:
+    def abort(self) -> list[dict]:
+        """Close what can be closed on the way out of a failure; the reports of those."""
+        reports = []
         for s in self.shards:
             try:
-                s.close()
+                reports.append(s.close())
             except Exception:  # best effort on the way out of a failure
                 pass
+        return reports
 
 
 class _RayShards:
@@ -207,7 +236,8 @@ class _RayShards:
     #: run gives up (a cluster without room for them leaves them pending).
     start_timeout = 120.0
 
-    def __init__(self, spec_refs, restore_step: int | None, name: str):
+    def __init__(self, spec_refs, restore_step: int | None, name: str,
+                 restore_files: tuple[str, ...] = ()):
         import ray
 
         from swarm.cluster.connect import shard_cpus
@@ -218,7 +248,8 @@ class _RayShards:
         # Ray restarting one actor from its constructor would lose its state.
         actor = ray.remote(num_cpus=cpus, max_restarts=0)(Shard)
         # Named `swarm-<run id>-<attempt>-shard<k>` so operators (and tests) can find them.
-        self.actors = [actor.options(name=f"{name}-shard{k}").remote(s, restore_step)
+        self.actors = [actor.options(name=f"{name}-shard{k}").remote(s, restore_step,
+                                                                     restore_files)
                        for k, s in enumerate(spec_refs)]
         try:
             ray.get([a.health.remote() for a in self.actors], timeout=self.start_timeout)
@@ -249,8 +280,8 @@ class _RayShards:
     def run_steps(self, start: int, count: int, checkpoint_every: int) -> list[dict]:
         return self.ray.get(self.actors[0].run_steps.remote(start, count, checkpoint_every))
 
-    def checkpoint(self, step: int) -> None:
-        self.ray.get([a.checkpoint.remote(step) for a in self.actors])
+    def checkpoint(self, step: int) -> list[dict]:
+        return self.ray.get([a.checkpoint.remote(step) for a in self.actors])
 
     def close(self):
         reports = self.ray.get([a.close.remote() for a in self.actors])
@@ -264,14 +295,19 @@ class _RayShards:
             except Exception:  # already dead with its node
                 pass
 
-    def abort(self) -> None:
+    def abort(self) -> list[dict]:
+        """Close what can be closed on the way out of a failure; the reports of those."""
         from ray.exceptions import GetTimeoutError, RayError
 
-        try:
-            self.ray.get([a.close.remote() for a in self.actors], timeout=10)
-        except (RayError, GetTimeoutError):
-            pass  # a dead shard's unflushed steps are lost; the others' are kept
+        refs = [a.close.remote() for a in self.actors]
+        reports = []
+        for ref in refs:
+            try:
+                reports.append(self.ray.get(ref, timeout=10))
+            except (RayError, GetTimeoutError):
+                pass  # a dead shard's unflushed steps are lost; the others' are kept
         self.kill()
+        return reports
 
 
 def run(
@@ -311,55 +347,95 @@ def run(
     RunInterrupted
         On Ctrl-C, after the current step and a checkpoint; ``swarm resume``
         continues the run.
+    LeaseError
+        ``out`` holds a run that another driver is still writing.
+    StorageError
+        A file could not be written (a full disk, no permission); the run is
+        marked ``failed`` where the manifest can still be written.
     """
     if not isinstance(config, RunConfig):
         raise ConfigError(f"run() needs a RunConfig (see swarm.load_config); got {type(config)}")
     if backend not in ("ray", "local"):
         raise ConfigError(f"backend must be 'ray' or 'local'; got {backend!r}")
+    env_cls = ENV_REGISTRY[config.env.kind]
+    _connect(backend, address)
+    check = None
+    if config.memory_check:
+        # From the config alone, before anything is allocated: a graph too big
+        # for the cluster is refused in a second, not after minutes of building.
+        if graph is None and (estimate := estimate_from_config(config, env_cls)) is not None:
+            check_memory(estimate, backend=backend)
+
+        def check(n: int, edges: int) -> None:
+            check_memory(estimate_for(n, edges, config, env_cls), backend=backend)
     t_start = time.perf_counter()
     graph_source = "config" if graph is None else "argument"
     if graph is None:
-        graph = build_graph(config)
+        graph = build_graph(config, check=check)
     elif not isinstance(graph, CSRGraph):
         graph, _labels = graphs.from_networkx(graph)
     graph_seconds = time.perf_counter() - t_start
     if graph.n < 1:
         raise GraphError("the graph has no agents")
-    part, env_cls, setup, personas = _prepare(config, graph, partition, backend, address)
+    part, env_cls, setup, personas = _prepare(config, graph, partition, backend)
     if config.memory_check:
         check_memory(estimate_memory(graph, config, env_cls), backend=backend)
-    store = create_run_dir(out, overwrite=overwrite)
     manifest: dict[str, Any] = {
-        "format": "swarm-run/1",
+        "format": FORMAT,
         "run_id": uuid.uuid4().hex[:12],
-        "status": "running",
+        "status": "starting",
         "created_unix": time.time(),
         "config": config.dump(),
         "seed": config.seed,
         "versions": versions(),
-        # `source: argument` means the caller passed the graph and config.graph
-        # only describes what they said it was; these stats are the real graph's.
-        "graph": {**graph.stats(), "source": graph_source,
-                  "build_seconds": round(graph_seconds, 4)},
-        "partition": part.stats(graph),
-        "env": {"kind": env_cls.name, "event_types": list(env_cls.event_types),
-                "metrics": list(_metric_columns(env_cls))},
+        "graph": {"source": graph_source},
+        "partition": {"source": "config" if partition is None else "argument"},
         "backend": backend,
         "address": address or os.environ.get("RAY_ADDRESS"),
-        "timings": {"graph_seconds": round(graph_seconds, 4)},
+        "files": {},
     }
-    # What `swarm resume` cannot rebuild from the config alone; written before the
-    # manifest, so a failure here leaves no run that claims to be running.
-    if graph_source == "argument":
-        ckpt.write_arrays(store, f"{STATE}/graph.arrow",
-                          {"indptr": graph.indptr, "indices": graph.indices},
-                          {"directed": graph.directed})
-    if part.kind not in ("contiguous", "hash"):
-        ckpt.write_arrays(store, f"{STATE}/partition.arrow",
-                          {"shard": part.shard_of(np.arange(graph.n, dtype=np.int64))})
-    write_manifest(store, manifest)
-    return _execute(config, store, manifest, graph, part, setup, personas, address=address,
+    # The manifest is the first file of the run: a kill at any later moment
+    # leaves a directory that `--overwrite` replaces and `resume` restarts.
+    store, lease = create_run_dir(out, overwrite=overwrite, manifest=manifest)
+    try:
+        manifest.update(
+            status="running",
+            # `source: argument` means the caller passed the graph and config.graph
+            # only describes what they said it was; these stats are the real graph's.
+            graph={**graph.stats(), "source": graph_source,
+                   "build_seconds": round(graph_seconds, 4)},
+            partition={**part.stats(graph), "source": manifest["partition"]["source"]},
+            env={"kind": env_cls.name, "event_types": list(env_cls.event_types),
+                 "metrics": list(_metric_columns(env_cls))},
+            timings={"graph_seconds": round(graph_seconds, 4)},
+        )
+        # What `swarm resume` cannot rebuild from the config alone.
+        if graph_source == "argument":
+            _keep(manifest, ckpt.write_arrays(store, GRAPH_FILE, {"indptr": graph.indptr,
+                                                                  "indices": graph.indices},
+                                              {"directed": graph.directed}))
+        if part.kind not in ("contiguous", "hash"):
+            _keep(manifest, ckpt.write_arrays(
+                store, PARTITION_FILE, {"shard": part.shard_of(np.arange(graph.n,
+                                                                         dtype=np.int64))}))
+        write_manifest(store, manifest)
+    except BaseException:
+        try:
+            _mark_failed(store, manifest, *sys.exc_info()[:2])
+        finally:
+            lease.release()
+        raise
+    return _execute(config, store, manifest, graph, part, setup, personas, lease=lease,
                     backend=backend, progress=progress, on_step=on_step)
+
+
+GRAPH_FILE = f"{STATE}/graph.arrow"
+PARTITION_FILE = f"{STATE}/partition.arrow"
+
+
+def _keep(manifest: dict, record: dict) -> None:
+    """List a file the driver wrote in the manifest's ``files``."""
+    manifest["files"][record["path"]] = {k: v for k, v in record.items() if k != "path"}
 
 
 def resume(
@@ -369,63 +445,187 @@ def resume(
     backend: str | None = None,
     progress: bool | None = None,
     on_step: Callable[[dict], None] | None = None,
+    trust_endpoint: bool = False,
 ) -> Run:
     """Continue a stopped, interrupted or failed run from its last complete checkpoint.
 
     Events after the checkpoint are discarded and replayed (keyed randomness
     makes the replay exact), so the finished log equals an uninterrupted
-    run's. Without a checkpoint the run starts again from step 0.
+    run's. Without a checkpoint the run starts again from step 0. The
+    checkpoint's files are checked against their checksums first; a damaged
+    one gives way to the previous checkpoint, or to step 0, with a warning
+    that says how many steps are replayed.
+
+    Raises
+    ------
+    LeaseError
+        Another driver is running or resuming this run right now.
+    IntegrityError
+        A file the run needs is missing or changed and no earlier state can
+        stand in for it.
+    ConfigError
+        The run calls model endpoints, was written by another user, and
+        ``trust_endpoint`` is False (``swarm resume --trust-endpoint``).
     """
+    from swarm.policies.endpoints import check_endpoints_trusted
+
     prior = open_run(path)
-    manifest = dict(prior.manifest)
-    if manifest.get("status") == "completed":
-        raise LogError(f"{prior.path} already completed; nothing to resume")
-    config = validate_config(manifest["config"])
     store = prior.store
-    backend = backend or manifest.get("backend", "ray")
-    if backend not in ("ray", "local"):
-        raise ConfigError(f"backend must be 'ray' or 'local'; got {backend!r}")
-    if manifest["graph"].get("source") == "argument":
-        if not store.exists(f"{STATE}/graph.arrow"):
-            raise LogError(f"{prior.path}: the graph was passed in Python and not saved; "
-                           "start a new run")
-        arrays, meta = ckpt.read_arrays(store, f"{STATE}/graph.arrow")
-        graph = CSRGraph(arrays["indptr"], arrays["indices"], directed=meta["directed"])
-    else:
-        graph = build_graph(config)
-    if graph.n != manifest["graph"]["n"] or graph.num_edges != manifest["graph"].get(
-            "directed_edges", graph.num_edges):
-        raise LogError(f"{prior.path}: rebuilt graph (n={graph.n}, edges={graph.num_edges}) does "
-                       f"not match the run's ({manifest['graph']}); was the edge list changed?")
-    saved = None
-    if store.exists(f"{STATE}/partition.arrow"):
-        saved = ckpt.read_arrays(store, f"{STATE}/partition.arrow")[0]["shard"]
-    part, _, setup, personas = _prepare(config, graph, saved, backend, address)
-    restore = manifest.get("checkpoint", {}).get("step")
-    rows: list[dict] = []
-    if restore is not None:
-        snapshot = f"{ckpt.step_dir(restore)}/metrics.arrow"
-        try:
-            rows = store.read_table(snapshot).to_pylist()
-        except (FileNotFoundError, OSError, pa.ArrowInvalid) as exc:
-            raise LogError(f"{store.child_uri(snapshot)} is missing or corrupt ({exc}), so the "
-                           f"checkpoint of step {restore} cannot be resumed; start a new run "
-                           "from the config in the manifest") from None
+    # Before the lease, so that nothing is written for a run that is refused.
+    config = validate_config(prior.manifest["config"])
+    check_endpoints_trusted(config, store, trust_endpoint)
+    lease = Lease(store, attempt=prior.manifest.get("resumes", 0) + 2).acquire()
+    try:
+        # Read again under the lease: a driver that just finished changed it.
+        manifest = open_run(store.uri).manifest
+        if manifest.get("status") == "completed":
+            raise LogError(f"{prior.path} already completed; nothing to resume")
+        config = validate_config(manifest["config"])
+        if manifest["config"] != prior.manifest["config"]:
+            # The manifest was replaced since the check above: check what will run.
+            check_endpoints_trusted(config, store, trust_endpoint)
+        backend = backend or manifest.get("backend", "ray")
+        if backend not in ("ray", "local"):
+            raise ConfigError(f"backend must be 'ray' or 'local'; got {backend!r}")
+        _connect(backend, address)
+        graph, saved = _saved_graph(config, store, manifest)
+        part, env_cls, setup, personas = _prepare(config, graph, saved, backend)
+        restore, rows = _choose_checkpoint(store, manifest)
+    except BaseException:
+        lease.release()
+        raise
+    if "n" not in manifest["graph"]:  # killed before its first full manifest
+        manifest["graph"] = {**graph.stats(), **manifest["graph"]}
+        manifest["partition"] = {**part.stats(graph), **manifest.get("partition", {})}
+        manifest["env"] = {"kind": env_cls.name, "event_types": list(env_cls.event_types),
+                           "metrics": list(_metric_columns(env_cls))}
+    manifest.setdefault("timings", {})
     manifest.update(status="running", error=None,
                     resumes=manifest.get("resumes", 0) + 1,
                     resumed_from=-1 if restore is None else restore)
-    write_manifest(store, manifest)
-    return _execute(config, store, manifest, graph, part, setup, personas, address=address,
+    try:
+        write_manifest(store, manifest)
+    except BaseException:
+        lease.release()
+        raise
+    files = tuple(manifest.get("checkpoint", {}).get("files", {})) if restore is not None else ()
+    return _execute(config, store, manifest, graph, part, setup, personas, lease=lease,
                     backend=backend, progress=progress, on_step=on_step,
-                    restore_step=restore, rows=rows)
+                    restore_step=restore, rows=rows, restore_files=files)
 
 
-def _prepare(config: RunConfig, graph: CSRGraph, partition: np.ndarray | None, backend: str,
-             address: str | None):
-    """Partition, the env's global set-up and the Ray connection, shared by run and resume.
+def _saved_graph(config: RunConfig, store: RunStore, manifest: dict
+                 ) -> tuple[CSRGraph, np.ndarray | None]:
+    """The run's graph and explicit partition, rebuilt or read back (checked)."""
+    listed = isinstance(manifest.get("files"), dict)
+    files = manifest.get("files") or {}
+    if manifest["graph"].get("source") == "argument":
+        if not store.exists(GRAPH_FILE) or (listed and GRAPH_FILE not in files):
+            raise LogError(f"{store.uri}: the graph was passed in Python and not saved; "
+                           "start a new run")
+        _verify(store, {GRAPH_FILE: files[GRAPH_FILE]} if listed else {})
+        arrays, meta = ckpt.read_arrays(store, GRAPH_FILE)
+        graph = CSRGraph(arrays["indptr"], arrays["indices"], directed=meta["directed"])
+    else:
+        graph = build_graph(config)
+    if graph.n != manifest["graph"].get("n", graph.n) or graph.num_edges != manifest[
+            "graph"].get("directed_edges", graph.num_edges):
+        raise LogError(f"{store.uri}: rebuilt graph (n={graph.n}, edges={graph.num_edges}) does "
+                       f"not match the run's ({manifest['graph']}); was the edge list changed?")
+    saved = None
+    if PARTITION_FILE in files or (not listed and store.exists(PARTITION_FILE)):
+        _verify(store, {PARTITION_FILE: files[PARTITION_FILE]} if listed else {})
+        saved = ckpt.read_arrays(store, PARTITION_FILE)[0]["shard"]
+    elif manifest.get("partition", {}).get("source") == "argument":
+        raise LogError(f"{store.uri}: the run's partition was passed in Python and not saved; "
+                       "start a new run")
+    return graph, saved
 
-    Everything here can fail on bad input or an unreachable cluster, and does
-    so before anything is written.
+
+def _verify(store: RunStore, records: dict[str, dict]) -> None:
+    """Check sizes and checksums of ``records``; IntegrityError naming the first bad file."""
+    check_files(store, records)
+    for rel, rec in records.items():
+        if hash_file(store, rel)["blake2b"] != rec["blake2b"]:
+            raise IntegrityError(f"{store.child_uri(rel)} was changed after the run wrote it "
+                                 "(its checksum differs from the manifest's)")
+
+
+def _choose_checkpoint(store: RunStore, manifest: dict) -> tuple[int | None, list[dict]]:
+    """The newest checkpoint whose files and earlier event chunks are intact, and its
+    metrics rows; falls back to the previous checkpoint, then to step 0, saying so.
+
+    Updates the manifest: the chosen checkpoint becomes ``checkpoint`` and the
+    event chunks after it are dropped from ``files`` (the shards delete them).
+    """
+    listed = isinstance(manifest.get("files"), dict)
+    candidates = [c for c in (manifest.get("checkpoint"), manifest.get("previous_checkpoint"))
+                  if c]
+    newest = candidates[0]["step"] if candidates else None
+    problems = []
+    for ckp in candidates:
+        try:
+            if listed:
+                _verify(store, ckp.get("files", {}))
+                _verify_chunks_before(store, manifest["files"], ckp.get("log", {}))
+            snapshot = f"{ckpt.step_dir(ckp['step'])}/metrics.arrow"
+            rows = store.read_table(snapshot).to_pylist()
+        except (IntegrityError, FileNotFoundError, OSError, pa.ArrowInvalid) as exc:
+            problems.append(f"checkpoint of step {ckp['step']}: {exc}")
+            continue
+        if ckp["step"] != newest:
+            _warn(f"{problems[0]}; resuming from the previous checkpoint, of step "
+                  f"{ckp['step']} (steps {ckp['step'] + 1}..{newest} are run again)")
+        manifest["checkpoint"], manifest["previous_checkpoint"] = ckp, None
+        if listed:
+            _drop_chunks_after(manifest["files"], ckp.get("log", {}))
+        return ckp["step"], rows
+    if problems:
+        _warn(f"{'; '.join(problems)}; no intact checkpoint is left, so the run starts again "
+              f"from step 0 (steps 0..{newest} are run again; keyed randomness makes them "
+              "the same)")
+    manifest.pop("checkpoint", None)
+    manifest.pop("previous_checkpoint", None)
+    if listed:
+        _drop_chunks_after(manifest["files"], {})
+    return None, []
+
+
+def _verify_chunks_before(store: RunStore, files: dict[str, dict], log: dict) -> None:
+    """The event chunks a checkpoint keeps (those before its log position) must be there."""
+    keep = {rel: rec for rel, rec in files.items() if _kept(rel, log)}
+    check_files(store, keep, "event chunk")
+
+
+def _kept(rel: str, log: dict) -> bool:
+    """Whether event chunk ``rel`` precedes the log position ``log`` ({shard: parts})."""
+    if not rel.startswith("events/shard="):
+        return True
+    shard = rel.split("/", 2)[1].removeprefix("shard=")
+    return chunk_number(rel) < int(log.get(shard, 0))
+
+
+def _drop_chunks_after(files: dict[str, dict], log: dict) -> None:
+    for rel in [rel for rel in files if not _kept(rel, log)]:
+        del files[rel]
+    files.pop(METRICS, None)  # rewritten when the run completes
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _connect(backend: str, address: str | None) -> None:
+    if backend == "ray":
+        from swarm.cluster.connect import ensure_ray
+
+        ensure_ray(address)
+
+
+def _prepare(config: RunConfig, graph: CSRGraph, partition: np.ndarray | None, backend: str):
+    """Partition, the env's global set-up and the population, shared by run and resume.
+
+    Everything here can fail on bad input, and does so before anything is written.
     """
     part = Partition(config.partition if partition is None else partition, graph.n,
                      config.shards, graph=graph, seed=config.seed)
@@ -441,73 +641,118 @@ def _prepare(config: RunConfig, graph: CSRGraph, partition: np.ndarray | None, b
     pop = config.population
     personas = load_personas(pop.personas) if pop.personas is not None else None
     check_population(pop, env_cls, config.env, personas, graph.n, backend)
-    if backend == "ray":
-        from swarm.cluster.connect import ensure_ray
-
-        ensure_ray(address)
     return part, env_cls, setup, personas
 
 
+def _mark_failed(store: RunStore, manifest: dict, kind, exc) -> bool:
+    """Record how the run ended in its manifest; False when even that write failed."""
+    interrupted = kind is not None and issubclass(kind, (KeyboardInterrupt, RunInterrupted))
+    manifest["status"] = "interrupted" if interrupted else "failed"
+    manifest["error"] = f"{kind.__name__ if kind else 'Error'}: {_cause(exc)}"
+    try:
+        write_manifest(store, manifest)
+    except StorageError:
+        return False
+    return True
+
+
+def _cause(exc) -> BaseException | None:
+    """The error a shard raised, when ``exc`` is Ray's wrapper of it."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
 def _execute(config: RunConfig, store: RunStore, manifest: dict, graph: CSRGraph,
-             part: Partition, setup: dict, personas, *, address, backend, progress, on_step,
-             restore_step: int | None = None, rows: list[dict] | None = None) -> Run:
+             part: Partition, setup: dict, personas, *, lease: Lease, backend, progress,
+             on_step, restore_step: int | None = None, rows: list[dict] | None = None,
+             restore_files: tuple[str, ...] = ()) -> Run:
     """Start the shards, run the rounds, close, and keep the manifest true on every exit."""
     env_cls = ENV_REGISTRY[config.env.kind]
     driver = servers = None
     try:
-        t_setup = time.perf_counter()
-        servers = PolicyServers(config, backend)
-        specs = _shard_specs(config, graph, part, setup, store, personas, servers)
-        n = graph.n
-        del graph
-        driver = _Driver(config, store, manifest, specs, backend, n, progress, on_step)
-        del specs
-        driver.start(restore_step, rows or [])
-        setup_seconds = time.perf_counter() - t_setup
-        with _SigintToStop(driver):
-            driver.loop()
-        t_close = time.perf_counter()
-        reports = driver.shards.close()
-        driver.drop_unfinished_checkpoints()
-        close_seconds = time.perf_counter() - t_close
-        _write_metrics(store, METRICS, driver.rows, _metric_columns(env_cls))
-    except BaseException as exc:
-        if driver is not None and driver.shards is not None:
-            driver.shards.abort()  # keep the events of finished steps, free the actors
-        interrupted = isinstance(exc, (KeyboardInterrupt, RunInterrupted))
-        manifest["status"] = "interrupted" if interrupted else "failed"
-        manifest["error"] = f"{type(exc).__name__}: {exc}"
-        write_manifest(store, manifest)
-        raise
+        try:
+            t_setup = time.perf_counter()
+            servers = PolicyServers(config, backend)
+            specs = _shard_specs(config, graph, part, setup, store, personas, servers)
+            n = graph.n
+            del graph
+            driver = _Driver(config, store, manifest, specs, backend, n, progress, on_step,
+                             lease)
+            del specs
+            driver.start(restore_step, rows or [], restore_files)
+            setup_seconds = time.perf_counter() - t_setup
+            with _SigintToStop(driver):
+                driver.loop()
+            t_close = time.perf_counter()
+            reports = driver.shards.close()
+            for report in reports:
+                driver.absorb_files(report["files"])
+            driver.drop_unfinished_checkpoints()
+            close_seconds = time.perf_counter() - t_close
+            _keep(manifest, _write_metrics(store, METRICS, driver.rows,
+                                           _metric_columns(env_cls)))
+            events = int(sum(r["rows"] for r in reports))
+            listed = sum(rec["rows"] for rel, rec in manifest["files"].items()
+                         if rel.startswith("events/"))
+            if listed != events:  # a chunk written but never reported: a bug, said loudly
+                raise IntegrityError(f"the shards wrote {events:,} events but the manifest "
+                                     f"lists chunks of {listed:,}")
+        except BaseException as exc:
+            if driver is not None and driver.shards is not None:
+                # Keep the events of finished steps (listed), free the actors.
+                for report in driver.shards.abort():
+                    driver.absorb_files(report["files"])
+            _raise_failure(store, manifest, exc)
+        finally:
+            if servers is not None:
+                if servers.servers:
+                    try:
+                        manifest["policy_servers"] = servers.stats()
+                    except Exception as exc:  # a dead server has no stats; the outcome stands
+                        manifest["policy_servers"] = f"unavailable: {type(exc).__name__}"
+                servers.close()
+        rows = driver.rows
+        manifest.update(
+            status="completed",
+            error=None,
+            steps_run=len(rows),
+            stop_reason=driver.stop_reason,
+            events=events,
+            shard_peak_rss_mib=[round(r["peak_rss_mib"], 1) for r in reports],
+            restarts=driver.prior_restarts + driver.restarts,
+        )
+        manifest["timings"].update(
+            setup_seconds=round(setup_seconds, 4),
+            run_seconds=round(driver.run_seconds, 4),
+            close_seconds=round(close_seconds, 4),
+            # The slowest shard's state writes per checkpoint, plus the driver's
+            # bookkeeping (metrics snapshot, manifest, deleting the old checkpoint).
+            checkpoint_seconds=round(sum(r.get("checkpoint_seconds", 0.0) for r in rows)
+                                     + driver.checkpoint_driver_seconds, 4),
+        )
+        try:
+            write_manifest(store, manifest)
+        except StorageError as exc:
+            raise StorageError(f"{exc}; every step ran, but the manifest could not be marked "
+                               f"completed. When fixed, finish with: swarm resume {store.uri}"
+                               ) from None
     finally:
-        if servers is not None:
-            if servers.servers:
-                try:
-                    manifest["policy_servers"] = servers.stats()
-                except Exception as exc:  # a dead server has no stats; the run's outcome stands
-                    manifest["policy_servers"] = f"unavailable: {type(exc).__name__}"
-            servers.close()
-    rows = driver.rows
-    manifest.update(
-        status="completed",
-        error=None,
-        steps_run=len(rows),
-        stop_reason=driver.stop_reason,
-        events=int(sum(r["rows"] for r in reports)),
-        shard_peak_rss_mib=[round(r["peak_rss_mib"], 1) for r in reports],
-        restarts=driver.prior_restarts + driver.restarts,
-    )
-    manifest["timings"].update(
-        setup_seconds=round(setup_seconds, 4),
-        run_seconds=round(driver.run_seconds, 4),
-        close_seconds=round(close_seconds, 4),
-        # The slowest shard's state writes per checkpoint, plus the driver's
-        # bookkeeping (metrics snapshot, manifest, deleting the old checkpoint).
-        checkpoint_seconds=round(sum(r.get("checkpoint_seconds", 0.0) for r in rows)
-                                 + driver.checkpoint_driver_seconds, 4),
-    )
-    write_manifest(store, manifest)
+        lease.release()
     return open_run(store.uri)
+
+
+def _raise_failure(store: RunStore, manifest: dict, exc: BaseException) -> None:
+    """Mark the manifest failed (or interrupted) and raise what the user should see."""
+    cause = _cause(exc)
+    marked = _mark_failed(store, manifest, type(cause), cause)
+    if isinstance(cause, StorageError):
+        state = ("the run is marked failed" if marked else
+                 "the manifest could not be marked failed either")
+        raise StorageError(f"{cause}; {state}. When fixed, continue with: swarm resume "
+                           f"{store.uri}") from None
+    if cause is not exc and isinstance(cause, SwarmError):
+        raise cause from None  # a shard's own error, without Ray's wrapper and traceback
+    raise exc
 
 
 class _SigintToStop:
@@ -539,9 +784,18 @@ class _SigintToStop:
 class _Driver:
     """The loop over steps: barrier, metrics rows, checkpoints, restarts, stop on Ctrl-C."""
 
+    #: Seconds between manifest writes that only add newly written chunks.
+    manifest_interval = 5.0
+
     def __init__(self, config: RunConfig, store: RunStore, manifest: dict, specs, backend: str,
-                 n: int, progress: bool | None, on_step):
+                 n: int, progress: bool | None, on_step, lease: Lease):
         self.config, self.store, self.manifest = config, store, manifest
+        self.lease = lease
+        # Checkpoint files and log positions the shards reported, per step, until
+        # every shard has written and the checkpoint is declared complete.
+        self._pending: dict[int, dict] = {}
+        self._manifest_written = time.monotonic()
+        self._unsaved = False
         self.backend, self.n, self.on_step = backend, n, on_step
         self.show = sys.stderr.isatty() if progress is None else progress
         self.every = config.checkpoint.every
@@ -562,16 +816,41 @@ class _Driver:
         else:
             self.specs = specs
 
-    def _make_shards(self, restore_step: int | None):
+    def _make_shards(self, restore_step: int | None, restore_files: tuple[str, ...] = ()):
         if self.backend == "local":
-            return _LocalShards(self.specs, restore_step)
+            return _LocalShards(self.specs, restore_step, restore_files)
         return _RayShards(self.specs, restore_step,
-                          f"swarm-{self.manifest['run_id']}-a{self.restarts}")
+                          f"swarm-{self.manifest['run_id']}-a{self.restarts}", restore_files)
 
-    def start(self, restore_step: int | None, rows: list[dict]) -> None:
+    def start(self, restore_step: int | None, rows: list[dict],
+              restore_files: tuple[str, ...] = ()) -> None:
         self.rows = rows
         self.start_step = 0 if restore_step is None else restore_step + 1
-        self.shards = self._make_shards(restore_step)
+        self.shards = self._make_shards(restore_step, restore_files)
+
+    # -- the manifest's list of files ----------------------------------------------
+
+    def absorb(self, summaries: list[dict], step: int | None = None) -> None:
+        """Take the file records from shard summaries (event chunks, checkpoint files)."""
+        for s in summaries:
+            self.absorb_files(s.get("files", ()))
+            if "checkpoint_files" in s:
+                at = s.get("checkpoint", step)
+                pending = self._pending.setdefault(at, {"files": {}, "log": {}})
+                pending["files"].update((f["path"], _record(f)) for f in s["checkpoint_files"])
+                pending["log"][str(s["shard"])] = s["log"]["parts"]
+
+    def absorb_files(self, files) -> None:
+        for f in files:
+            self.manifest["files"][f["path"]] = _record(f)
+            self._unsaved = True
+        if self._unsaved and time.monotonic() - self._manifest_written > self.manifest_interval:
+            self._save()
+
+    def _save(self) -> None:
+        self.lease.check()
+        write_manifest(self.store, self.manifest)
+        self._manifest_written, self._unsaved = time.monotonic(), False
 
     def loop(self) -> None:
         bar = _Progress(self.config.steps, self.n) if self.show else None
@@ -617,6 +896,7 @@ class _Driver:
         while step < steps:
             batch = self.shards.run_steps(step, steps - step, self.every)
             for s in batch:
+                self.absorb([s])
                 done = self._emit(_row(s["step"], [s], s["seconds"], self.derive), bar)
                 if "checkpoint" in s:
                     self._checkpoint_complete(s["step"])
@@ -641,17 +921,23 @@ class _Driver:
                 ahead = self.shards.submit(step + 1, [list(r[1:]) for r in handle],
                                            self._due(step + 1))
             summaries, outs = self.shards.collect(handle)
+            self.absorb(summaries)
             now = time.perf_counter()
             done = self._emit(_row(step, summaries, now - t_prev, self.derive), bar)
             if "checkpoint" in summaries[0]:
                 self._checkpoint_complete(step)
             if done:
+                if ahead is not None:
+                    # Nothing happened in the step run ahead, but it may have
+                    # flushed buffered events: its chunks belong in the manifest.
+                    self.absorb(self.shards.collect(ahead)[0])
                 return
             t_prev = now
             if self.stop_requested:
                 if ahead is not None:  # finish the step already under way
                     step += 1
                     summaries, _ = self.shards.collect(ahead)
+                    self.absorb(summaries)
                     done = self._emit(_row(step, summaries, time.perf_counter() - t_prev,
                                            self.derive), bar)
                     if "checkpoint" in summaries[0]:
@@ -669,18 +955,28 @@ class _Driver:
     # -- checkpoints, stops and restarts -------------------------------------------
 
     def _checkpoint_complete(self, step: int) -> None:
-        """Every shard wrote step ``step``: record it, then drop older checkpoints."""
+        """Every shard wrote step ``step``: record it with its files, keep the previous one
+        (a resume falls back to it if this one is damaged), drop older ones."""
         t0 = time.perf_counter()
-        _write_metrics(self.store, f"{ckpt.step_dir(step)}/metrics.arrow",
-                       self.rows[: step + 1], _metric_columns(ENV_REGISTRY[self.config.env.kind]))
+        snapshot = _write_metrics(self.store, f"{ckpt.step_dir(step)}/metrics.arrow",
+                                  self.rows[: step + 1],
+                                  _metric_columns(ENV_REGISTRY[self.config.env.kind]))
+        pending = self._pending.pop(step, {"files": {}, "log": {}})
+        self._pending = {k: v for k, v in self._pending.items() if k > step}
+        pending["files"][snapshot["path"]] = _record(snapshot)
         self.last_checkpoint = step
+        previous = self.manifest.get("checkpoint")
+        self.manifest["previous_checkpoint"] = previous if previous and previous["step"] < step \
+            else None
         self.manifest["checkpoint"] = {"step": step, "path": ckpt.step_dir(step),
-                                       "unix": time.time()}
-        write_manifest(self.store, self.manifest)
+                                       "unix": time.time(), **pending}
+        self._save()
         # Only older ones: with every=1 the next step's checkpoint may be being
         # written right now (the driver runs one step ahead).
+        keep = self.manifest["previous_checkpoint"]["step"] if self.manifest[
+            "previous_checkpoint"] else step
         for name in self.store.listdir(STATE):
-            if name.startswith("step=") and int(name[5:]) < step:
+            if name.startswith("step=") and int(name[5:]) < keep:
                 self.store.delete(f"{STATE}/{name}")
         self.checkpoint_driver_seconds += time.perf_counter() - t0
 
@@ -694,7 +990,7 @@ class _Driver:
     def _stop(self, step: int) -> None:
         """Ctrl-C: write a checkpoint of the last finished step and stop."""
         if self.last_checkpoint != step:
-            self.shards.checkpoint(step)
+            self.absorb(self.shards.checkpoint(step), step)
             self._checkpoint_complete(step)
         raise RunInterrupted(
             f"interrupted after step {step}; checkpoint written. Continue with: "
@@ -720,12 +1016,17 @@ class _Driver:
         keep = 0 if self.last_checkpoint is None else self.last_checkpoint + 1
         del self.rows[keep:]
         self.start_step = keep
+        # The new shards delete the chunks written after the checkpoint; so does the list.
+        checkpoint = self.manifest.get("checkpoint") if self.last_checkpoint is not None else None
+        _drop_chunks_after(self.manifest["files"], (checkpoint or {}).get("log", {}))
+        self._pending.clear()
+        files = tuple((checkpoint or {}).get("files", {}))
         while self.shards is None:  # a start that fails (no room yet) uses a restart too
             self.restarts += 1
             self.manifest["restarts"] = self.prior_restarts + self.restarts
-            write_manifest(self.store, self.manifest)
+            self._save()
             if self.restarts > limit:
-                raise ClusterError(
+                raise ShardFailure(
                     f"a shard died ({type(exc).__name__}: {exc}) and "
                     f"fault_tolerance.max_restarts={limit} restarts are used up. Fix the "
                     f"cause, then continue from {where} with: swarm resume {self.store.uri}"
@@ -733,7 +1034,7 @@ class _Driver:
             print(f"shard failure ({type(exc).__name__}); restart {self.restarts}/{limit} "
                   f"from {where}", file=sys.stderr, flush=True)
             try:
-                self.shards = self._make_shards(self.last_checkpoint)
+                self.shards = self._make_shards(self.last_checkpoint, files)
             except Exception as again:
                 if not self._recoverable(again):
                     raise
@@ -774,13 +1075,17 @@ def _row(step: int, summaries: list[dict], seconds: float, derive=None) -> dict:
     return row
 
 
+def _record(file: dict) -> dict:
+    """A file record as the manifest keeps it (its path is the key)."""
+    return {k: v for k, v in file.items() if k != "path"}
+
+
 def _metric_columns(env_cls) -> tuple[str, ...]:
     return (*env_cls.metric_names, *env_cls.derived_metric_names)
 
 
-def _write_metrics(store: RunStore, rel: str, rows: list[dict], metric_names) -> None:
-    import pyarrow as pa
-
+def _write_metrics(store: RunStore, rel: str, rows: list[dict], metric_names) -> dict:
+    """Write the metrics table; returns its file record (with ``path``)."""
     floats = ("seconds", "shard_seconds_max", "checkpoint_seconds", "decide_seconds",
               *(f"{stage}_seconds" for stage in STAGES))
     cols = ["step", "active", "events", "messages", "cross_shard_messages", "cross_shard_bytes",
@@ -791,7 +1096,7 @@ def _write_metrics(store: RunStore, rel: str, rows: list[dict], metric_names) ->
             types[c] = pa.float64()
     table = pa.table({c: pa.array([r.get(c, 0) for r in rows], type=types.get(c, pa.int64()))
                       for c in cols})
-    store.write_table(rel, table)
+    return {"path": rel, **store.write_table(rel, table)}
 
 
 class _Progress:

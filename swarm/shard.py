@@ -107,8 +107,11 @@ def _nbytes(box: Outbox | None) -> int:
 class Shard:
     """Runs the round for the agents of one partition."""
 
-    def __init__(self, spec: ShardSpec, restore_step: int | None = None):
+    def __init__(self, spec: ShardSpec, restore_step: int | None = None,
+                 restore_files: tuple[str, ...] = ()):
         self.id = spec.shard
+        #: The files of the checkpoint to restore, as the manifest lists them.
+        self.checkpoint_files = frozenset(restore_files)
         self.num_shards = spec.num_shards
         self.partition = spec.partition
         self.store = spec.store
@@ -206,9 +209,11 @@ class Shard:
         if checkpoint:
             self.log.flush()  # a checkpoint step ends a chunk (flush_every aside)
             t_ck = time.perf_counter()
-            self._write_state(step)
+            summary.update(self._write_state(step))
             summary["checkpoint"] = step
             summary["checkpoint_seconds"] = time.perf_counter() - t_ck
+        # Chunks finished this step, for the manifest's list of files.
+        summary["files"] = self.log.take_files()
         summary["seconds"] = time.perf_counter() - t0
         return (summary, *outboxes)
 
@@ -381,12 +386,15 @@ class Shard:
 
     # -- checkpoints -------------------------------------------------------------
 
-    def checkpoint(self, step: int) -> int:
-        """Flush events and write this shard's state after ``step``; returns bytes written."""
+    def checkpoint(self, step: int) -> dict:
+        """Flush events and write this shard's state after ``step``; returns the records of
+        the files written (``files``: event chunks, ``checkpoint_files``) and the log position."""
         self.log.flush()
-        return self._write_state(step)
+        written = self._write_state(step)
+        return {**written, "files": self.log.take_files()}
 
-    def _write_state(self, step: int) -> int:
+    def _write_state(self, step: int) -> dict:
+        """Write the checkpoint files of ``step``; {"checkpoint_files": records, "log": ...}."""
         arrays = {f"env.{k}": v for k, v in self.env.state_dict().items()}
         arrays.update({f"pop.{k}": v for k, v in self.population.state_dict().items()})
         for due, box in self._held.items():
@@ -396,13 +404,13 @@ class Shard:
             arrays.update({f"own.{kind}.{k}": v for k, v in cols.items()})
         meta = {"step": step, "shard": self.id, "num_shards": self.num_shards,
                 **{f"log_{k}": v for k, v in self.log.position().items()}}
-        written = ckpt.write_arrays(self.store, ckpt.shard_file(step, self.id), arrays, meta)
+        files = [ckpt.write_arrays(self.store, ckpt.shard_file(step, self.id), arrays, meta)]
         for k, box in enumerate(self._sent):
             if box:
                 cols = {f"{kind}.{name}": v for kind, m in box.items() for name, v in m.items()}
-                written += ckpt.write_arrays(self.store, ckpt.messages_file(step, self.id, k),
-                                             cols)
-        return written
+                files.append(ckpt.write_arrays(self.store, ckpt.messages_file(step, self.id, k),
+                                               cols))
+        return {"shard": self.id, "checkpoint_files": files, "log": self.log.position()}
 
     def _restore(self, step: int) -> None:
         arrays, meta = ckpt.read_arrays(self.store, ckpt.shard_file(step, self.id))
@@ -420,18 +428,23 @@ class Shard:
                 _, due, kind, name = key.split(".", 3)
                 self._held.setdefault(int(due), {}).setdefault(kind, {})[name] = value
         self.log.rewind(meta["log_parts"], meta["log_rows"])
-        folder = ckpt.step_dir(step)
-        for name in self.store.listdir(folder):
-            if name.startswith("msgs-") and name.endswith(f"-to-{self.id}.arrow"):
-                cols, _ = ckpt.read_arrays(self.store, f"{folder}/{name}")
+        # The senders' message files are those the manifest lists for this
+        # checkpoint (the driver checked them before starting the shards): a
+        # file that went missing is an error here, never an empty inbox.
+        for sender in range(self.num_shards):
+            rel = ckpt.messages_file(step, sender, self.id)
+            if rel in self.checkpoint_files or (not self.checkpoint_files
+                                                and self.store.exists(rel)):
+                cols, _ = ckpt.read_arrays(self.store, rel)
                 self._restored.append(_unflatten(cols))
         self.steps_done = step + 1
 
     def close(self) -> dict:
-        """Flush the remaining events; report rows written and peak memory."""
+        """Flush the remaining events; report rows written, the last chunks and peak memory."""
         self.log.flush()
         self.population.close()
-        return {"shard": self.id, "rows": self.log.rows_written, "peak_rss_mib": _peak_rss_mib()}
+        return {"shard": self.id, "rows": self.log.rows_written, "files": self.log.take_files(),
+                "peak_rss_mib": _peak_rss_mib()}
 
     def health(self) -> dict:
         return {"shard": self.id, "ok": True, "steps_done": self.steps_done, "pid": os.getpid(),

@@ -9,11 +9,20 @@ so shards on other nodes reopen the same place.
 Writes are atomic where the filesystem allows: on a local disk a file is
 written under a dot-prefixed temporary name and renamed (a reader never sees
 half a chunk); object stores publish an object only when its upload
-completes, so there the file is written in place.
+completes, so there the file is written in place. Every write returns the
+file's record (bytes, BLAKE2b checksum, rows for tables), hashed while the
+bytes stream out, which the manifest keeps so that readers can tell a file
+that was damaged, truncated or deleted from the one that was written.
+
+A write that fails (a full disk, no permission, a run directory deleted
+under the run) raises ``StorageError`` naming the file, and leaves no
+temporary file behind.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import json
 import os
@@ -21,9 +30,54 @@ import os
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from swarm.errors import LogError
+from swarm.errors import LogError, StorageError
 
-__all__ = ["RunStore"]
+__all__ = ["RunStore", "FileRecord", "hash_file"]
+
+#: A file as the manifest lists it: {"bytes": int, "blake2b": hex, "rows": int (tables)}.
+FileRecord = dict
+_HASH_BYTES = 16
+_READ_CHUNK = 1 << 22
+
+
+class _HashingWriter(io.RawIOBase):
+    """A write-only stream that hashes and counts what passes through to ``sink``."""
+
+    def __init__(self, sink):
+        self.sink = sink
+        self.hash = hashlib.blake2b(digest_size=_HASH_BYTES)
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.hash.update(data)
+        self.sink.write(data)
+        n = memoryview(data).nbytes
+        self.size += n
+        return n
+
+    def record(self) -> FileRecord:
+        return {"bytes": self.size, "blake2b": self.hash.hexdigest()}
+
+
+def _why(exc: OSError) -> str:
+    """A short reason for a failed file operation (pyarrow's messages carry the path twice)."""
+    code = getattr(exc, "errno", None)
+    if code is None:  # pyarrow's OSError: "... error: [errno 28] No space left on device"
+        text = str(exc)
+        for err, name in ((errno.ENOSPC, "No space left on device"),
+                          (errno.EACCES, "Permission denied"),
+                          (errno.ENOENT, "No such file or directory"),
+                          (errno.EROFS, "Read-only file system"),
+                          (errno.EDQUOT, "Disk quota exceeded")):
+            if name.lower() in text.lower() or f"errno {err}]" in text:
+                code = err
+                break
+        else:
+            return text.splitlines()[0][:200] if text else type(exc).__name__
+    return os.strerror(code).lower()
 
 
 class RunStore:
@@ -39,7 +93,8 @@ class RunStore:
     --------
     >>> import tempfile
     >>> store = RunStore(tempfile.mkdtemp())
-    >>> store.write_bytes("a/b.txt", b"hi")
+    >>> store.write_bytes("a/b.txt", b"hi")["bytes"]
+    2
     >>> store.read_bytes("a/b.txt"), store.listdir("a")
     (b'hi', ['b.txt'])
     """
@@ -94,50 +149,74 @@ class RunStore:
     # -- writes ----------------------------------------------------------------
 
     def makedirs(self, rel: str = "") -> None:
-        self.fs.create_dir(self.path(rel), recursive=True)
+        try:
+            self.fs.create_dir(self.path(rel), recursive=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {self.child_uri(rel)}: {_why(exc)}") from None
 
     def delete(self, rel: str) -> None:
         """Delete a file or a directory tree; nothing happens if it is missing."""
         info = self.info(rel)
-        if info.type == pafs.FileType.Directory:
-            self.fs.delete_dir(self.path(rel))
-        elif info.type != pafs.FileType.NotFound:
-            self.fs.delete_file(self.path(rel))
+        try:
+            if info.type == pafs.FileType.Directory:
+                self.fs.delete_dir(self.path(rel))
+            elif info.type != pafs.FileType.NotFound:
+                self.fs.delete_file(self.path(rel))
+        except OSError as exc:
+            raise StorageError(f"cannot delete {self.child_uri(rel)}: {_why(exc)}") from None
 
-    def clear(self) -> None:
-        """Delete everything under the root, keeping the root."""
-        self.fs.delete_dir_contents(self.path(), missing_dir_ok=True)
+    def clear(self, keep: tuple[str, ...] = ()) -> None:
+        """Delete everything under the root but the names in ``keep``, keeping the root."""
+        for name in self.listdir():
+            if name not in keep:
+                self.delete(name)
 
-    def _atomic(self, rel: str, write) -> None:
+    def _atomic(self, rel: str, write) -> FileRecord:
+        """Write through ``write(sink)`` under a temporary name, then rename; the record."""
         target = self.path(rel)
         parent = target.rsplit("/", 1)[0]
-        if self.local:
-            self.fs.create_dir(parent, recursive=True)
-            tmp = f"{parent}/.{target.rsplit('/', 1)[1]}.tmp"
+        tmp = f"{parent}/.{target.rsplit('/', 1)[1]}.tmp" if self.local else target
+        # The directory itself is never re-created here: one deleted under a
+        # running run is an error, not a fresh start with half the files.
+        if self.local and self.fs.get_file_info(self.root).type != pafs.FileType.Directory:
+            raise StorageError(f"cannot write {self.child_uri(rel)}: the directory {self.uri} "
+                               "vanished (deleted or unmounted)")
+        try:
+            if self.local:
+                self.fs.create_dir(parent, recursive=True)
             with self.fs.open_output_stream(tmp) as sink:
-                write(sink)
-            self.fs.move(tmp, target)
-        else:
-            with self.fs.open_output_stream(target) as sink:
-                write(sink)
+                hashing = _HashingWriter(sink)
+                write(hashing)
+            if self.local:
+                self.fs.move(tmp, target)
+        except OSError as exc:
+            if self.local:
+                try:
+                    self.fs.delete_file(tmp)
+                except OSError:
+                    pass  # the temporary file never appeared, or the disk is gone
+            raise StorageError(f"cannot write {self.child_uri(rel)}: {_why(exc)}") from None
+        return hashing.record()
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def write_bytes(self, rel: str, data: bytes) -> FileRecord:
         """Write ``data`` to ``rel`` atomically (temporary name and rename on local disks)."""
-        self._atomic(rel, lambda sink: sink.write(data))
+        return self._atomic(rel, lambda sink: sink.write(data))
 
-    def write_json(self, rel: str, obj) -> None:
+    def write_json(self, rel: str, obj) -> FileRecord:
         text = json.dumps(obj, indent=2, sort_keys=True, default=str)
-        self.write_bytes(rel, text.encode())
+        return self.write_bytes(rel, text.encode())
 
-    def write_table(self, rel: str, table: pa.Table, compression: str | None = None) -> None:
-        """Write ``table`` as one Arrow IPC file, atomically."""
+    def write_table(self, rel: str, table: pa.Table, compression: str | None = None
+                    ) -> FileRecord:
+        """Write ``table`` as one Arrow IPC file, atomically; its record includes ``rows``."""
         options = pa.ipc.IpcWriteOptions(compression=compression)
 
-        def write(sink):
+        def write(hashing):
+            sink = pa.PythonFile(hashing, mode="w")
             with pa.ipc.new_file(sink, table.schema, options=options) as writer:
                 writer.write_table(table)
 
-        self._atomic(rel, write)
+        return {**self._atomic(rel, write), "rows": table.num_rows}
 
     # -- reads -----------------------------------------------------------------
 
@@ -155,3 +234,23 @@ class RunStore:
                 return pa.ipc.open_file(src).read_all()
         with self.fs.open_input_file(self.path(rel)) as src:
             return pa.ipc.open_file(src).read_all()
+
+    def sizes(self, rel: str = "") -> dict[str, int]:
+        """Every file under ``rel`` (recursively) with its size: {path from the root: bytes}."""
+        if not self.isdir(rel):
+            return {}
+        sel = pafs.FileSelector(self.path(rel), allow_not_found=True, recursive=True)
+        cut = len(self.root) + 1
+        return {i.path[cut:]: i.size for i in self.fs.get_file_info(sel)
+                if i.type == pafs.FileType.File}
+
+
+def hash_file(store: RunStore, rel: str) -> FileRecord:
+    """Read ``rel`` in chunks and return its size and BLAKE2b checksum (as writes record)."""
+    h = hashlib.blake2b(digest_size=_HASH_BYTES)
+    size = 0
+    with store.fs.open_input_stream(store.path(rel)) as src:
+        while chunk := src.read(_READ_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return {"bytes": size, "blake2b": h.hexdigest()}

@@ -21,6 +21,7 @@ import pyarrow as pa
 import yaml
 
 from swarm.config import apply_overrides, read_config_file, validate_config
+from swarm.config_file import parse_yaml
 from swarm.errors import ConfigError, SwarmError
 from swarm.storage import RunStore
 
@@ -52,10 +53,9 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
         if key in grid:
             raise ConfigError(f"--grid names {key!r} twice; give all its values in one --grid")
         try:  # a YAML flow list, so values may be lists themselves: k=[1,2],[3,4]
-            values = yaml.safe_load(f"[{text}]")
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--grid {key}: cannot parse {text!r} as comma-separated "
-                              f"values ({getattr(exc, 'problem', exc)})") from None
+            values = parse_yaml(f"[{text}]", f"--grid {key}")
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (comma-separated values expected)") from None
         if not values:
             raise ConfigError(f"--grid {key}: give at least one value")
         grid[key] = values

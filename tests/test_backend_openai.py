@@ -304,9 +304,10 @@ def test_5xx_and_429_are_retried_then_succeed(monkeypatch):
             return web.Response(status=500, text="boom")
         return web.json_response({"choices": [{"index": 0, "text": "ok"}]})
 
-    monkeypatch.setenv("SWARM_TEST_KEY", "sk-test")
+    monkeypatch.setenv("SWARM_TEST_API_KEY", "sk-test")
     with thread_server(fake_server(flaky)) as url:
-        backend = OpenAIBackend(url, "m", api_key_env="SWARM_TEST_KEY", retries=3, backoff=0.01)
+        backend = OpenAIBackend(url, "m", api_key_env="SWARM_TEST_API_KEY", retries=3,
+                                backoff=0.01)
         assert backend.generate(["a"], np.array([1]), 3) == ["ok"]
         backend.close()
     assert seen_auth == ["Bearer sk-test"] * 3

@@ -42,15 +42,24 @@ def reference(tmp_path_factory):
     return swarm.run(sir_config(), tmp_path_factory.mktemp("ref") / "r", backend="local")
 
 
-def test_checkpoint_files_and_only_the_last_kept(reference):
+def test_checkpoint_files_and_only_the_last_two_kept(reference):
     m = reference.manifest
     assert m["steps_run"] > 12, "the reference run must outlast several checkpoints"
     step = m["checkpoint"]["step"]
     assert (step + 1) % 4 == 0 and step >= m["steps_run"] - 5
+    # The previous checkpoint stays, for a resume to fall back on if the last is damaged.
+    previous = m["previous_checkpoint"]["step"]
+    assert previous == step - 4
     state = os.path.join(reference.path, "state")
-    assert os.listdir(state) == [f"step={step:08d}"]
+    assert sorted(os.listdir(state)) == [f"step={previous:08d}", f"step={step:08d}"]
     files = os.listdir(os.path.join(state, f"step={step:08d}"))
     assert {"shard=0.arrow", "shard=1.arrow", "metrics.arrow"} <= set(files)
+    # Every one of them is listed in the manifest with its rows, bytes and checksum.
+    listed = m["checkpoint"]["files"]
+    assert set(listed) == {f"state/step={step:08d}/{f}" for f in files}
+    assert all(rec["bytes"] > 0 and len(rec["blake2b"]) == 32 for rec in listed.values())
+    assert m["checkpoint"]["log"] == {"0": m["checkpoint"]["log"]["0"],
+                                      "1": m["checkpoint"]["log"]["1"]}
     arrays, meta = swarm.checkpoint.read_arrays(reference.store,
                                                 f"state/step={step:08d}/shard=0.arrow")
     assert meta["step"] == step and arrays["env.ever_active"].ndim == 0
@@ -160,8 +169,9 @@ def test_killed_shard_actor_restarts_from_the_checkpoint(ray_session, tmp_path, 
 def test_restarts_run_out_then_resume_works(ray_session, tmp_path, reference):
     out = tmp_path / "r"
     cfg = sir_config(fault_tolerance=swarm.config.FaultToleranceConfig(max_restarts=0))
-    with pytest.raises(ClusterError, match="max_restarts=0.*swarm resume"):
+    with pytest.raises(ClusterError, match="max_restarts=0.*swarm resume") as info:
         swarm.run(cfg, out, on_step=_kill_shard_at(9, out))
+    assert info.value.exit_code == 3  # a run-time failure, not bad input
     failed = swarm.open_run(out)
     assert failed.status == "failed" and failed.manifest["checkpoint"]["step"] == 7
     resumed = swarm.resume(out)

@@ -334,7 +334,7 @@ def test_prompts_the_model_refuses_fall_back_alone_whatever_the_sharding(tiny_mo
     ({"policy": {"template": "You see {feed}"}}, "template names \\['feed'\\]"),
     ({"policy": {"bucket": {"age": 1}}}, "bucket names"),
     ({"policy": {"template": "You are {persona.rol}"}}, "cannot be rendered.*rol"),
-    ({"policy": {"template": "{exposures:q} shared"}}, "cannot be rendered"),
+    ({"policy": {"template": "{exposures:s} shared"}}, "cannot be rendered"),
     ({"policy": {"device": "cuda:7"}} if not torch.cuda.is_available() else
      {"policy": {"device": "cuda:99"}}, "not available"),
 ])

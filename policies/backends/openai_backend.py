@@ -27,6 +27,7 @@ import httpx
 import numpy as np
 
 from swarm.policies.backends.base import Backend, BackendError, PromptError
+from swarm.policies.endpoints import check_api_key_env, check_key_transport
 
 __all__ = ["OpenAIBackend"]
 
@@ -106,8 +107,11 @@ class OpenAIBackend(Backend):
     model : str
         The model name the server serves (``GET {base_url}/models`` lists them).
     api_key_env : str or None
-        The environment variable holding the API key, sent as a bearer token.
-        Unset (or None) sends no Authorization header, which local servers accept.
+        The environment variable holding the API key, sent as a bearer token; its
+        name must match ``[A-Z][A-Z0-9_]*_API_KEY``. Unset (or None) sends no
+        Authorization header, which local servers accept. A key is never sent over
+        plain ``http://`` to a host other than loopback: such a backend refuses to
+        start (or to send its first request) while the variable is set.
     max_concurrency : int
         Requests this backend keeps in flight at once (per backend instance, so
         per run shard); tune it against the server's batch capacity.
@@ -155,6 +159,11 @@ class OpenAIBackend(Backend):
             raise BackendError(f"timeout must be > 0 seconds; got {timeout!r}")
         if not backoff >= 0:
             raise BackendError(f"backoff must be >= 0 seconds; got {backoff!r}")
+        try:
+            check_api_key_env(api_key_env)
+        except ValueError as exc:
+            raise BackendError(f"{exc}; got {api_key_env!r}") from None
+        _check_transport(base_url, api_key_env)
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
@@ -215,6 +224,7 @@ class OpenAIBackend(Backend):
                 cells[i, j] = index.setdefault(prompt + cont, len(index))
         texts = list(index)
         chunks = [texts[k:k + self.batch_size] for k in range(0, len(texts), self.batch_size)]
+        _check_transport(self.base_url, self.api_key_env)  # before any coroutine exists
         replies = self._run(self._gather([self._echo_logprobs(c) for c in chunks]))
         per_text = [item for reply in replies for item in reply]
         for j, cont in enumerate(continuations):
@@ -244,6 +254,7 @@ class OpenAIBackend(Backend):
                              f"{len(prompts)} prompts")
         if not prompts or max_new_tokens <= 0:
             return [""] * len(prompts)
+        _check_transport(self.base_url, self.api_key_env)
         coros = [self._complete(p, int(s), int(max_new_tokens), float(temperature))
                  for p, s in zip(prompts, seeds, strict=True)]
         return list(self._run(self._gather(coros)))
@@ -257,6 +268,7 @@ class OpenAIBackend(Backend):
         report: dict[str, Any] = {"backend": self.name, "base_url": self.base_url,
                                   "model": self.model}
         try:
+            _check_transport(self.base_url, self.api_key_env)
             models = self._run(self._models())
         except BackendError as exc:
             return {**report, "ok": False, "models": [], "error": str(exc)}
@@ -272,6 +284,7 @@ class OpenAIBackend(Backend):
         Policies call it at start-up so a wrong URL or model name fails before
         step 0 rather than at the first decide.
         """
+        _check_transport(self.base_url, self.api_key_env)
         models = self._run(self._models())
         if self.model not in models:
             raise BackendError(self._not_served(models))
@@ -301,6 +314,14 @@ class OpenAIBackend(Backend):
             headers = {}
             key = os.environ.get(self.api_key_env) if self.api_key_env else None
             if key:
+                # Checked where the key is read (the public methods check first, so
+                # that a refusal leaves no coroutine unawaited): a backend unpickled on
+                # a Ray worker never ran __init__, and the worker's environment differs.
+                try:
+                    _check_transport(self.base_url, self.api_key_env)
+                except BackendError:
+                    coro.close()
+                    raise
                 headers["Authorization"] = f"Bearer {key}"
             runtime.client = httpx.AsyncClient(
                 headers=headers, timeout=httpx.Timeout(self.timeout),
@@ -469,6 +490,15 @@ class OpenAIBackend(Backend):
     def _not_served(self, models: list[str]) -> str:
         return (f"model {self.model!r} is not served by {self.base_url}; it serves {models}; "
                 "set the policy's model to one of them")
+
+
+def _check_transport(base_url: str, api_key_env: str | None) -> None:
+    """A BackendError, before any request, if the key set in ``api_key_env`` would go in clear."""
+    present = bool(api_key_env and os.environ.get(api_key_env))
+    try:
+        check_key_transport(base_url, api_key_env, key_present=present)
+    except ValueError as exc:
+        raise BackendError(f"{exc}; nothing was sent") from None
 
 
 def _connect_reason(exc: httpx.ConnectError) -> str:
