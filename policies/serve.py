@@ -5,17 +5,35 @@ aiohttp in front of a local :class:`~swarm.policies.backends.base.Backend`,
 normally :class:`TransformersBackend`. The ``openai`` backend (or any
 OpenAI client) talks to it. Scoring requests (``echo`` with ``logprobs``)
 return per-token log-probabilities computed in float64 exactly as the local
-backend scores, and generation goes through the backend's own sampler with
-the request's ``seed``, so shards that use the server choose the same actions
-and write the same text as shards that load the model themselves.
+backend scores, and generation samples with the backend's own sampler and the
+request's ``seed``, step for step as ``TransformersBackend.generate`` does, so
+shards that use the server choose the same actions and write the same text as
+shards that load the model themselves.
 
 Requests from many clients are merged: the prompts that arrive within a
 short window (``batch_window_ms``) go through the model together, in one
-worker thread, because the model and tokenizer are not thread-safe.
+worker thread, because the model and tokenizer are not thread-safe. Each
+prompt is checked and tokenized on its own, so a bad one fails only its own
+request. Generation advances in slices of about 50 ms (keeping its KV cache
+in between), and newly arrived requests get their turn between slices: a
+1-token request beside a 1000-token generation waits about one slice, not
+the whole generation. Running generations share a memory budget (one full
+batch over the whole context); beyond it, generations wait their turn first
+come first served, while scoring requests go on.
+
+What one request may ask for is limited (:class:`ServeLimits`: body size,
+prompts per request, prompt tokens, ``max_tokens``), and over a limit it is
+refused with an OpenAI-style error naming the option that raises it, before
+the model or the tokenizer sees anything large. Connections that stay idle
+or send their request too slowly are closed. With an API key (read from an
+environment variable named ``*_API_KEY``) every request must carry
+``Authorization: Bearer KEY``.
 
 Run it as ``swarm serve-policy MODEL_DIR`` or
 ``python -m swarm.policies.serve MODEL_DIR [--host --port --device --dtype
---batch-window-ms --served-model-name]``.
+--batch-window-ms --batch-size --served-model-name --max-body-bytes
+--max-prompts --max-prompt-tokens --max-new-tokens --read-timeout
+--idle-timeout --api-key-env]``.
 """
 
 from __future__ import annotations
@@ -23,26 +41,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import json
 import math
 import os
+import re
 import secrets
 import signal
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 from aiohttp import web
 
-from swarm.policies.backends.base import Backend, BackendError, sample_tokens
+from swarm.policies.backends.base import Backend, BackendError, PromptError, sample_tokens
+from swarm.policies.endpoints import API_KEY_ENV_PATTERN
 
-__all__ = ["CompletionEngine", "main", "make_app", "serve"]
+__all__ = ["CompletionEngine", "ServeLimits", "main", "make_app", "make_runner", "serve"]
 
 # Largest number of logits (rows x vocabulary) one scoring forward may hold:
 # 2**26 is 256 MB in float32 plus 512 MB for the float64 log-softmax.
@@ -50,16 +73,92 @@ _LOGIT_BUDGET = 1 << 26
 # Prompts one model round takes from the queue; the rest wait for the next
 # round, so one huge request cannot hold a small one back for long.
 _MAX_ROUND_PROMPTS = 1024
-_MAX_BODY = 64 * 1024**2
+# How long one model round may spend advancing running generations before it
+# hands back, so that requests which arrived meanwhile join the next round.
+# Results do not depend on it (a generation keeps its KV cache between
+# rounds); it trades a little per-round overhead against how long a short
+# request can wait behind a long generation.
+_ROUND_GENERATION_S = 0.05
+# A prompt longer than this many characters per allowed token is refused
+# before tokenizing: tokenizing 10 MB of text costs seconds and gigabytes.
+# Tokens average about 4 characters of English; few texts exceed 8 per token.
+_CHARS_PER_TOKEN = 8
+# Prompt-token cap for a model whose config states no context length.
+_FALLBACK_PROMPT_TOKENS = 4096
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# The name --api-key-env takes: the variable's name, never the key itself
+# (a key on the command line shows in `ps` and in shell history). The same
+# rule as the openai backend's api_key_env, so one variable serves both ends.
+_KEY_ENV_NAME = API_KEY_ENV_PATTERN
 # Sampling options this server cannot honour, with the value that means "off";
 # anything else is refused rather than silently ignored.
 _NEUTRAL = {"n": 1, "best_of": 1, "top_p": 1, "presence_penalty": 0, "frequency_penalty": 0,
             "stream": False, "suffix": None, "stop": None, "logit_bias": None}
 _MODELS_KEY = web.AppKey("swarm_model_names", list)
 _BATCHER_KEY = web.AppKey("swarm_batcher", object)
+_LIMITS_KEY = web.AppKey("swarm_limits", object)
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may ask of ``swarm serve-policy``, and how long a client may dawdle.
+
+    A request over a limit is refused (HTTP 400, 413 for the body) with an
+    OpenAI-style error that names the limit and the option raising it, before
+    anything large is tokenized or reaches the model.
+    """
+
+    max_body_bytes: int = 1 << 20
+    """Largest request body in bytes (``--max-body-bytes``); larger ones get HTTP 413 unread."""
+    max_prompts: int = 256
+    """Most prompts in one request (``--max-prompts``)."""
+    max_prompt_tokens: int | None = None
+    """Most tokens in one prompt (``--max-prompt-tokens``); default: the model's context
+    length from its config (4096 if it states none). A prompt longer than 8 characters per
+    allowed token is refused without tokenizing it."""
+    max_new_tokens: int = 256
+    """Largest ``max_tokens`` a request may ask for (``--max-new-tokens``); prompt tokens
+    plus ``max_tokens`` must also fit in the model's context."""
+    read_timeout_s: float = 30.0
+    """Seconds a client has to send a request body once its headers are in
+    (``--read-timeout``); a slower one gets HTTP 408 and is disconnected."""
+    idle_timeout_s: float = 15.0
+    """Seconds a connection may sit without a complete request (``--idle-timeout``): a fresh
+    connection that sends nothing or trickles its headers, or a kept-alive one between
+    requests, is closed after this. Above the 5 s for which OpenAI clients (httpx) keep idle
+    connections, so they never reuse one the server is closing."""
+
+    def __post_init__(self) -> None:
+        # Messages name the field and its command-line option: either may have set it.
+        for name in ("max_body_bytes", "max_prompts", "max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BackendError(f"{name} ({_option(name)}) must be an integer >= 1; "
+                                   f"got {value!r}")
+        cap = self.max_prompt_tokens
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise BackendError(f"max_prompt_tokens (--max-prompt-tokens) must be an integer >= 1, "
+                               f"or left out for the model's context length; got {cap!r}")
+        for name in ("read_timeout_s", "idle_timeout_s"):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not 0 < value < math.inf):
+                raise BackendError(f"{name} ({_option(name)}) must be a number of seconds > 0; "
+                                   f"got {value!r}")
+
+
+def _option(field_name: str) -> str:
+    """The command-line option that sets a ServeLimits field."""
+    return "--" + field_name.removesuffix("_s").replace("_", "-")
 
 
 # -- the model side: runs in the worker thread only ------------------------------------------
+
+
+class _OverLimit(PromptError):
+    """A prompt with more tokens than the server allows (or than fit the model's context)."""
+
+    code = "context_length_exceeded"
 
 
 @dataclass
@@ -84,8 +183,116 @@ class _Choice:
     completion_tokens: int
 
 
+@dataclass
+class _Work:
+    """A job the engine holds: its tokens, and the tokens generated for it so far."""
+
+    job: _Job
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    generated: list[int] = field(default_factory=list)
+    # Generate in a batch of its own: the merged batch it was in failed, and
+    # rerunning each member alone finds which one it was.
+    solo: bool = False
+
+    @property
+    def fast(self) -> bool:
+        """A scoring job whose one new token comes from the echo's own forward pass."""
+        return self.job.logprobs is not None and self.job.max_tokens == 1
+
+
+class _Generation:
+    """One batch of generation jobs, sampled one token per ``step`` and resumable in between.
+
+    The same computation as ``TransformersBackend._generate_batch`` (left
+    padding, an attention mask, explicit positions, a KV cache, token ``t``
+    drawn by ``sample_tokens`` at position ``t``), cut into steps so the engine
+    can pause it between model rounds; test_generate_equals_local_backend
+    holds the two together. A row is answered as soon as it is complete (an
+    EOS or ``max_tokens``), not when the whole batch is.
+    """
+
+    def __init__(self, backend: Any, works: list[_Work]):
+        from transformers import DynamicCache
+
+        self.backend = backend
+        self.works = works
+        self.max_tokens = works[0].job.max_tokens
+        self.temperature = works[0].job.temperature
+        dev = backend.device
+        width = max(len(w.ids) for w in works)
+        # KV positions this batch may come to hold, counted against the engine's budget.
+        self.reserved = len(works) * (width + self.max_tokens)
+        self.pad_id = int(getattr(backend, "pad_id", 0))
+        ids = np.full((len(works), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(works), width), dtype=np.int64)
+        for b, w in enumerate(works):
+            # Left padding: every row's last prompt token sits in the last column.
+            ids[b, width - len(w.ids):] = w.ids
+            mask[b, width - len(w.ids):] = 1
+        self.input_ids = torch.from_numpy(ids).to(dev)
+        self.attention = torch.from_numpy(mask).to(dev)
+        # Positions count real tokens only, so left padding does not shift them.
+        self.positions = (self.attention.cumsum(-1) - 1).clamp_(min=0)
+        self.seeds = np.array([w.job.seed for w in works], dtype=np.int64)
+        eos_ids = list(getattr(backend, "eos_ids", []))
+        self.eos = torch.tensor(eos_ids, dtype=torch.long, device=dev)
+        self.eos_set = set(eos_ids)
+        self.done = torch.zeros(len(works), dtype=torch.bool, device=dev)
+        self.cache: Any = DynamicCache(config=backend.model.config)
+        self.t = 0
+        self.open = list(range(len(works)))
+        self.finished = False
+
+    def step(self) -> list[_Work]:
+        """Sample the next token of every row; return the works completed by it."""
+        b = self.backend
+        last_only = {"logits_to_keep": 1} if getattr(b, "_keep_logits", False) else {}
+        cache_kw = getattr(b, "_cache_kw", None) or "past_key_values"
+        with torch.inference_mode():
+            logits = b.model(input_ids=self.input_ids, attention_mask=self.attention,
+                             position_ids=self.positions, use_cache=True,
+                             **{cache_kw: self.cache}, **last_only).logits[:, -1, :]
+            nxt = sample_tokens(logits, self.seeds, position=self.t,
+                                temperature=self.temperature)
+            nxt = torch.where(self.done, torch.full_like(nxt, self.pad_id), nxt)
+            self.done |= torch.isin(nxt, self.eos)
+            tokens = nxt.cpu().tolist()
+        self.t += 1
+        last = self.t == self.max_tokens or bool(self.done.all())
+        completed = []
+        for row in list(self.open):
+            tok = tokens[row]
+            if tok in self.eos_set:  # the EOS ends the row and is not part of its text
+                self.open.remove(row)
+                completed.append(self.works[row])
+            else:
+                self.works[row].generated.append(tok)
+                if last:
+                    self.open.remove(row)
+                    completed.append(self.works[row])
+        if last:
+            self.finished = True
+            self.cache = None  # free the KV cache now, not when the batch object goes
+        else:
+            self.input_ids = nxt.unsqueeze(1)
+            self.attention = torch.cat(
+                [self.attention, self.attention.new_ones((len(self.works), 1))], dim=1)
+            self.positions = self.positions[:, -1:] + 1
+        return completed
+
+    def unfinished(self) -> list[_Work]:
+        return [self.works[row] for row in self.open]
+
+
 class CompletionEngine:
-    """The completions a batch of jobs asks for, computed with one backend's model.
+    """The completions jobs ask for, computed with one backend's model, round by round.
+
+    Each :meth:`step` takes newly arrived jobs, answers what it can (scoring,
+    echo, the new token of 1-token scoring jobs), starts their generations and
+    advances every running generation for about 50 ms; it returns the jobs
+    completed in that round. Generations keep their KV cache between rounds,
+    so how they are sliced never changes a result.
 
     Not thread-safe: the server calls it from a single worker thread.
 
@@ -93,99 +300,273 @@ class CompletionEngine:
     ----------
     backend : Backend
         A local backend exposing ``model``, ``tokenizer``, ``device``,
-        ``eos_ids``, ``generate_ids`` and ``batch_size`` (``TransformersBackend``).
+        ``eos_ids``, ``pad_id`` and ``batch_size`` (``TransformersBackend``).
+    max_prompt_tokens : int, optional
+        Most tokens a prompt may have; default: the model's context length.
     """
 
-    def __init__(self, backend: Backend):
-        for attr in ("model", "tokenizer", "device", "generate_ids"):
+    def __init__(self, backend: Backend, max_prompt_tokens: int | None = None):
+        for attr in ("model", "tokenizer", "device"):
             if getattr(backend, attr, None) is None:
                 raise BackendError(f"swarm serve-policy needs a local backend with a loaded model "
                                    f"(TransformersBackend); {type(backend).__name__} has no "
                                    f"{attr!r}")
         self.backend = backend
         self.max_length = getattr(backend, "max_length", None)
+        if max_prompt_tokens is None:
+            max_prompt_tokens = self.max_length or _FALLBACK_PROMPT_TOKENS
+        elif self.max_length is not None and max_prompt_tokens > self.max_length:
+            raise BackendError(f"max_prompt_tokens={max_prompt_tokens} is more than the model's "
+                               f"{self.max_length} positions; lower --max-prompt-tokens or leave "
+                               "it out (default: the model's context length)")
+        self.max_prompt_tokens = int(max_prompt_tokens)
         self.eos_ids = set(getattr(backend, "eos_ids", []))
         self.batch_size = int(getattr(backend, "batch_size", 64))
         config = backend.model.config
         self.vocab = int(getattr(config, "vocab_size", 0) or len(backend.tokenizer))
+        # Running generations hold their KV caches between rounds. Together
+        # they may reserve as many positions as one full batch over the whole
+        # context (what a single generate_ids call could hold before
+        # generations were interleaved); later ones wait, first come first
+        # served, while scoring goes on.
+        self.kv_budget = self.batch_size * (self.max_length or 2 * self.max_prompt_tokens)
         # The backend's own lock (TransformersBackend has one), so that code
-        # using the same backend object from another thread waits for us. Not
-        # held around generate_ids, which takes it itself.
+        # using the same backend object from another thread waits for us.
         self._model_lock = getattr(backend, "_lock", None) or contextlib.nullcontext()
+        self._waiting: deque[_Work] = deque()
+        self._running: list[_Generation] = []
+
+    @property
+    def busy(self) -> bool:
+        """Whether generations are running or waiting for room (more rounds are needed)."""
+        return bool(self._waiting or self._running)
+
+    def generating(self) -> int:
+        """Prompts being generated now (their batches hold a KV cache)."""
+        return sum(len(g.open) for g in self._running)
+
+    def waiting(self) -> int:
+        """Prompts waiting for room to start generating."""
+        return len(self._waiting)
+
+    def held_jobs(self) -> list[_Job]:
+        """The jobs the engine holds unanswered (to fail them at shutdown)."""
+        return ([w.job for w in self._waiting]
+                + [w.job for g in self._running for w in g.unfinished()])
 
     def run(self, jobs: Sequence[_Job]) -> list[_Choice | Exception]:
-        """One result per job: a choice, or the exception that job alone raised."""
-        tok = self.backend.tokenizer
-        # Tokenized exactly as TransformersBackend does (special tokens added,
-        # e.g. a BOS), so echoed offsets match its scoring rule.
-        with self._model_lock:
-            enc = tok([j.prompt for j in jobs], add_special_tokens=True,
-                      return_offsets_mapping=True, return_attention_mask=False)
-        prompt_ids: list[list[int]] = enc["input_ids"]
-        results: list[_Choice | Exception | None] = [None] * len(jobs)
-        for i, job in enumerate(jobs):
-            n = len(prompt_ids[i])
+        """One result per job, in order: a choice, or the exception that job alone raised.
+
+        Runs rounds until these jobs (and any the engine already held) are done.
+        """
+        results: dict[int, _Choice | Exception] = {}
+        new = list(jobs)
+        while new or self.busy:
+            for job, result in self.step(new):
+                results[id(job)] = result
+            new = []
+        return [results[id(job)] for job in jobs]
+
+    def step(self, jobs: Sequence[_Job], budget_s: float = _ROUND_GENERATION_S
+             ) -> list[tuple[_Job, _Choice | Exception]]:
+        """One model round: take ``jobs``, return every job completed in this round."""
+        out: list[tuple[_Job, _Choice | Exception]] = []
+        ready: list[_Work] = []
+        for work in self._admit(jobs, out):
+            # Scoring and echo need no sampler; a 1-token scoring job takes its
+            # token from the echo's own forward pass.
+            if work.job.max_tokens == 0 or work.fast:
+                ready.append(work)
+            else:
+                self._waiting.append(work)
+        self._start_generations(out)
+        ready.extend(self._advance(budget_s, out))
+        self._finish(ready, out)
+        return out
+
+    # -- a round's parts -----------------------------------------------------------------------
+
+    def _admit(self, jobs: Sequence[_Job], out: list) -> list[_Work]:
+        """Tokenize and check each job on its own; failures go to ``out`` for that job alone."""
+        works = []
+        for job, enc in zip(jobs, self._tokenize([j.prompt for j in jobs]), strict=True):
+            if isinstance(enc, Exception):
+                out.append((job, enc))
+                continue
+            ids, offsets = enc
+            n = len(ids)
             if n == 0 and (job.max_tokens > 0 or job.logprobs is not None):
-                results[i] = BackendError(
+                out.append((job, PromptError(
                     "the prompt is empty and the tokenizer adds no BOS token, so there is no "
-                    "context to continue or score from; give a non-empty prompt")
+                    "context to continue or score from; give a non-empty prompt")))
+            elif n > self.max_prompt_tokens:
+                fix = ("shorten the prompt" if self.max_prompt_tokens == self.max_length else
+                       "shorten the prompt, or raise --max-prompt-tokens"
+                       + (f" (at most the model's {self.max_length} positions)"
+                          if self.max_length else ""))
+                limit = (f"the model has {self.max_length} positions"
+                         if self.max_prompt_tokens == self.max_length else
+                         f"--max-prompt-tokens {self.max_prompt_tokens}")
+                out.append((job, _OverLimit(
+                    f"the prompt has {n} tokens, over this server's limit of "
+                    f"{self.max_prompt_tokens} per prompt ({limit}); {fix}")))
             elif self.max_length is not None and n + job.max_tokens > self.max_length:
-                results[i] = BackendError(
+                out.append((job, _OverLimit(
                     f"the prompt has {n} tokens and max_tokens is {job.max_tokens}, but the model "
-                    f"has {self.max_length} positions; shorten the prompt or lower max_tokens")
-        live = [i for i in range(len(jobs)) if results[i] is None]
+                    f"has {self.max_length} positions; shorten the prompt or lower max_tokens")))
+            else:
+                works.append(_Work(job, ids, offsets))
+        return works
 
-        # Scoring requests (logprobs with at most one new token) take the new
-        # token from the same forward pass; the rest generate through the
-        # backend's sampler first.
-        fast = [i for i in live if jobs[i].logprobs is not None and jobs[i].max_tokens == 1]
-        fast_set = set(fast)
-        generated: dict[int, list[int]] = {i: [] for i in live}
-        groups: dict[tuple[int, float], list[int]] = {}
-        for i in live:
-            if jobs[i].max_tokens > 0 and i not in fast_set:
-                groups.setdefault((jobs[i].max_tokens, jobs[i].temperature), []).append(i)
-        for (max_tokens, temperature), members in groups.items():
-            for i, ids in self._isolated(
-                    members, results,
-                    lambda m, mt=max_tokens, t=temperature: self.backend.generate_ids(
-                        [jobs[k].prompt for k in m],
-                        np.array([jobs[k].seed for k in m], dtype=np.int64), mt, t)):
-                generated[i] = list(ids)
+    def _tokenize(self, prompts: list[str]) -> list[tuple[list[int], list] | Exception]:
+        """Token ids and character offsets of each prompt, or the error that prompt alone raised.
 
-        scored = [i for i in live if jobs[i].logprobs is not None and results[i] is None]
-        token_lp: dict[int, np.ndarray] = {}
-        if scored:
-            rows = [prompt_ids[i] + generated[i] for i in scored]
-            with self._model_lock:
-                lps, last_by_row = self._forward(rows, want_last=[i in fast_set for i in scored])
-                token_lp = dict(zip(scored, lps, strict=True))
-                last = {scored[r]: logits for r, logits in last_by_row.items()}
-                self._sample_fast(jobs, [i for i in scored if i in fast_set], last, generated,
-                                  token_lp)
+        Tokenized exactly as TransformersBackend does (special tokens added,
+        e.g. a BOS), so echoed offsets match its scoring rule. The fast
+        tokenizer fails a whole batch for one prompt it cannot encode, so a
+        failed batch is tokenized again prompt by prompt.
+        """
+        if not prompts:
+            return []
+        tok = self.backend.tokenizer
+
+        def encode(texts: list[str]) -> list[tuple[list[int], list]]:
+            enc = tok(texts, add_special_tokens=True, return_offsets_mapping=True,
+                      return_attention_mask=False)
+            return list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
 
         with self._model_lock:
-            for i in live:
-                if results[i] is None:
-                    results[i] = self._choice(jobs[i], prompt_ids[i], enc["offset_mapping"][i],
-                                              generated[i], token_lp.get(i))
-        return results  # type: ignore[return-value]
-
-    @staticmethod
-    def _isolated(members: list[int], results: list, call) -> list[tuple[int, Any]]:
-        """``call(members)`` as one batch; if it fails, each member alone, so one bad job fails."""
-        try:
-            return list(zip(members, call(members), strict=True))
-        except Exception:  # noqa: BLE001 - re-run one by one to find the culprit
-            if len(members) == 1:
-                results[members[0]] = sys.exc_info()[1]
-                return []
-        out = []
-        for m in members:
             try:
-                out.append((m, call([m])[0]))
+                return list(encode(prompts))
+            except Exception:  # noqa: BLE001 - find the prompt that failed, below
+                pass
+            out: list[tuple[list[int], list] | Exception] = []
+            for text in prompts:
+                try:
+                    out.append(encode([text])[0])
+                except Exception as exc:  # noqa: BLE001 - reported to that request alone
+                    out.append(PromptError(f"the tokenizer cannot encode this prompt "
+                                           f"({type(exc).__name__}: {exc}); send valid text"))
+            return out
+
+    def _start_generations(self, out: list) -> None:
+        """Start batches of waiting jobs while the KV budget has room, first come first served.
+
+        Batches are made as ``TransformersBackend.generate_ids`` makes them:
+        one per (max_tokens, temperature), prompts sorted by length, at most
+        ``batch_size`` rows.
+        """
+        if not self._waiting:
+            return
+        used = sum(g.reserved for g in self._running)
+        groups: dict[Any, list[_Work]] = {}
+        for work in self._waiting:
+            key = ("solo", id(work)) if work.solo else (work.job.max_tokens, work.job.temperature)
+            groups.setdefault(key, []).append(work)
+        self._waiting.clear()
+        chunks = []
+        for members in groups.values():  # in order of arrival of each group's first job
+            members.sort(key=lambda w: len(w.ids))
+            chunks += [members[s:s + self.batch_size]
+                       for s in range(0, len(members), self.batch_size)]
+        for k, chunk in enumerate(chunks):
+            cost = len(chunk) * (max(len(w.ids) for w in chunk) + chunk[0].job.max_tokens)
+            if self._running and used + cost > self.kv_budget:
+                # No overtaking: a large batch that does not fit yet would
+                # otherwise wait forever behind a stream of small ones.
+                self._waiting.extend(w for c in chunks[k:] for w in c)
+                return
+            try:
+                with self._model_lock:
+                    self._running.append(_Generation(self.backend, chunk))
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory: isolate as in a step
+                self._retry_alone(chunk, exc, out)
+                continue
+            used += cost
+
+    def _advance(self, budget_s: float, out: list) -> list[_Work]:
+        """Step running generations round robin for about ``budget_s``; the works completed."""
+        completed: list[_Work] = []
+        deadline = time.perf_counter() + budget_s
+        while self._running:
+            for gen in list(self._running):
+                try:
+                    with self._model_lock:
+                        completed.extend(gen.step())
+                except Exception as exc:  # noqa: BLE001 - isolated below
+                    self._running.remove(gen)
+                    self._retry_alone(gen.unfinished(), exc, out, len(gen.works))
+                    continue
+                if gen.finished:
+                    self._running.remove(gen)
+            self._start_generations(out)  # room freed by finished batches
+            if time.perf_counter() >= deadline:
+                break
+        return completed
+
+    def _retry_alone(self, rows: list[_Work], exc: Exception, out: list,
+                     batch_rows: int | None = None) -> None:
+        """A failed batch: its unanswered rows start again one by one, so only the culprit fails."""
+        if (batch_rows or len(rows)) == 1:
+            out.extend((w.job, exc) for w in rows)
+            return
+        for work in reversed(rows):
+            work.generated = []
+            work.solo = True
+            self._waiting.appendleft(work)
+
+    def _finish(self, ready: list[_Work], out: list) -> None:
+        """Score what asks for logprobs, draw the new token of fast jobs, and answer them all."""
+        token_lp: dict[int, np.ndarray] = {}
+        failed: set[int] = set()
+        scored = [w for w in ready if w.job.logprobs is not None]
+        if scored:
+            last: dict[int, torch.Tensor] = {}
+            for work, result in zip(scored, self._score(scored), strict=True):
+                if isinstance(result, Exception):
+                    out.append((work.job, result))
+                    failed.add(id(work))
+                else:
+                    token_lp[id(work)], logits = result
+                    if work.fast:
+                        last[id(work)] = logits
+            fast = [w for w in scored if w.fast and id(w) not in failed]
+            if fast:
+                try:
+                    with self._model_lock:
+                        self._sample_fast(fast, last, token_lp)
+                except Exception as exc:  # noqa: BLE001 - those jobs fail, the others go on
+                    out.extend((w.job, exc) for w in fast)
+                    failed.update(id(w) for w in fast)
+        for work in ready:
+            if id(work) in failed:
+                continue
+            try:
+                with self._model_lock:
+                    out.append((work.job, self._choice(work.job, work.ids, work.offsets,
+                                                       work.generated, token_lp.get(id(work)))))
             except Exception as exc:  # noqa: BLE001 - reported to that request alone
-                results[m] = exc
+                out.append((work.job, exc))
+
+    def _score(self, works: list[_Work]) -> list[tuple[np.ndarray, Any] | Exception]:
+        """Per-token log-probs (and last logits for fast jobs) of each work, isolated on failure."""
+        rows = [w.ids + w.generated for w in works]
+        want_last = [w.fast for w in works]
+        try:
+            with self._model_lock:
+                lps, last = self._forward(rows, want_last)
+            return [(lp, last.get(r)) for r, lp in enumerate(lps)]
+        except Exception as exc:  # noqa: BLE001 - re-run one by one to find the culprit
+            if len(works) == 1:
+                return [exc]
+        out: list[tuple[np.ndarray, Any] | Exception] = []
+        for row, want in zip(rows, want_last, strict=True):
+            try:
+                with self._model_lock:
+                    lps, last = self._forward([row], [want])
+                out.append((lps[0], last.get(0)))
+            except Exception as exc:  # noqa: BLE001 - reported to that request alone
+                out.append(exc)
         return out
 
     def _forward(self, rows: list[list[int]], want_last: list[bool]
@@ -254,28 +635,28 @@ class CompletionEngine:
                 pos += n
         return out, last
 
-    def _sample_fast(self, jobs: Sequence[_Job], fast: list[int], last: dict[int, torch.Tensor],
-                     generated: dict[int, list[int]], token_lp: dict[int, np.ndarray]) -> None:
+    def _sample_fast(self, works: list[_Work], last: dict[int, torch.Tensor],
+                     token_lp: dict[int, np.ndarray]) -> None:
         """The one new token of scoring jobs: ``generate``'s first draw, from the echo's logits.
 
         ``sample_tokens`` at position 0 with the job's seed, as
         ``TransformersBackend.generate`` draws its first token.
         """
-        by_temp: dict[float, list[int]] = {}
-        for i in fast:
-            by_temp.setdefault(jobs[i].temperature, []).append(i)
+        by_temp: dict[float, list[_Work]] = {}
+        for w in works:
+            by_temp.setdefault(w.job.temperature, []).append(w)
         for temperature, members in by_temp.items():
-            logits = torch.stack([last[i] for i in members])
-            seeds = np.array([jobs[i].seed for i in members], dtype=np.int64)
+            logits = torch.stack([last[id(w)] for w in members])
+            seeds = np.array([w.job.seed for w in members], dtype=np.int64)
             with torch.inference_mode():
                 nxt = sample_tokens(logits, seeds, position=0, temperature=temperature)
                 logp = torch.log_softmax(logits.double(), dim=-1).gather(
                     1, nxt.unsqueeze(1)).squeeze(1).cpu().numpy()
-            for i, tok, lp in zip(members, nxt.cpu().tolist(), logp, strict=True):
+            for w, tok, lp in zip(members, nxt.cpu().tolist(), logp, strict=True):
                 # Listed even when it is an EOS (as vLLM does): clients find the
                 # echo's end at the generated token. The text leaves an EOS out.
-                generated[i] = [tok]
-                token_lp[i] = np.append(token_lp[i], lp)
+                w.generated = [tok]
+                token_lp[id(w)] = np.append(token_lp[id(w)], lp)
 
     def _choice(self, job: _Job, prompt_ids: list[int], offsets: list[tuple[int, int]],
                 new_ids: list[int], logprobs: np.ndarray | None) -> _Choice:
@@ -322,7 +703,7 @@ class CompletionEngine:
 
 
 class _Batcher:
-    """Merges the jobs of concurrent requests and runs them through the engine in one thread."""
+    """Merges the jobs of concurrent requests and runs the engine's rounds in one thread."""
 
     def __init__(self, engine: CompletionEngine, window_s: float):
         self.engine = engine
@@ -341,10 +722,10 @@ class _Batcher:
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
-        for job in self.pending:
+        self.executor.shutdown(wait=True)
+        for job in self.pending + self.engine.held_jobs():
             if job.future is not None and not job.future.done():
                 job.future.set_exception(BackendError("the server is shutting down"))
-        self.executor.shutdown(wait=True)
 
     async def submit(self, jobs: list[_Job]) -> list[_Choice | Exception]:
         loop = asyncio.get_running_loop()
@@ -357,44 +738,50 @@ class _Batcher:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self.wake.wait()
-            # Only an idle model waits for company: jobs that queued while it
-            # was busy have waited long enough already.
-            if self.window_s > 0:
-                await asyncio.sleep(self.window_s)
-            while self.pending:
-                take, self.pending = (self.pending[:_MAX_ROUND_PROMPTS],
-                                      self.pending[_MAX_ROUND_PROMPTS:])
-                take = [j for j in take if j.future is not None and not j.future.done()]
-                if not take:
-                    continue
-                try:
-                    results = await loop.run_in_executor(self.executor, self.engine.run, take)
-                except Exception as exc:  # noqa: BLE001 - every job of the round gets it
-                    results = [exc] * len(take)
-                self.rounds += 1
-                self.jobs_done += len(take)
-                for job, result in zip(take, results, strict=True):
-                    if not job.future.done():
-                        job.future.set_result(result)
-            self.wake.clear()
+            if not self.pending and not self.engine.busy:
+                self.wake.clear()
+                await self.wake.wait()
+                # Only an idle model waits for company: jobs that queued while it
+                # was busy have waited long enough already.
+                if self.window_s > 0:
+                    await asyncio.sleep(self.window_s)
+            take, self.pending = (self.pending[:_MAX_ROUND_PROMPTS],
+                                  self.pending[_MAX_ROUND_PROMPTS:])
+            try:
+                finished = await loop.run_in_executor(self.executor, self.engine.step, take)
+            except Exception as exc:  # noqa: BLE001 - step isolates jobs; this is a bug: fail all
+                finished = [(job, exc) for job in take + self.engine.held_jobs()]
+                self.engine = CompletionEngine(self.engine.backend,
+                                               self.engine.max_prompt_tokens)
+            self.rounds += 1
+            self.jobs_done += len(finished)
+            for job, result in finished:
+                if job.future is not None and not job.future.done():
+                    job.future.set_result(result)
 
 
 def _error(status: int, message: str, param: str | None = None,
-           kind: str = "invalid_request_error", code: str | None = None) -> web.Response:
+           kind: str = "invalid_request_error", code: str | None = None,
+           headers: dict[str, str] | None = None) -> web.Response:
     """An error reply in OpenAI's format."""
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=status, headers=headers)
 
 
 class _BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None):
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.param = param
+        self.code = code
 
 
-def _parse(body: Any, names: list[str]) -> list[_Job]:
-    """The jobs of a /v1/completions body, or _BadRequest naming the field and the fix."""
+def _parse(body: Any, names: list[str], limits: ServeLimits, max_prompt_tokens: int
+           ) -> list[_Job]:
+    """The jobs of a /v1/completions body, or _BadRequest naming the field and the fix.
+
+    Every check here is cheap (no tokenizing), so a request over a limit
+    costs the server next to nothing.
+    """
     if not isinstance(body, dict):
         raise _BadRequest("the request body must be a JSON object")
     model = body.get("model")
@@ -410,6 +797,10 @@ def _parse(body: Any, names: list[str]) -> list[_Job]:
     else:
         raise _BadRequest("prompt is required: a string or a non-empty list of strings "
                           "(token-id prompts are not supported)", "prompt")
+    if len(prompts) > limits.max_prompts:
+        raise _BadRequest(f"the request has {len(prompts)} prompts, over this server's limit of "
+                          f"{limits.max_prompts} per request (--max-prompts); split it into "
+                          "several requests", "prompt", "too_many_prompts")
     for key, neutral in _NEUTRAL.items():
         value = body.get(key, neutral)
         if value != neutral and value not in ([], {}, ""):
@@ -423,10 +814,16 @@ def _parse(body: Any, names: list[str]) -> list[_Job]:
                                  or not 0 <= logprobs <= 20):
         raise _BadRequest(f"logprobs must be an integer from 0 to 20 or null; got {logprobs!r}",
                           "logprobs")
-    max_tokens = body.get("max_tokens", 16)
+    # OpenAI's default is 16; a server that allows fewer serves what it allows.
+    max_tokens = body.get("max_tokens", min(16, limits.max_new_tokens))
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
         raise _BadRequest(f"max_tokens must be an integer >= 0; got {max_tokens!r}",
                           "max_tokens")
+    if max_tokens > limits.max_new_tokens:
+        raise _BadRequest(f"max_tokens={max_tokens} is over this server's limit of "
+                          f"{limits.max_new_tokens} (--max-new-tokens); ask for fewer tokens, or "
+                          "restart the server with a higher --max-new-tokens", "max_tokens",
+                          "max_tokens_exceeded")
     temperature = body.get("temperature", 1.0)
     if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
             or not 0 <= temperature < math.inf):
@@ -437,8 +834,56 @@ def _parse(body: Any, names: list[str]) -> list[_Job]:
         seed = secrets.randbits(62)
     elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise _BadRequest(f"seed must be an integer from 0 to 2**63 - 1; got {seed!r}", "seed")
+    max_chars = _CHARS_PER_TOKEN * max_prompt_tokens
+    for index, text in enumerate(prompts):
+        if len(text) > max_chars:
+            raise _BadRequest(
+                f"prompt {index} has {len(text)} characters; this server refuses prompts over "
+                f"{max_chars} characters ({_CHARS_PER_TOKEN} per token of its "
+                f"{max_prompt_tokens}-token limit, --max-prompt-tokens) without tokenizing "
+                "them; shorten the prompt", "prompt", "context_length_exceeded")
+        # A lone surrogate (JSON allows "\ud800") is no Unicode text: the
+        # tokenizer refuses it, and used to fail every prompt of its batch.
+        bad = _LONE_SURROGATE.search(text)
+        if bad is not None:
+            raise _BadRequest(
+                f"prompt {index} holds a lone UTF-16 surrogate (U+{ord(bad.group()):04X} at "
+                f"character {bad.start()}), which is not valid Unicode text; send valid text "
+                "(in JSON, a character outside the BMP is a surrogate pair such as "
+                "\\ud83d\\ude00)", "prompt", "invalid_prompt")
     return [_Job(prompt=p, echo=echo, logprobs=logprobs, max_tokens=max_tokens,
                  temperature=float(temperature), seed=seed) for p in prompts]
+
+
+def _too_large(request: web.Request, limits: ServeLimits) -> web.Response:
+    size = request.content_length
+    told = f" ({size} bytes)" if size is not None else ""
+    return _error(413, f"the request body{told} is over this server's limit of "
+                       f"{limits.max_body_bytes} bytes (--max-body-bytes); send fewer or shorter "
+                       "prompts per request, or raise --max-body-bytes", code="body_too_large")
+
+
+async def _read_body(request: web.Request, limits: ServeLimits) -> bytes | web.Response:
+    """The request body, or the error reply when it is too large or too slow to arrive."""
+    if request.content_length is not None and request.content_length > limits.max_body_bytes:
+        return _too_large(request, limits)  # refused before reading a byte of it
+    try:
+        async with asyncio.timeout(limits.read_timeout_s):
+            return await request.read()  # enforces client_max_size on chunked bodies too
+    except web.HTTPRequestEntityTooLarge:
+        return _too_large(request, limits)
+    except TimeoutError:
+        pass
+    resp = _error(408, f"the request body did not arrive within {limits.read_timeout_s:g} s "
+                       "(--read-timeout); send it faster, or raise --read-timeout",
+                  code="request_timeout")
+    resp.force_close()
+    await resp.prepare(request)
+    await resp.write_eof()
+    # Drop the connection now: aiohttp would otherwise keep reading (and
+    # discarding) the trickle for up to 10 s more, which is what the client wants.
+    request.protocol.force_close()
+    return resp
 
 
 async def _models(request: web.Request) -> web.Response:
@@ -448,22 +893,27 @@ async def _models(request: web.Request) -> web.Response:
         {"id": n, "object": "model", "created": created, "owned_by": "swarm"} for n in names]})
 
 
-async def _completions(request: web.Request) -> web.Response:
+async def _completions(request: web.Request) -> web.StreamResponse:
     names = request.app[_MODELS_KEY]
+    batcher = request.app[_BATCHER_KEY]
+    raw = await _read_body(request, request.app[_LIMITS_KEY])
+    if isinstance(raw, web.StreamResponse):
+        return raw
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return _error(400, "the request body is not valid JSON; send a JSON object with a "
                            "prompt (Content-Type: application/json)")
     try:
-        jobs = _parse(body, names)
+        jobs = _parse(body, names, request.app[_LIMITS_KEY], batcher.engine.max_prompt_tokens)
     except _BadRequest as exc:
-        return _error(400, str(exc), exc.param)
-    results = await request.app[_BATCHER_KEY].submit(jobs)
+        return _error(400, str(exc), exc.param, code=exc.code)
+    results = await batcher.submit(jobs)
     choices, prompt_tokens, completion_tokens = [], 0, 0
     for index, result in enumerate(results):
         if isinstance(result, (BackendError, ValueError)):
-            return _error(400, f"prompt {index}: {result}", "prompt")
+            return _error(400, f"prompt {index}: {result}", "prompt",
+                          code=getattr(result, "code", None))
         if isinstance(result, Exception):
             return _error(500, f"the model failed on prompt {index}: "
                                f"{type(result).__name__}: {result}", kind="server_error")
@@ -481,13 +931,36 @@ async def _completions(request: web.Request) -> web.Response:
 
 async def _health(request: web.Request) -> web.Response:
     batcher = request.app[_BATCHER_KEY]
+    limits = replace(request.app[_LIMITS_KEY],
+                     max_prompt_tokens=batcher.engine.max_prompt_tokens)
     return web.json_response({**batcher.engine.backend.health(), "models": request.app[_MODELS_KEY],
                               "rounds": batcher.rounds, "prompts": batcher.jobs_done,
-                              "queued": len(batcher.pending)})
+                              "queued": len(batcher.pending),
+                              "generating": batcher.engine.generating(),
+                              "waiting": batcher.engine.waiting(), "limits": asdict(limits)})
 
 
-def make_app(backend: Backend, *, model_name: str | None = None,
-             batch_window_ms: float = 3.0) -> web.Application:
+def _require_key(key: str):
+    """Middleware answering 401 to any request without ``Authorization: Bearer <key>``."""
+    expected = key.encode("utf-8", "surrogatepass")
+
+    @web.middleware
+    async def require_key(request: web.Request, handler) -> web.StreamResponse:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        # compare_digest: the time taken does not tell how much of a guess was right.
+        if not (scheme.lower() == "bearer" and hmac.compare_digest(
+                token.strip().encode("utf-8", "surrogatepass"), expected)):
+            return _error(401, "missing or wrong API key: send 'Authorization: Bearer KEY' with "
+                               "the key this server was started with (the openai backend sends "
+                               "it from the variable named by its api_key_env)",
+                          code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return require_key
+
+
+def make_app(backend: Backend, *, model_name: str | None = None, batch_window_ms: float = 3.0,
+             limits: ServeLimits | None = None, api_key: str | None = None) -> web.Application:
     """The aiohttp application serving ``backend`` as an OpenAI-compatible API.
 
     Parameters
@@ -500,6 +973,12 @@ def make_app(backend: Backend, *, model_name: str | None = None,
     batch_window_ms : float
         How long an idle model waits for more requests to merge into its next
         forward pass; 0 runs each request as soon as it arrives.
+    limits : ServeLimits, optional
+        What one request may ask for; default ``ServeLimits()``. Serve the
+        app with :func:`make_runner` so its idle timeout applies too.
+    api_key : str, optional
+        When given, every request must carry ``Authorization: Bearer <api_key>``
+        (else HTTP 401).
 
     Returns
     -------
@@ -508,10 +987,15 @@ def make_app(backend: Backend, *, model_name: str | None = None,
     """
     if not batch_window_ms >= 0:
         raise ValueError(f"batch_window_ms must be >= 0; got {batch_window_ms!r}")
-    engine = CompletionEngine(backend)
+    if api_key is not None and not api_key:
+        raise BackendError("api_key must be a non-empty string, or None for no key")
+    limits = limits or ServeLimits()
+    engine = CompletionEngine(backend, max_prompt_tokens=limits.max_prompt_tokens)
     name = model_name or _default_name(getattr(backend, "path", "model"))
-    app = web.Application(client_max_size=_MAX_BODY)
+    middlewares = [_require_key(api_key)] if api_key is not None else []
+    app = web.Application(client_max_size=limits.max_body_bytes, middlewares=middlewares)
     app[_MODELS_KEY] = [name]
+    app[_LIMITS_KEY] = limits
     batcher = _Batcher(engine, batch_window_ms / 1000.0)
     app[_BATCHER_KEY] = batcher
 
@@ -527,13 +1011,50 @@ def make_app(backend: Backend, *, model_name: str | None = None,
     return app
 
 
+def make_runner(app: web.Application) -> web.AppRunner:
+    """An ``AppRunner`` for ``app`` that closes idle connections after its ``idle_timeout_s``.
+
+    aiohttp's keep-alive timer starts when a connection opens and runs while
+    no complete request has arrived, so it also ends connections that send
+    nothing or trickle their headers (its default waits an hour).
+    """
+    limits = app.get(_LIMITS_KEY) or ServeLimits()
+    return web.AppRunner(app, access_log=None, keepalive_timeout=limits.idle_timeout_s)
+
+
 def _default_name(path: str) -> str:
     return os.path.basename(os.path.normpath(str(path))) or str(path)
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost: assume it is reachable
+        return False
+
+
+def _read_api_key(env_name: str) -> str:
+    """The key in the environment variable ``env_name``, or BackendError saying what to set."""
+    if not _KEY_ENV_NAME.fullmatch(env_name):
+        # The value is not echoed: it may be the key itself, given by mistake.
+        raise BackendError("--api-key-env takes the NAME of an environment variable matching "
+                           f"{_KEY_ENV_NAME.pattern.strip('^$')} (e.g. SWARM_SERVE_API_KEY), not "
+                           "the key "
+                           "itself; put the key in such a variable and pass its name")
+    key = os.environ.get(env_name, "").strip()
+    if not key:
+        raise BackendError(f"--api-key-env {env_name}: the variable {env_name} is unset or "
+                           f"empty; set it to the key clients must send (e.g. export "
+                           f"{env_name}=$(openssl rand -hex 32)) and start the server again")
+    return key
+
+
 def serve(path: str, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
           dtype: str = "auto", batch_window_ms: float = 3.0,
-          served_model_name: str | None = None, batch_size: int = 64) -> None:
+          served_model_name: str | None = None, batch_size: int = 64,
+          limits: ServeLimits | None = None, api_key_env: str | None = None) -> None:
     """Load the checkpoint at ``path`` and serve it until Ctrl-C or SIGTERM.
 
     Prints ``serving NAME on http://HOST:PORT/v1`` (the port actually bound,
@@ -545,7 +1066,8 @@ def serve(path: str, host: str = "127.0.0.1", port: int = 8000, device: str = "a
         Local checkpoint directory (config.json, weights, tokenizer files).
     host, port : str, int
         Where to listen; 127.0.0.1 by default (use 0.0.0.0 for other machines);
-        port 0 picks a free one.
+        port 0 picks a free one. A host other than loopback without an API key
+        prints a warning: anyone who can reach the port can use the model.
     device, dtype : str
         As for ``TransformersBackend`` (``auto``: a GPU if there is one;
         float64 on the CPU, float32 on a GPU).
@@ -555,13 +1077,37 @@ def serve(path: str, host: str = "127.0.0.1", port: int = 8000, device: str = "a
         The model name clients use; default: the directory's base name.
     batch_size : int
         Most rows in one forward pass.
+    limits : ServeLimits, optional
+        Per-request limits and connection timeouts; default ``ServeLimits()``.
+    api_key_env : str, optional
+        Name of an environment variable (``*_API_KEY``) holding the key every
+        request must send as ``Authorization: Bearer KEY``; read once at start,
+        and the server refuses to start when it is unset or empty.
     """
     from swarm.policies.backends.transformers_backend import TransformersBackend
 
+    # Checked before the model loads, so a mistake costs no loading time.
+    api_key = _read_api_key(api_key_env) if api_key_env is not None else None
+    limits = limits or ServeLimits()
+    if api_key is None and not _is_loopback(host):
+        print(f"swarm serve-policy: warning: listening on {host} without an API key: anyone who "
+              f"can reach port {port} can use the model. Set a key in an environment variable "
+              "and pass --api-key-env NAME (e.g. SWARM_SERVE_API_KEY), or bind 127.0.0.1.",
+              file=sys.stderr, flush=True)
+    elif not _is_loopback(host):
+        # This server speaks plain HTTP: beyond loopback the key (and the
+        # prompts) would cross the network readable, which swarm's openai
+        # backend refuses to do.
+        print(f"swarm serve-policy: warning: listening on {host} over plain HTTP: the API key "
+              "would cross the network in clear, and swarm's openai backend sends a key only "
+              "over https beyond loopback. Bind 127.0.0.1 behind a TLS-terminating proxy "
+              "(nginx, caddy) and point clients at its https:// address.",
+              file=sys.stderr, flush=True)
     backend = TransformersBackend(path, device=device, dtype=dtype, batch_size=batch_size)
     try:
-        asyncio.run(_serve_forever(make_app(backend, model_name=served_model_name,
-                                            batch_window_ms=batch_window_ms), host, port))
+        app = make_app(backend, model_name=served_model_name, batch_window_ms=batch_window_ms,
+                       limits=limits, api_key=api_key)
+        asyncio.run(_serve_forever(app, host, port))
     except KeyboardInterrupt:
         pass
     finally:
@@ -569,7 +1115,7 @@ def serve(path: str, host: str = "127.0.0.1", port: int = 8000, device: str = "a
 
 
 async def _serve_forever(app: web.Application, host: str, port: int) -> None:
-    runner = web.AppRunner(app, access_log=None)
+    runner = make_runner(app)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -613,11 +1159,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="most rows per forward pass")
     parser.add_argument("--served-model-name", default=None,
                         help="the model name clients use (default: the directory's name)")
+    d = ServeLimits()
+    parser.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
+                        help=f"largest request body (default {d.max_body_bytes}; over: HTTP 413)")
+    parser.add_argument("--max-prompts", type=int, default=d.max_prompts,
+                        help=f"most prompts per request (default {d.max_prompts})")
+    parser.add_argument("--max-prompt-tokens", type=int, default=None,
+                        help="most tokens per prompt (default: the model's context length)")
+    parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
+                        help=f"largest max_tokens a request may ask for "
+                             f"(default {d.max_new_tokens})")
+    parser.add_argument("--read-timeout", type=float, default=d.read_timeout_s,
+                        help=f"seconds a client has to send its request body "
+                             f"(default {d.read_timeout_s:g})")
+    parser.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s,
+                        help=f"seconds before a connection without a complete request is closed "
+                             f"(default {d.idle_timeout_s:g})")
+    parser.add_argument("--api-key-env", default=None, metavar="NAME",
+                        help="require 'Authorization: Bearer KEY', KEY read at start from the "
+                             "environment variable NAME (must end in _API_KEY)")
     args = parser.parse_args(argv)
     try:
+        limits = ServeLimits(max_body_bytes=args.max_body_bytes, max_prompts=args.max_prompts,
+                             max_prompt_tokens=args.max_prompt_tokens,
+                             max_new_tokens=args.max_new_tokens,
+                             read_timeout_s=args.read_timeout, idle_timeout_s=args.idle_timeout)
         serve(args.model_dir, host=args.host, port=args.port, device=args.device,
               dtype=args.dtype, batch_window_ms=args.batch_window_ms,
-              served_model_name=args.served_model_name, batch_size=args.batch_size)
+              served_model_name=args.served_model_name, batch_size=args.batch_size,
+              limits=limits, api_key_env=args.api_key_env)
     except BackendError as exc:
         raise SystemExit(f"swarm serve-policy: {exc}") from None
 

@@ -1,8 +1,10 @@
 """The ``swarm`` command line: run, validate, query and inspect population runs.
 
-Errors that swarm raises on purpose (bad config, bad graph, existing run
-directory, unreachable cluster) print one clear message and exit with code 2;
-nothing half-written is left behind by a rejected config.
+Errors that swarm raises on purpose print one clear message and exit with
+the code of their kind: 2 for bad input (a config, a graph, a run directory,
+an address), 3 for a run-time failure (a full disk, a vanished directory,
+shards that kept dying), 130 for Ctrl-C. Nothing half-written is left behind
+by a rejected config.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class OutputFormat(str, Enum):
 
 def _fail(exc: Exception) -> None:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=getattr(exc, "exit_code", 2))
 
 
 @app.command()
@@ -58,12 +60,17 @@ def resume(
     run_dir: str = typer.Argument(..., metavar="RUN", help="Run directory (path or URI)."),
     address: str | None = typer.Option(None, "--address", help="Ray cluster to join."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    trust_endpoint: bool = typer.Option(
+        False, "--trust-endpoint",
+        help="Resume another user's run even though its config calls model endpoints "
+             "(prompts and any API key go there)."),
 ) -> None:
     """Continue a stopped, interrupted or failed run from its last complete checkpoint."""
     from swarm.runner import resume as resume_run
 
     _run_and_report(run_dir, lambda: resume_run(run_dir, address=address,
-                                                progress=progress and sys.stderr.isatty()))
+                                                progress=progress and sys.stderr.isatty(),
+                                                trust_endpoint=trust_endpoint))
 
 
 def _run_and_report(where: str, start) -> None:
@@ -157,30 +164,19 @@ def query(
 ) -> None:
     """Run SQL (DuckDB) over a run's Arrow files: views `events` and `metrics`, and saved
     analysis views (`cascades`: size, depth, breadth, structural virality per tree;
-    `roles`: per agent, its features, `role` and `in_core`, as in `swarm analyze`)."""
-    import duckdb
+    `roles`: per agent, its features, `role` and `in_core`, as in `swarm analyze`).
 
+    The SQL sees only the run's own files: read-only statements, no file or
+    network access, no extensions (see swarm.query)."""
+    from swarm.query import run_query
     from swarm.rundir import open_run
 
     try:
         result = open_run(run_dir)
-        con = duckdb.connect()
-        con.register("events", result.events_dataset())
-        try:
-            con.register("metrics", result.metrics())
-        except SwarmError:
-            pass  # a running or failed run has no metrics table yet
-        for name, table in _saved_views(result, sql).items():
-            con.register(name, table)
-        rel = con.sql(sql)
-        if rel is None:  # a statement with no result set
-            raise SwarmError("the statement returned no rows; use a SELECT")
-        # DuckDB 2 renamed Relation.arrow() to to_arrow_table().
-        table = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
+        table = run_query(result, sql)
     except SwarmError as exc:
         _fail(exc)
-    except duckdb.Error as exc:
-        _fail(SwarmError(f"query failed: {exc}"))
+    _note_unlisted(result)
     if fmt is OutputFormat.json:
         typer.echo(json.dumps(table.to_pylist(), default=str))
     elif fmt is OutputFormat.csv:
@@ -209,9 +205,9 @@ def analyze(
 
     try:
         result = run_analysis(run_dir, window=window)
+        metrics_path, report_path = write_report(result, out or str(Path(run_dir) / "analysis"))
     except SwarmError as exc:
         _fail(exc)
-    metrics_path, report_path = write_report(result, out or str(Path(run_dir) / "analysis"))
     for s in result["sections"]:
         typer.echo(f"{s['title']}: " + ", ".join(
             f"{k}={v}" for k, v in s["numbers"].items()
@@ -219,34 +215,13 @@ def analyze(
     typer.echo(f"wrote {metrics_path} and {report_path} ({result['seconds']['total']:.1f} s)")
 
 
-def _saved_views(run, sql: str) -> dict:
-    """Analysis tables the SQL names (computed only then): ``cascades``, ``roles``."""
-    import re
-
-    views = {}
-    if re.search(r"\bcascades\b", sql, re.IGNORECASE):
-        from swarm.analysis.cascades import cascades
-
-        try:
-            views["cascades"] = cascades(run)
-        except ValueError as exc:
-            raise SwarmError(f"no `cascades` view for this run: {exc}") from None
-    if re.search(r"\broles\b", sql, re.IGNORECASE):
-        import pyarrow as pa
-
-        from swarm.analysis.report import core_analysis, interaction_graph, role_analysis
-
-        events = run.events(columns=["step", "agent", "event", "target", "item", "root",
-                                     "parent"])
-        try:
-            edges = interaction_graph(events)
-            result = role_analysis(events, run.manifest["graph"]["n"], edges)
-            core = core_analysis(events, run.manifest["graph"]["n"], edges)
-        except ValueError as exc:
-            raise SwarmError(f"no `roles` view for this run: {exc}") from None
-        views["roles"] = result.features.append_column("role", pa.array(result.labels)) \
-            .append_column("in_core", pa.array(core.core))
-    return views
+def _note_unlisted(run) -> None:
+    """Say when chunks in the run directory were left out (the manifest does not list them)."""
+    if run.unlisted_chunks:
+        typer.secho(f"note: {len(run.unlisted_chunks)} event chunk(s) in {run.path} are not in "
+                    "its manifest (written after its last update by a run that stopped, or put "
+                    f"there) and were left out; first: {run.unlisted_chunks[0]}", err=True,
+                    fg=typer.colors.YELLOW)
 
 
 def _print_table(table) -> None:
@@ -261,6 +236,29 @@ def _print_table(table) -> None:
     Console(width=200).print(t)
     if table.num_rows > 1000:
         typer.echo(f"... {table.num_rows - 1000} more rows (use --format csv for all)")
+
+
+@app.command()
+def verify(run_dir: str = typer.Argument(..., metavar="RUN", help="Run directory.")) -> None:
+    """Check every file of a run against its manifest: sizes, rows, checksums, and the
+    ranges of agent ids and steps. Exit code 1 names each problem; 0 when all is intact."""
+    from swarm.rundir import open_run
+
+    try:
+        result = open_run(run_dir)
+        problems = result.verify()
+    except SwarmError as exc:
+        _fail(exc)
+    if problems:
+        for line in problems:
+            typer.secho(f"problem: {line}", fg=typer.colors.RED, err=True)
+        typer.echo(f"{result.path}: {len(problems)} problem(s); the run's answers cannot be "
+                   "trusted until they are fixed (rerun, or resume from an intact checkpoint)")
+        raise typer.Exit(code=1)
+    files = len(result.files) + sum(len((result.manifest.get(k) or {}).get("files", {}))
+                                    for k in ("checkpoint", "previous_checkpoint"))
+    typer.echo(f"{result.path}: intact ({files} files match their sizes, rows and checksums; "
+               "ids and steps within range)")
 
 
 @app.command()
@@ -376,19 +374,40 @@ def serve_policy(
     batch_size: int = typer.Option(64, "--batch-size", help="Most rows per forward pass."),
     served_model_name: str | None = typer.Option(None, "--served-model-name",
                                                  help="The model name clients send."),
+    max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes",
+                                       help="Largest request body in bytes (over: HTTP 413)."),
+    max_prompts: int = typer.Option(256, "--max-prompts", help="Most prompts per request."),
+    max_prompt_tokens: int | None = typer.Option(
+        None, "--max-prompt-tokens",
+        help="Most tokens per prompt (default: the model's context length)."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens",
+                                       help="Largest max_tokens a request may ask for."),
+    read_timeout: float = typer.Option(30.0, "--read-timeout",
+                                       help="Seconds a client has to send its request body."),
+    idle_timeout: float = typer.Option(
+        15.0, "--idle-timeout", help="Seconds before a connection without a request is closed."),
+    api_key_env: str | None = typer.Option(
+        None, "--api-key-env", metavar="NAME",
+        help="Require 'Authorization: Bearer KEY'; KEY is read at start from the environment "
+             "variable NAME (must end in _API_KEY, e.g. SWARM_SERVE_API_KEY)."),
 ) -> None:
     """Serve a local model as an OpenAI-compatible endpoint (/v1/completions, /v1/models).
 
     LLM-style policies reach it with `backend: openai` and `base_url:
     http://HOST:PORT/v1`; so do other tools that speak the OpenAI API.
+    Requests over a limit get HTTP 400 (413 for the body) naming the option
+    that raises it.
     """
     from swarm.policies.backends.base import BackendError
-    from swarm.policies.serve import serve
+    from swarm.policies.serve import ServeLimits, serve
 
     try:
+        limits = ServeLimits(max_body_bytes=max_body_bytes, max_prompts=max_prompts,
+                             max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens,
+                             read_timeout_s=read_timeout, idle_timeout_s=idle_timeout)
         serve(model_dir, host=host, port=port, device=device, dtype=dtype,
               batch_window_ms=batch_window_ms, served_model_name=served_model_name,
-              batch_size=batch_size)
+              batch_size=batch_size, limits=limits, api_key_env=api_key_env)
     except BackendError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
