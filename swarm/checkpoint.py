@@ -78,7 +78,7 @@ def unpack(table: pa.Table) -> tuple[dict[str, np.ndarray], dict]:
 def write_arrays(store: RunStore, rel: str, arrays: dict[str, np.ndarray],
                  meta: dict | None = None) -> dict:
     """Write a checkpoint file atomically; returns its record ({"path", "rows", "bytes",
-    "blake2b"}), which the manifest keeps and a resume checks."""
+    "xxh3_128"}), which the manifest keeps and a resume checks."""
     return {"path": rel, **store.write_table(rel, pack(arrays, meta))}
 
 

@@ -35,7 +35,7 @@ import pyarrow.dataset as ds
 
 from swarm.errors import IntegrityError, LogError
 from swarm.lease import LEASE_FILES, Lease
-from swarm.storage import RunStore, hash_file
+from swarm.storage import CHECKSUM, RunStore, hash_file
 
 __all__ = ["Run", "open_run", "create_run_dir", "write_manifest", "versions", "check_files",
            "FORMAT"]
@@ -275,7 +275,7 @@ class Run:
             if got["bytes"] != rec["bytes"]:
                 problems.append(f"{where}: {got['bytes']:,} bytes, the manifest says "
                                 f"{rec['bytes']:,}")
-            elif got["blake2b"] != rec.get("blake2b"):
+            elif got[CHECKSUM] != rec.get(CHECKSUM):
                 problems.append(f"{where}: checksum differs from the manifest's (the file was "
                                 "changed after it was written)")
             elif "rows" in rec:

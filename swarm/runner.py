@@ -63,7 +63,7 @@ from swarm.rundir import (
     write_manifest,
 )
 from swarm.shard import Fanout, Shard, ShardSpec, is_quiescent
-from swarm.storage import RunStore, hash_file
+from swarm.storage import CHECKSUM, RunStore, hash_file
 
 __all__ = ["run", "resume", "build_graph"]
 
@@ -546,7 +546,7 @@ def _verify(store: RunStore, records: dict[str, dict]) -> None:
     """Check sizes and checksums of ``records``; IntegrityError naming the first bad file."""
     check_files(store, records)
     for rel, rec in records.items():
-        if hash_file(store, rel)["blake2b"] != rec["blake2b"]:
+        if hash_file(store, rel)[CHECKSUM] != rec.get(CHECKSUM):
             raise IntegrityError(f"{store.child_uri(rel)} was changed after the run wrote it "
                                  "(its checksum differs from the manifest's)")
 

@@ -57,7 +57,7 @@ def test_checkpoint_files_and_only_the_last_two_kept(reference):
     # Every one of them is listed in the manifest with its rows, bytes and checksum.
     listed = m["checkpoint"]["files"]
     assert set(listed) == {f"state/step={step:08d}/{f}" for f in files}
-    assert all(rec["bytes"] > 0 and len(rec["blake2b"]) == 32 for rec in listed.values())
+    assert all(rec["bytes"] > 0 and len(rec["xxh3_128"]) == 32 for rec in listed.values())
     assert m["checkpoint"]["log"] == {"0": m["checkpoint"]["log"]["0"],
                                       "1": m["checkpoint"]["log"]["1"]}
     arrays, meta = swarm.checkpoint.read_arrays(reference.store,
