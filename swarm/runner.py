@@ -558,16 +558,25 @@ def _choose_checkpoint(store: RunStore, manifest: dict) -> tuple[int | None, lis
     Updates the manifest: the chosen checkpoint becomes ``checkpoint`` and the
     event chunks after it are dropped from ``files`` (the shards delete them).
     """
-    listed = isinstance(manifest.get("files"), dict)
+    if not isinstance(manifest.get("files"), dict):
+        # Written by an older swarm: nothing lists its files, so nothing vouches for its
+        # checkpoint or chunks. Step 0 replays them all (keyed randomness: the same rows).
+        _warn(f"{store.uri} was written by an older swarm ({manifest.get('format')}), whose "
+              "manifest lists no files; the run starts again from step 0")
+        manifest.update(format=FORMAT, files={})
+        for rel in (GRAPH_FILE, PARTITION_FILE):
+            if store.exists(rel):
+                _keep(manifest, {"path": rel, **hash_file(store, rel)})
+        manifest.pop("checkpoint", None)
+        return None, []
     candidates = [c for c in (manifest.get("checkpoint"), manifest.get("previous_checkpoint"))
                   if c]
     newest = candidates[0]["step"] if candidates else None
     problems = []
     for ckp in candidates:
         try:
-            if listed:
-                _verify(store, ckp.get("files", {}))
-                _verify_chunks_before(store, manifest["files"], ckp.get("log", {}))
+            _verify(store, ckp.get("files", {}))
+            _verify_chunks_before(store, manifest["files"], ckp.get("log", {}))
             snapshot = f"{ckpt.step_dir(ckp['step'])}/metrics.arrow"
             rows = store.read_table(snapshot).to_pylist()
         except (IntegrityError, FileNotFoundError, OSError, pa.ArrowInvalid) as exc:
@@ -577,8 +586,7 @@ def _choose_checkpoint(store: RunStore, manifest: dict) -> tuple[int | None, lis
             _warn(f"{problems[0]}; resuming from the previous checkpoint, of step "
                   f"{ckp['step']} (steps {ckp['step'] + 1}..{newest} are run again)")
         manifest["checkpoint"], manifest["previous_checkpoint"] = ckp, None
-        if listed:
-            _drop_chunks_after(manifest["files"], ckp.get("log", {}))
+        _drop_chunks_after(manifest["files"], ckp.get("log", {}))
         return ckp["step"], rows
     if problems:
         _warn(f"{'; '.join(problems)}; no intact checkpoint is left, so the run starts again "
@@ -586,8 +594,7 @@ def _choose_checkpoint(store: RunStore, manifest: dict) -> tuple[int | None, lis
               "the same)")
     manifest.pop("checkpoint", None)
     manifest.pop("previous_checkpoint", None)
-    if listed:
-        _drop_chunks_after(manifest["files"], {})
+    _drop_chunks_after(manifest["files"], {})
     return None, []
 
 

@@ -175,3 +175,20 @@ def test_resume_refuses_when_an_early_chunk_is_gone_and_replays_it(crashed, refe
     assert "part-00000.arrow is missing" in capfd.readouterr().err
     assert resumed.manifest["resumed_from"] == -1
     assert sorted_events(resumed).equals(sorted_events(reference))
+
+
+def test_a_run_from_an_older_swarm_resumes_from_step_0(crashed, reference, tmp_path, capfd):
+    path = copy_run(crashed, tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format"] = "swarm-run/1"
+    for key in ("files", "previous_checkpoint"):
+        manifest.pop(key)
+    manifest["checkpoint"] = {k: manifest["checkpoint"][k] for k in ("step", "path", "unix")}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    old = swarm.open_run(path)
+    assert not old.listed and "lists no files" in old.verify()[0]
+    resumed = swarm.resume(path)
+    assert "older swarm (swarm-run/1)" in capfd.readouterr().err
+    assert resumed.manifest["resumed_from"] == -1 and resumed.listed
+    assert sorted_events(resumed).equals(sorted_events(reference))
+    assert resumed.verify() == []
