@@ -20,8 +20,7 @@ install: $(STAMP)
 
 # Independent cascade on 100,000 agents, 2 shards, embedded local Ray.
 demo: $(STAMP)
-	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(VENV)/bin/swarm run examples/cascade.yaml \
-		--out runs/demo --overwrite
+	$(VENV)/bin/swarm run examples/cascade.yaml --out runs/demo --overwrite
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q

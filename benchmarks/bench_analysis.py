@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", help="Analyze this existing run instead of making one.")
     p.add_argument("--markdown", action="store_true")
     args = p.parse_args(argv)
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
-           "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     tmp = Path(tempfile.mkdtemp(prefix="bench_analysis-"))
     run_dir = args.run or str(tmp / "feed")
     if not args.run:

@@ -88,7 +88,7 @@ HEAVY_P = 0.2
 """Transmission probability of the ``--heavy`` workload."""
 NETWORKX_MAX_N = 1_000_000
 """Largest n for which the networkx graph build is measured."""
-CHILD_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+CHILD_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 """Environment added for every child process."""
 
 IMPLS = ("numpy", "swarm1", "swarm2", "ndlib", "mesa")

@@ -132,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards", type=int, default=2)
     p.add_argument("--markdown", action="store_true")
     args = p.parse_args(argv)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     tmp = Path(tempfile.mkdtemp(prefix="bench_envs-"))
     rows = []

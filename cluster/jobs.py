@@ -7,9 +7,12 @@ run directory must be storage that every node sees. ``swarm status`` and
 ``swarm logs`` read the job back. The cluster's nodes run the swarm installed
 on them (cluster/configs/ installs it); only data travels with the job.
 
-Every call first checks, in seconds, that the address is a Ray dashboard:
-the Jobs SDK sends its requests with no time limit, so a silent or wrong
-address would hang it.
+Every call first checks, in seconds, that the address is a Ray dashboard
+and that it takes our token, if it wants one: the Jobs SDK sends its
+requests with no time limit, so a silent or wrong address would hang it.
+A cluster with token authentication takes the token the way Ray reads it:
+RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or
+~/.ray/auth_token).
 
 Experimental: the command names and output may change.
 """
@@ -27,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from swarm.cluster.connect import token_header, token_problem
 from swarm.errors import ClusterError
 
 __all__ = [
@@ -147,8 +151,11 @@ def _check_dashboard(address: str, timeout: float = 5.0) -> None:
     except OSError as exc:
         raise ClusterError(f"nothing answers at Ray Jobs address {address!r} ({exc}). {fix}"
                            ) from None
+    # The token Ray's Jobs SDK will send; a head with token authentication
+    # answers 401 (none) or 403 (another) on every API route.
+    headers = token_header()
     try:
-        r = requests.get(f"{address}/api/version", timeout=(timeout, timeout))
+        r = requests.get(f"{address}/api/version", timeout=(timeout, timeout), headers=headers)
         version = r.json().get("ray_version") if r.status_code == 200 else None
     except requests.exceptions.Timeout:
         why = f"it accepted a connection but sent no HTTP answer within {timeout:g} s"
@@ -157,6 +164,9 @@ def _check_dashboard(address: str, timeout: float = 5.0) -> None:
     else:
         if version:
             return
+        if r.status_code in (401, 403) and "authentication token" in r.text:
+            where = f"the Ray dashboard at {address!r}"
+            raise ClusterError(f"{token_problem(where, sent=bool(headers))}.")
         why = f"GET /api/version gave HTTP {r.status_code} without a Ray version"
     raise ClusterError(
         f"{address!r} answers but is not a Ray dashboard ({why}); the GCS port (6379) and "

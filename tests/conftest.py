@@ -7,19 +7,21 @@ import os
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ["RAY_AUTH_MODE"] = "disabled"
 
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """An embedded Ray shared by every test that needs it (init costs 2-4 s)."""
+    """An embedded Ray shared by every test that needs it (init costs 2-4 s).
+
+    Started the way `swarm run` starts one: loopback only, with a token of its
+    own, and gone within a second if pytest is killed.
+    """
     import ray
 
+    from swarm.cluster.connect import start_local_ray
+
     if not ray.is_initialized():
-        # address="local": a new Ray of our own even when a `ray start` cluster
-        # runs on this machine (plain ray.init() would join it).
-        ray.init(address="local", num_cpus=2, include_dashboard=False,
-                 object_store_memory=256 * 1024**2, logging_level="WARNING")
+        start_local_ray(num_cpus=2, object_store_memory=256 * 1024**2)
     yield ray
     ray.shutdown()
 
@@ -40,6 +42,59 @@ def cascade_config(n=2000, shards=1, model="independent_cascade", graph=None, **
         "log": {"flush_every": 3},
     }
     return validate_config(raw)
+
+
+def sir_config(n=3000, shards=2, every=4, **over):
+    """SIR on 3,000 agents over 60 steps with a checkpoint every ``every`` steps."""
+    import swarm
+
+    cfg = cascade_config(n=n, shards=shards, model="sir", beta=0.15, gamma=0.1)
+    update = {"checkpoint": swarm.config.CheckpointConfig(every=every), "steps": 60, **over}
+    return cfg.model_copy(update=update)
+
+
+def crash_shards_at(monkeypatch, step, shard=None, message="crash"):
+    """Make ``Shard.step`` raise at ``step`` (on ``shard``, or on every shard); returns the undo."""
+    from swarm.shard import Shard
+
+    real_step = Shard.step
+
+    def step_or_crash(self, t, *parts, **kw):
+        if t == step and shard in (None, self.id):
+            raise RuntimeError(message)
+        return real_step(self, t, *parts, **kw)
+
+    monkeypatch.setattr(Shard, "step", step_or_crash)
+    return lambda: monkeypatch.setattr(Shard, "step", real_step)
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """A clean ``sir_config()`` run (local backend) that stopped and resumed runs must equal."""
+    import swarm
+
+    return swarm.run(sir_config(), tmp_path_factory.mktemp("ref") / "r", backend="local")
+
+
+def failed_run(path, step):
+    """A local-backend ``sir_config()`` run that failed at ``step``; returns ``path``."""
+    import swarm
+
+    with pytest.MonkeyPatch.context() as mp:
+        crash_shards_at(mp, step, message="power cut")
+        with pytest.raises(RuntimeError, match="power cut"):
+            swarm.run(sir_config(), path, backend="local")
+    return path
+
+
+def cli(*args):
+    """Run the ``swarm`` CLI in this process (typer's runner): ``.exit_code``, ``.stdout``,
+    ``.stderr``. Tests of the installed entry point itself run it as a subprocess."""
+    from typer.testing import CliRunner
+
+    from swarm.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def sorted_events(run):

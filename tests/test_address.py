@@ -74,7 +74,8 @@ class RayNode:
     own --temp-dir.
     """
 
-    def __init__(self, args: list[str], temp_dir: str, log_name: str):
+    def __init__(self, args: list[str], temp_dir: str, log_name: str,
+                 env: dict[str, str] | None = None):
         self.temp_dir = temp_dir
         self.log_path = os.path.join(temp_dir, log_name)
         agent, agent_grpc, metrics, runtime_env = free_ports(4)
@@ -92,10 +93,10 @@ class RayNode:
             # Its own session: a stray child can be killed as one group, and a
             # Ctrl-C aimed at pytest does not reach the nodes half-way.
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         env=cluster_env(), start_new_session=True)
+                                         env=env or cluster_env(), start_new_session=True)
 
     @classmethod
-    def head(cls, num_cpus: int, dashboard: bool) -> RayNode:
+    def head(cls, num_cpus: int, dashboard: bool, env: dict[str, str] | None = None) -> RayNode:
         temp_dir = tempfile.mkdtemp(prefix="swr", dir="/tmp")  # short: socket paths <= 107
         gcs, dash, client = free_ports(3)
         args = ["--head", "--port", str(gcs), "--num-cpus", str(num_cpus),
@@ -105,7 +106,7 @@ class RayNode:
                      "--dashboard-port", str(dash)]
         else:
             args += ["--include-dashboard", "false"]
-        node = cls(args, temp_dir, "head.log")
+        node = cls(args, temp_dir, "head.log", env)
         node.gcs_address = f"127.0.0.1:{gcs}"
         node.dashboard_url = f"http://127.0.0.1:{dash}" if dashboard else None
         return node

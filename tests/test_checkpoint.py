@@ -6,40 +6,15 @@ import signal
 import numpy as np
 import pyarrow.compute as pc
 import pytest
-from conftest import cascade_config, sorted_events
+from conftest import cascade_config, crash_shards_at, sir_config, sorted_events
 
 import swarm
 from swarm.errors import ClusterError, LogError, RunInterrupted
-from swarm.shard import Shard
-
-
-def sir_config(n=3000, shards=2, every=4, **over):
-    cfg = cascade_config(n=n, shards=shards, model="sir", beta=0.15, gamma=0.1)
-    update = {"checkpoint": swarm.config.CheckpointConfig(every=every), "steps": 60, **over}
-    return cfg.model_copy(update=update)
 
 
 def same_metrics(a, b) -> None:
     keep = [c for c in a.metrics().column_names if "seconds" not in c and "cross" not in c]
     assert a.metrics().select(keep).equals(b.metrics().select(keep))
-
-
-def crash_shards_at(monkeypatch, step, shard=None, message="crash"):
-    """Make ``Shard.step`` raise at ``step`` (on ``shard``, or on every shard); returns the undo."""
-    real_step = Shard.step
-
-    def step_or_crash(self, t, *parts, **kw):
-        if t == step and shard in (None, self.id):
-            raise RuntimeError(message)
-        return real_step(self, t, *parts, **kw)
-
-    monkeypatch.setattr(Shard, "step", step_or_crash)
-    return lambda: monkeypatch.setattr(Shard, "step", real_step)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return swarm.run(sir_config(), tmp_path_factory.mktemp("ref") / "r", backend="local")
 
 
 def test_checkpoint_files_and_only_the_last_two_kept(reference):

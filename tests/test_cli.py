@@ -13,7 +13,7 @@ SWARM = [sys.executable, "-m", "swarm.cli"]
 
 
 def swarm_cli(*args, check=True):
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     proc = subprocess.run([*SWARM, *map(str, args)], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=300)
     if check and proc.returncode != 0:
@@ -88,7 +88,7 @@ def test_ctrl_c_checkpoints_then_resume_finishes(tmp_path):
             "--set", "graph.n=3000", "--set", "env.model=sir", "--set", "env.p=0.05",
             "--set", "env.beta=0.01", "--set", "env.gamma=0.0", "--set", "steps=100000",
             "--set", "checkpoint.every=50"]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     proc = subprocess.Popen([*SWARM, *map(str, args)], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     manifest_path = out / "manifest.json"

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import cascade_config, sorted_events
+from conftest import cascade_config, sir_config, sorted_events
 
 import swarm
 from swarm.errors import ClusterError, GraphError, StorageError
@@ -24,22 +24,11 @@ SWARM = [sys.executable, "-m", "swarm.cli"]
 needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
 
 
-def sir_config(**over):
-    cfg = cascade_config(n=3000, shards=2, model="sir", beta=0.15, gamma=0.1)
-    update = {"checkpoint": swarm.config.CheckpointConfig(every=4), "steps": 60, **over}
-    return cfg.model_copy(update=update)
-
-
 def fill_disk_at(path, rel: str) -> None:
     """Make the next write of ``rel`` under run directory ``path`` fail: disk full."""
     folder, name = os.path.split(os.path.join(path, rel))
     os.makedirs(folder, exist_ok=True)
     os.symlink("/dev/full", os.path.join(folder, f".{name}.tmp"))
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return swarm.run(sir_config(), tmp_path_factory.mktemp("ref") / "r", backend="local")
 
 
 @needs_dev_full

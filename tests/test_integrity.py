@@ -8,53 +8,19 @@ answer is a named error or an exact recovery, never a silently wrong table.
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pyarrow as pa
 import pytest
-from conftest import cascade_config, sorted_events
+from conftest import cli, failed_run, sorted_events
 
 import swarm
 from swarm.errors import IntegrityError
-from swarm.shard import Shard
-
-SWARM = [sys.executable, "-m", "swarm.cli"]
-
-
-def sir_config(every=4, **over):
-    cfg = cascade_config(n=3000, shards=2, model="sir", beta=0.15, gamma=0.1)
-    update = {"checkpoint": swarm.config.CheckpointConfig(every=every), "steps": 60, **over}
-    return cfg.model_copy(update=update)
-
-
-def cli(*args, timeout=120):
-    return subprocess.run([*SWARM, *args], capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return swarm.run(sir_config(), tmp_path_factory.mktemp("ref") / "r", backend="local")
 
 
 @pytest.fixture(scope="module")
 def crashed(tmp_path_factory):
     """A run that failed at step 14 (checkpoints at 3, 7, 11): kept pristine, copy to use."""
-    real_step = Shard.step
-
-    def crash(self, t, *parts, **kw):
-        if t == 14:
-            raise RuntimeError("power cut")
-        return real_step(self, t, *parts, **kw)
-
-    path = tmp_path_factory.mktemp("crashed") / "r"
-    Shard.step = crash
-    try:
-        with pytest.raises(RuntimeError, match="power cut"):
-            swarm.run(sir_config(), path, backend="local")
-    finally:
-        Shard.step = real_step
-    return path
+    return failed_run(tmp_path_factory.mktemp("crashed") / "r", 14)
 
 
 def copy_run(src, tmp_path):
@@ -79,7 +45,7 @@ def test_manifest_lists_every_file_with_rows_bytes_and_checksum(reference):
         assert os.path.getsize(os.path.join(reference.path, rel)) == rec["bytes"]
     assert reference.verify() == []
     out = cli("verify", reference.path)
-    assert out.returncode == 0 and "intact" in out.stdout
+    assert out.exit_code == 0 and "intact" in out.stdout
 
 
 def test_a_deleted_chunk_is_an_error_not_a_smaller_answer(reference, tmp_path):
@@ -90,11 +56,11 @@ def test_a_deleted_chunk_is_an_error_not_a_smaller_answer(reference, tmp_path):
         swarm.open_run(path).events()
     for args in (["query", str(path), "SELECT count(*) FROM cascades"], ["analyze", str(path)]):
         out = cli(*args)
-        assert out.returncode == 2, out.stderr
+        assert out.exit_code == 2, out.stderr
         assert gone in out.stderr and "is missing" in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1  # one line, no traceback
     out = cli("verify", str(path))
-    assert out.returncode == 1 and gone in out.stderr
+    assert out.exit_code == 1 and gone in out.stderr
 
 
 def _agent_offset(path) -> int:
@@ -116,7 +82,7 @@ def test_bytes_flipped_in_place_are_caught(reference, tmp_path):
     chunk.write_bytes(bytes(raw))
     # Same size, so the cheap check passes; the id range and the checksum do not.
     out = cli("query", str(path), "SELECT max(agent) FROM events")
-    assert out.returncode == 2 and "events.agent holds" in out.stderr
+    assert out.exit_code == 2 and "events.agent holds" in out.stderr
     with pytest.raises(IntegrityError, match="events.agent holds"):
         swarm.open_run(path).events()
     problems = swarm.open_run(path).verify()
@@ -130,7 +96,7 @@ def test_an_unlisted_chunk_is_left_out_and_said(reference, tmp_path):
     assert run.events().num_rows == reference.manifest["events"]
     assert run.unlisted_chunks == ["events/shard=0/part-09999.arrow"]
     out = cli("query", str(path), "SELECT count(*) FROM events")
-    assert out.returncode == 0 and "part-09999.arrow" in out.stderr
+    assert out.exit_code == 0 and "part-09999.arrow" in out.stderr
     assert any("does not list" in p for p in run.verify())
 
 

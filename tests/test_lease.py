@@ -8,46 +8,20 @@ import sys
 import time
 
 import pytest
-from conftest import cascade_config, sorted_events
+from conftest import failed_run, sir_config, sorted_events
 
 import swarm
 from swarm.errors import LeaseError
 from swarm.lease import LEASE, Lease
-from swarm.shard import Shard
 from swarm.storage import RunStore
 
 SWARM = [sys.executable, "-m", "swarm.cli"]
 
 
-def sir_config(**over):
-    cfg = cascade_config(n=3000, shards=2, model="sir", beta=0.15, gamma=0.1)
-    update = {"checkpoint": swarm.config.CheckpointConfig(every=4), "steps": 60, **over}
-    return cfg.model_copy(update=update)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return swarm.run(sir_config(), tmp_path_factory.mktemp("ref") / "r", backend="local")
-
-
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory):
     """A local-backend run that failed at step 30, to be resumed (copy it to use it)."""
-    real_step = Shard.step
-
-    def crash(self, t, *parts, **kw):
-        if t == 30:
-            raise RuntimeError("power cut")
-        return real_step(self, t, *parts, **kw)
-
-    path = tmp_path_factory.mktemp("stopped") / "r"
-    Shard.step = crash
-    try:
-        with pytest.raises(RuntimeError):
-            swarm.run(sir_config(), path, backend="local")
-    finally:
-        Shard.step = real_step
-    return path
+    return failed_run(tmp_path_factory.mktemp("stopped") / "r", 30)
 
 
 def test_a_held_lease_refuses_overwrite_and_resume(stopped, tmp_path):

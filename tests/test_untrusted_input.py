@@ -9,13 +9,12 @@ import sys
 import time
 
 import pytest
-from conftest import cascade_config
+from conftest import cascade_config, cli
 
 import swarm
 from swarm.config_file import MAX_VALUES
 from swarm.errors import ConfigError
 
-SWARM = [sys.executable, "-m", "swarm.cli"]
 GOOD = """\
 seed: 1
 steps: 10
@@ -23,9 +22,6 @@ graph: {kind: barabasi_albert, n: 100, m: 2}
 env: {kind: cascade, p: 0.1}
 """
 
-
-def cli(*args, timeout=120):
-    return subprocess.run([*SWARM, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def laughs(levels: int = 9) -> str:
@@ -48,9 +44,19 @@ def test_hostile_yaml_is_refused_fast_with_one_line(tmp_path, text, needle):
     path.write_bytes(text.encode("latin-1") if "\0" in text else text.encode())
     t0 = time.perf_counter()
     out = cli("validate", str(path))
-    assert out.returncode == 2, out.stderr
+    assert out.exit_code == 2, out.stderr
     assert needle in out.stderr and out.stderr.count("\n") == 1
     assert time.perf_counter() - t0 < 30  # the laughs hung at 2.3 GB before
+
+
+def test_the_laughs_end_the_real_command_in_seconds(tmp_path):
+    # The installed entry point, in its own process: before, it hung at 2.3 GB.
+    path = tmp_path / "c.yaml"
+    path.write_text(laughs())
+    out = subprocess.run([sys.executable, "-m", "swarm.cli", "validate", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert f"expands to more than {MAX_VALUES:,} values" in out.stderr
 
 
 def test_non_utf8_large_and_directory_configs(tmp_path):
@@ -71,7 +77,7 @@ def test_a_huge_value_is_not_echoed_in_full(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(GOOD.replace("seed: 1", "seed: '" + "x" * 3_000_000 + "'"))
     out = cli("validate", str(path))
-    assert out.returncode == 2 and "seed:" in out.stderr
+    assert out.exit_code == 2 and "seed:" in out.stderr
     assert len(out.stderr) < 1000 and "(3,000,002 characters)" in out.stderr
 
 
@@ -129,7 +135,7 @@ def test_sql_escapes_exit_2_and_write_nothing(run_dir, sql):
     before = sorted(os.listdir(run_dir))
     metrics = open(os.path.join(run_dir, "metrics.arrow"), "rb").read()
     out = cli("query", run_dir, sql.replace("RUN", run_dir))
-    assert out.returncode == 2, (sql, out.stdout, out.stderr)
+    assert out.exit_code == 2, (sql, out.stdout, out.stderr)
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ")
     assert "root:" not in out.stdout + out.stderr
     assert sorted(os.listdir(run_dir)) == before and not os.path.exists("x.csv")
@@ -140,10 +146,10 @@ def test_saved_views_follow_table_references_not_words(run_dir):
     # A comment or a string that says "roles" or "cascades" used to trigger (and break) them.
     out = cli("query", "--format", "csv", run_dir, "--", "-- roles and cascades\nSELECT "
               "count(*) AS n FROM events WHERE event <> 'roles'")
-    assert out.returncode == 0, out.stderr
+    assert out.exit_code == 0, out.stderr
     assert int(out.stdout.splitlines()[1]) == swarm.open_run(run_dir).manifest["events"]
     out = cli("query", run_dir, "WITH roles AS (SELECT 1 AS x) SELECT x FROM roles",
               "--format", "csv")
-    assert out.returncode == 0 and out.stdout.splitlines() == ['"x"', "1"]
+    assert out.exit_code == 0 and out.stdout.splitlines() == ['"x"', "1"]
     out = cli("query", run_dir, "SELECT count(*) AS trees FROM cascades", "--format", "csv")
-    assert out.returncode == 0 and int(out.stdout.splitlines()[1]) > 0
+    assert out.exit_code == 0 and int(out.stdout.splitlines()[1]) > 0
