@@ -112,16 +112,18 @@ def run_query(run, sql: str) -> pa.Table:
 
 
 def _check_ranges(run, con) -> None:
-    """Agent ids and steps within the run's ranges: a chunk damaged in place (same size)
-    must not give a silently wrong answer. One vectorized scan of two columns."""
+    """Row count as listed, agent ids and steps within the run's ranges: a chunk damaged
+    in place (same size) must not give a silently wrong answer. One scan of two columns."""
     from swarm.errors import IntegrityError
 
     n = run.manifest.get("graph", {}).get("n")
     steps = run.manifest.get("config", {}).get("steps")
     if not isinstance(n, int) or not isinstance(steps, int):
         return
-    lo_a, hi_a, lo_s, hi_s = con.sql(
-        "SELECT min(agent), max(agent), min(step), max(step) FROM events").fetchall()[0]
+    lo_a, hi_a, lo_s, hi_s, rows = con.sql(
+        "SELECT min(agent), max(agent), min(step), max(step), count(*) FROM events"
+    ).fetchall()[0]
+    run.check_rows(rows)
     for col, lo, hi, top in (("agent", lo_a, hi_a, n), ("step", lo_s, hi_s, steps)):
         if lo is not None and (lo < 0 or hi >= top):
             raise IntegrityError(f"{run.path}: events.{col} holds {hi if hi >= top else lo:,}, "

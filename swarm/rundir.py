@@ -221,7 +221,20 @@ class Run:
         except (pa.ArrowInvalid, OSError) as exc:
             raise LogError(f"{self.path}: an event chunk is corrupt ({exc})") from None
         self._check_ids(table)
+        self.check_rows(table.num_rows if filter is None else None)
         return table
+
+    def check_rows(self, rows: int | None) -> None:
+        """IntegrityError when ``rows`` (all events read) differs from the rows the
+        manifest lists for its chunks; None skips the check (a filtered read)."""
+        if rows is None or not self.listed:
+            return
+        listed = sum(rec.get("rows", 0) for rel, rec in self.files.items()
+                     if rel.startswith(f"{EVENTS}/"))
+        if rows != listed:
+            raise IntegrityError(f"{self.path}: the event chunks hold {rows:,} rows but the "
+                                 f"manifest lists {listed:,}; `swarm verify {self.path}` names "
+                                 "the chunk")
 
     def _check_ids(self, table: pa.Table) -> None:
         """Agent ids and steps inside the run's ranges (a damaged chunk that kept its size
