@@ -69,7 +69,11 @@ class Lease:
             self._lock_local()
         else:
             self._claim_remote()
-        self._beat()
+        try:
+            self._beat()
+        except BaseException:
+            self._unlock()  # a full disk must not leave this process holding the lock
+            raise
         self._thread = threading.Thread(target=self._heartbeat, name="swarm-lease",
                                         daemon=True)
         self._thread.start()
@@ -82,10 +86,16 @@ class Lease:
             self._thread.join(timeout=HEARTBEAT)
             self._thread = None
         try:
-            if not self.lost:
+            # On an object store, only a lease that is still ours (another driver may
+            # have taken it over since the last heartbeat).
+            if not self.lost and (self.store.local
+                                  or (self._read() or {}).get("token") == self.token):
                 self.store.delete(LEASE)
         except StorageError:
             pass  # a vanished or full disk: the lock below still goes
+        self._unlock()
+
+    def _unlock(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # releases the flock
             self._fd = None

@@ -53,11 +53,25 @@ def sandboxed_connection(tables: dict[str, object]):
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,
         "python_enable_replacements": False,
+        # No spilling: DuckDB would write its temporary files into the current
+        # directory. A query that needs more than memory_limit fails instead.
+        "temp_directory": "",
+        "memory_limit": f"{max(_memory_bytes() // 2, 256 * 1024**2) // 1024**2}MB",
     })
     for name, table in tables.items():
         con.register(name, table)
     con.execute("SET lock_configuration = true")
     return con
+
+
+def _memory_bytes() -> int:
+    """This machine's memory (DuckDB's own default limit is 80% of it)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return 4 * 1024**3
 
 
 def run_query(run, sql: str) -> pa.Table:
@@ -78,6 +92,8 @@ def run_query(run, sql: str) -> pa.Table:
             raise SwarmError("the query is empty; write a SELECT over events or metrics")
         for statement in statements:
             kind = statement.type.name
+            if kind == "EXPLAIN" and not _explains_a_select(parser, statement.query):
+                kind = "EXPLAIN ANALYZE, or EXPLAIN of a non-SELECT"
             if kind not in _READ_ONLY:
                 raise SwarmError(f"swarm query runs read-only SELECT statements; got {kind} "
                                  f"({_first_line(statement.query.strip())[:60]}). To keep a "
@@ -109,6 +125,17 @@ def run_query(run, sql: str) -> pa.Table:
         raise SwarmError(f"query failed: {_first_line(exc)}") from None
     finally:
         con.close()
+
+
+def _explains_a_select(parser, text: str) -> bool:
+    """A plain EXPLAIN of one SELECT (EXPLAIN ANALYZE runs the statement it explains)."""
+    import re
+
+    m = re.match(r"(?is)\s*explain\s+(.*)", text)
+    if m is None or re.match(r"(?i)analy[sz]e\b", m.group(1)):
+        return False
+    inner = parser.extract_statements(m.group(1))
+    return len(inner) == 1 and inner[0].type.name == "SELECT"
 
 
 def _check_ranges(run, con) -> None:

@@ -122,6 +122,9 @@ def check_files(store: RunStore, records: dict[str, dict], what: str = "file") -
             sizes.update({k: store.info(k).size for k in records if "/" not in k
                           and store.exists(k)})
     for rel, rec in sorted(records.items()):
+        if not isinstance(rec, dict) or not isinstance(rec.get("bytes"), int):
+            raise IntegrityError(f"{store.child_uri(MANIFEST)}: its record of {rel} is "
+                                 "malformed (no byte count); the manifest was edited")
         if rel not in sizes:
             raise IntegrityError(
                 f"{store.child_uri(rel)} is missing: the manifest lists this {what} with "
@@ -255,7 +258,10 @@ class Run:
     def metrics(self) -> pa.Table:
         if not self.store.exists(METRICS):
             raise LogError(f"{self.path}: {METRICS} is missing (status {self.status!r})")
-        if METRICS in self.files:
+        if self.listed:
+            if METRICS not in self.files:  # an older run's table, from before a resume
+                raise LogError(f"{self.path}: {METRICS} is not listed in the manifest (status "
+                               f"{self.status!r}); it is written when the run completes")
             check_files(self.store, {METRICS: self.files[METRICS]}, "metrics table")
         try:
             return self.store.read_table(METRICS)
@@ -277,6 +283,9 @@ class Run:
             records.update((self.manifest.get(key) or {}).get("files", {}))
         for rel, rec in sorted(records.items()):
             where = self.store.child_uri(rel)
+            if not isinstance(rec, dict) or not isinstance(rec.get("bytes"), int):
+                problems.append(f"{where}: the manifest's record of it is malformed")
+                continue
             if not self.store.exists(rel):
                 problems.append(f"{where}: missing ({_rows(rec)}{rec['bytes']:,} bytes listed)")
                 continue
@@ -302,7 +311,10 @@ class Run:
         problems += [f"{self.store.child_uri(rel)}: an event chunk the manifest does not list "
                      "(left out of every read)" for rel in self.unlisted_chunks]
         if not problems:
-            problems += self._check_ranges()
+            try:
+                problems += self._check_ranges()
+            except IntegrityError as exc:
+                problems.append(str(exc))
         return problems
 
     def _check_ranges(self) -> list[str]:

@@ -37,6 +37,7 @@ from swarm.errors import (
     ConfigError,
     GraphError,
     IntegrityError,
+    LeaseError,
     LogError,
     RunInterrupted,
     ShardFailure,
@@ -209,6 +210,10 @@ class _LocalShards:
 
     def close(self):
         return [s.close() for s in self.shards]
+
+    def kill(self) -> None:
+        """Drop the shards without flushing anything."""
+        self.shards = []
 
     def abort(self) -> list[dict]:
         """Close what can be closed on the way out of a failure; the reports of those."""
@@ -585,7 +590,8 @@ def _choose_checkpoint(store: RunStore, manifest: dict) -> tuple[int | None, lis
         if ckp["step"] != newest:
             _warn(f"{problems[0]}; resuming from the previous checkpoint, of step "
                   f"{ckp['step']} (steps {ckp['step'] + 1}..{newest} are run again)")
-        manifest["checkpoint"], manifest["previous_checkpoint"] = ckp, None
+        if ckp["step"] != newest:  # the damaged newer one is no fallback
+            manifest["checkpoint"], manifest["previous_checkpoint"] = ckp, None
         _drop_chunks_after(manifest["files"], ckp.get("log", {}))
         return ckp["step"], rows
     if problems:
@@ -705,10 +711,15 @@ def _execute(config: RunConfig, store: RunStore, manifest: dict, graph: CSRGraph
                 raise IntegrityError(f"the shards wrote {events:,} events but the manifest "
                                      f"lists chunks of {listed:,}")
         except BaseException as exc:
+            if lease.lost or isinstance(_cause(exc), LeaseError):
+                # Another driver holds the run now: write nothing more into it.
+                if driver is not None and driver.shards is not None:
+                    driver.shards.kill()
+                raise
             if driver is not None and driver.shards is not None:
                 # Keep the events of finished steps (listed), free the actors.
                 for report in driver.shards.abort():
-                    driver.absorb_files(report["files"])
+                    driver.absorb_files(report["files"], save=False)
             _raise_failure(store, manifest, exc)
         finally:
             if servers is not None:
@@ -738,6 +749,7 @@ def _execute(config: RunConfig, store: RunStore, manifest: dict, graph: CSRGraph
                                      + driver.checkpoint_driver_seconds, 4),
         )
         try:
+            lease.check()
             write_manifest(store, manifest)
         except StorageError as exc:
             raise StorageError(f"{exc}; every step ran, but the manifest could not be marked "
@@ -847,11 +859,14 @@ class _Driver:
                 pending["files"].update((f["path"], _record(f)) for f in s["checkpoint_files"])
                 pending["log"][str(s["shard"])] = s["log"]["parts"]
 
-    def absorb_files(self, files) -> None:
+    def absorb_files(self, files, save: bool = True) -> None:
+        """List finished chunks; write the manifest when the last write is a while ago
+        (``save=False`` on the way out of a failure, which writes it once, marked)."""
         for f in files:
             self.manifest["files"][f["path"]] = _record(f)
             self._unsaved = True
-        if self._unsaved and time.monotonic() - self._manifest_written > self.manifest_interval:
+        if save and self._unsaved and (time.monotonic() - self._manifest_written
+                                       > self.manifest_interval):
             self._save()
 
     def _save(self) -> None:
@@ -863,7 +878,10 @@ class _Driver:
         bar = _Progress(self.config.steps, self.n) if self.show else None
         t0 = time.perf_counter()
         try:
-            while self.start_step < self.config.steps:  # a resume may find nothing left
+            # A resume may find nothing left: all steps run, or the checkpoint's step
+            # was the quiescent one the run stopped at.
+            while self.start_step < self.config.steps and not (
+                    self.rows and is_quiescent(self.rows[-1])):
                 try:
                     if self.config.shards == 1:
                         self._loop_single(bar)

@@ -172,3 +172,22 @@ def test_a_shards_storage_error_reaches_the_user_whole(tmp_path, monkeypatch):
         swarm.run(sir_config(), tmp_path / "r", backend="local")
     assert str(info.value).startswith("cannot write somewhere: no space left on device; the "
                                       "run is marked failed")
+
+
+@needs_dev_full
+def test_resume_from_a_checkpoint_at_the_quiescent_step_adds_no_step(tmp_path):
+    cfg = cascade_config(n=2000, shards=2).model_copy(
+        update={"checkpoint": swarm.config.CheckpointConfig(every=1)})
+    clean = swarm.run(cfg, tmp_path / "clean", backend="local")
+    path = tmp_path / "r"
+
+    def fill(row):  # every step runs; the last write, the metrics table, fails
+        if row["step"] == 0:
+            fill_disk_at(path, "metrics.arrow")
+
+    with pytest.raises(StorageError, match="metrics.arrow"):
+        swarm.run(cfg, path, backend="local", on_step=fill)
+    resumed = swarm.resume(path)
+    assert resumed.manifest["steps_run"] == clean.manifest["steps_run"]
+    assert resumed.metrics().num_rows == clean.metrics().num_rows
+    assert sorted_events(resumed).equals(sorted_events(clean))

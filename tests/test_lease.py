@@ -96,3 +96,34 @@ def test_a_stale_lease_on_an_object_store_is_taken_over(tmp_path, monkeypatch):
     lease = Lease(store, attempt=2).acquire()
     assert json.loads((tmp_path / LEASE).read_text())["token"] == lease.token
     lease.release()
+
+
+def test_a_driver_that_lost_its_lease_writes_nothing_more(tmp_path, monkeypatch):
+    # On an object store a stalled driver can lose its lease to another; from then on
+    # the other driver's manifest must stand.
+    path = tmp_path / "r"
+    theirs = {"status": "running", "run_id": "another driver's"}
+    calls = []
+
+    def check(self):
+        calls.append(1)
+        if len(calls) == 2:
+            self.lost = True
+            (path / "manifest.json").write_text(json.dumps(theirs))
+        if self.lost:
+            raise LeaseError("another driver took over this run's lease")
+
+    monkeypatch.setattr(Lease, "check", check)
+    with pytest.raises(LeaseError, match="took over"):
+        swarm.run(sir_config(), path, backend="local")
+    assert json.loads((path / "manifest.json").read_text()) == theirs
+
+
+def test_a_failed_first_heartbeat_does_not_keep_the_lock(tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    store = RunStore(tmp_path)
+    os.symlink("/dev/full", tmp_path / f".{LEASE}.tmp")  # the disk is full
+    with pytest.raises(swarm.errors.StorageError, match="no space left"):
+        Lease(store).acquire()
+    Lease(store).acquire().release()  # space freed: the lease is free too

@@ -130,6 +130,8 @@ def run_dir(tmp_path_factory):
     "CREATE TABLE t AS SELECT 1",
     "EXPORT DATABASE 'RUN/exported'",
     "SELECT 1; COPY (SELECT 1) TO 'RUN/y.csv'",
+    "EXPLAIN ANALYZE CREATE TABLE t AS SELECT 1",
+    "EXPLAIN CREATE TABLE t AS SELECT 1",
 ])
 def test_sql_escapes_exit_2_and_write_nothing(run_dir, sql):
     before = sorted(os.listdir(run_dir))
