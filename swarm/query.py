@@ -139,23 +139,15 @@ def _explains_a_select(parser, text: str) -> bool:
 
 
 def _check_ranges(run, con) -> None:
-    """Row count as listed, agent ids and steps within the run's ranges: a chunk damaged
-    in place (same size) must not give a silently wrong answer. One scan of two columns."""
-    from swarm.errors import IntegrityError
-
-    n = run.manifest.get("graph", {}).get("n")
-    steps = run.manifest.get("config", {}).get("steps")
-    if not isinstance(n, int) or not isinstance(steps, int):
+    """The checks ``Run.events`` makes, in one DuckDB pass: rows as listed, ids and steps
+    within the run's ranges (a chunk damaged in place must not answer silently)."""
+    cols = list(run.bounds)
+    if not cols:
         return
-    lo_a, hi_a, lo_s, hi_s, rows = con.sql(
-        "SELECT min(agent), max(agent), min(step), max(step), count(*) FROM events"
-    ).fetchall()[0]
-    run.check_rows(rows)
-    for col, lo, hi, top in (("agent", lo_a, hi_a, n), ("step", lo_s, hi_s, steps)):
-        if lo is not None and (lo < 0 or hi >= top):
-            raise IntegrityError(f"{run.path}: events.{col} holds {hi if hi >= top else lo:,}, "
-                                 f"outside 0..{top - 1:,}: an event chunk is damaged. `swarm "
-                                 f"verify {run.path}` names it")
+    values = con.sql("SELECT " + ", ".join(f"min({c}), max({c})" for c in cols)
+                     + ", count(*) FROM events").fetchall()[0]
+    run.check_spans({c: values[2 * i: 2 * i + 2] for i, c in enumerate(cols)})
+    run.check_rows(values[-1])
 
 
 def _saved_views(run, names: set[str]) -> dict[str, pa.Table]:

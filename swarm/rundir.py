@@ -38,7 +38,7 @@ from swarm.lease import LEASE_FILES, Lease
 from swarm.storage import CHECKSUM, RunStore, hash_file
 
 __all__ = ["Run", "open_run", "create_run_dir", "write_manifest", "versions", "check_files",
-           "FORMAT"]
+           "file_problem", "verify_files", "FORMAT"]
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.arrow"
@@ -137,6 +137,39 @@ def check_files(store: RunStore, records: dict[str, dict], what: str = "file") -
                 f"verify {store.uri}` lists every problem")
 
 
+def file_problem(store: RunStore, rel: str, rec: dict, rows: bool = True) -> str | None:
+    """What is wrong with file ``rel`` against its manifest record (None: nothing): it is
+    missing, or its size, checksum or (with ``rows``, for tables) row count differs."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("bytes"), int):
+        return "the manifest's record of it is malformed"
+    if not store.exists(rel):
+        return f"missing ({_rows(rec)}{rec['bytes']:,} bytes listed)"
+    try:
+        got = hash_file(store, rel)
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    if got["bytes"] != rec["bytes"]:
+        return f"{got['bytes']:,} bytes, the manifest says {rec['bytes']:,}"
+    if got[CHECKSUM] != rec.get(CHECKSUM):
+        return "checksum differs from the manifest's (the file was changed after it was written)"
+    if rows and "rows" in rec:
+        try:
+            count = store.read_table(rel).num_rows
+        except (pa.ArrowInvalid, OSError) as exc:
+            return f"not a readable Arrow file ({exc})"
+        if count != rec["rows"]:
+            return f"{count:,} rows, the manifest says {rec['rows']:,}"
+    return None
+
+
+def verify_files(store: RunStore, records: dict[str, dict]) -> None:
+    """IntegrityError naming the first of ``records`` whose size or checksum is wrong."""
+    for rel, rec in records.items():
+        problem = file_problem(store, rel, rec, rows=False)
+        if problem:
+            raise IntegrityError(f"{store.child_uri(rel)}: {problem}")
+
+
 def _rows(rec: dict) -> str:
     if "rows" not in rec:
         return ""
@@ -223,37 +256,52 @@ class Run:
             table = dataset.to_table(columns=columns, filter=filter)
         except (pa.ArrowInvalid, OSError) as exc:
             raise LogError(f"{self.path}: an event chunk is corrupt ({exc})") from None
-        self._check_ids(table)
-        self.check_rows(table.num_rows if filter is None else None)
+        self._check_table(table, whole=filter is None)
         return table
+
+    @cached_property
+    def listed_rows(self) -> int:
+        """The rows the manifest lists for the run's event chunks."""
+        return sum(rec.get("rows", 0) for rel, rec in self.files.items()
+                   if rel.startswith(f"{EVENTS}/"))
 
     def check_rows(self, rows: int | None) -> None:
         """IntegrityError when ``rows`` (all events read) differs from the rows the
         manifest lists for its chunks; None skips the check (a filtered read)."""
-        if rows is None or not self.listed:
+        if rows is None or not self.listed or rows == self.listed_rows:
             return
-        listed = sum(rec.get("rows", 0) for rel, rec in self.files.items()
-                     if rel.startswith(f"{EVENTS}/"))
-        if rows != listed:
-            raise IntegrityError(f"{self.path}: the event chunks hold {rows:,} rows but the "
-                                 f"manifest lists {listed:,}; `swarm verify {self.path}` names "
-                                 "the chunk")
+        raise IntegrityError(f"{self.path}: the event chunks hold {rows:,} rows but the "
+                             f"manifest lists {self.listed_rows:,}; `swarm verify {self.path}` "
+                             "names the chunk")
 
-    def _check_ids(self, table: pa.Table) -> None:
-        """Agent ids and steps inside the run's ranges (a damaged chunk that kept its size
-        shows here; ``verify`` finds which file)."""
+    @cached_property
+    def bounds(self) -> dict[str, int]:
+        """Exclusive upper bounds of event columns: agent < n, step < steps, shard < shards."""
+        m = self.manifest
+        steps = m.get("steps_run") if m.get("status") == "completed" else None
+        bounds = {"agent": m.get("graph", {}).get("n"),
+                  "step": steps or m.get("config", {}).get("steps"),
+                  "shard": m.get("partition", {}).get("shards")}
+        return {k: v for k, v in bounds.items() if isinstance(v, int)}
+
+    def check_spans(self, spans: dict[str, tuple]) -> None:
+        """IntegrityError when a column's (min, max) leaves its range: a chunk damaged in
+        place keeps its size, so this is where it shows (``verify`` names the file)."""
+        for col, (lo, hi) in spans.items():
+            top = self.bounds.get(col)
+            if top is not None and lo is not None and (lo < 0 or hi >= top):
+                raise IntegrityError(f"{self.path}: events.{col} holds "
+                                     f"{hi if hi >= top else lo:,}, outside 0..{top - 1:,}: an "
+                                     f"event chunk is damaged. `swarm verify {self.path}` "
+                                     "names it")
+
+    def _check_table(self, table: pa.Table, whole: bool) -> None:
         import pyarrow.compute as pc
 
-        n = self.manifest.get("graph", {}).get("n")
-        steps = self.manifest.get("config", {}).get("steps")
-        for col, top in (("agent", n), ("step", steps)):
-            if col not in table.column_names or not table.num_rows or not isinstance(top, int):
-                continue
-            lo, hi = (v.as_py() for v in pc.min_max(table[col]).values())
-            if lo < 0 or hi >= top:
-                raise IntegrityError(f"{self.path}: events.{col} holds {hi if hi >= top else lo:,}"
-                                     f", outside 0..{top - 1:,}: an event chunk is damaged. "
-                                     f"`swarm verify {self.path}` names it")
+        if table.num_rows:
+            self.check_spans({col: tuple(v.as_py() for v in pc.min_max(table[col]).values())
+                              for col in self.bounds if col in table.column_names})
+        self.check_rows(table.num_rows if whole else None)
 
     def metrics(self) -> pa.Table:
         if not self.store.exists(METRICS):
@@ -282,64 +330,20 @@ class Run:
         for key in ("checkpoint", "previous_checkpoint"):
             records.update((self.manifest.get(key) or {}).get("files", {}))
         for rel, rec in sorted(records.items()):
-            where = self.store.child_uri(rel)
-            if not isinstance(rec, dict) or not isinstance(rec.get("bytes"), int):
-                problems.append(f"{where}: the manifest's record of it is malformed")
-                continue
-            if not self.store.exists(rel):
-                problems.append(f"{where}: missing ({_rows(rec)}{rec['bytes']:,} bytes listed)")
-                continue
-            try:
-                got = hash_file(self.store, rel)
-            except OSError as exc:
-                problems.append(f"{where}: unreadable ({exc})")
-                continue
-            if got["bytes"] != rec["bytes"]:
-                problems.append(f"{where}: {got['bytes']:,} bytes, the manifest says "
-                                f"{rec['bytes']:,}")
-            elif got[CHECKSUM] != rec.get(CHECKSUM):
-                problems.append(f"{where}: checksum differs from the manifest's (the file was "
-                                "changed after it was written)")
-            elif "rows" in rec:
-                try:
-                    rows = self.store.read_table(rel).num_rows
-                except (pa.ArrowInvalid, OSError) as exc:
-                    problems.append(f"{where}: not a readable Arrow file ({exc})")
-                    continue
-                if rows != rec["rows"]:
-                    problems.append(f"{where}: {rows:,} rows, the manifest says {rec['rows']:,}")
+            problem = file_problem(self.store, rel, rec)
+            if problem:
+                problems.append(f"{self.store.child_uri(rel)}: {problem}")
         problems += [f"{self.store.child_uri(rel)}: an event chunk the manifest does not list "
                      "(left out of every read)" for rel in self.unlisted_chunks]
         if not problems:
-            try:
-                problems += self._check_ranges()
+            try:  # reading checks rows and ranges
+                self.events(columns=list(self.bounds))
             except IntegrityError as exc:
                 problems.append(str(exc))
-        return problems
-
-    def _check_ranges(self) -> list[str]:
-        """Ids and steps inside what the manifest says the run had."""
-        import pyarrow.compute as pc
-
         m = self.manifest
-        bounds = {"agent": m.get("graph", {}).get("n"),
-                  "step": m.get("steps_run") or m.get("config", {}).get("steps"),
-                  "shard": m.get("partition", {}).get("shards")}
-        bounds = {k: v for k, v in bounds.items() if isinstance(v, int)}
-        events = self.events(columns=list(bounds))
-        problems = []
-        for col, top in bounds.items():
-            if not events.num_rows:
-                break
-            lo, hi = pc.min_max(events[col]).values()
-            if lo.as_py() < 0 or hi.as_py() >= top:
-                problems.append(f"{self.path}: events.{col} spans {lo.as_py()}..{hi.as_py()}, "
-                                f"outside 0..{top - 1}")
-        total = sum(rec.get("rows", 0) for rel, rec in self.files.items()
-                    if rel.startswith(f"{EVENTS}/"))
-        if m.get("status") == "completed" and m.get("events") not in (None, total):
+        if m.get("status") == "completed" and m.get("events") not in (None, self.listed_rows):
             problems.append(f"{self.path}: the manifest counts {m['events']:,} events but its "
-                            f"chunks hold {total:,} rows")
+                            f"chunks hold {self.listed_rows:,} rows")
         return problems
 
     def __repr__(self) -> str:

@@ -60,11 +60,12 @@ from swarm.rundir import (
     check_files,
     create_run_dir,
     open_run,
+    verify_files,
     versions,
     write_manifest,
 )
 from swarm.shard import Fanout, Shard, ShardSpec, is_quiescent
-from swarm.storage import CHECKSUM, RunStore, hash_file
+from swarm.storage import RunStore, hash_file
 
 __all__ = ["run", "resume", "build_graph"]
 
@@ -383,7 +384,7 @@ def run(
     if graph.n < 1:
         raise GraphError("the graph has no agents")
     part, env_cls, setup, personas = _prepare(config, graph, partition, backend)
-    if config.memory_check:
+    if config.memory_check and graph_source == "argument":  # the others were checked above
         check_memory(estimate_memory(graph, config, env_cls), backend=backend)
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -528,7 +529,7 @@ def _saved_graph(config: RunConfig, store: RunStore, manifest: dict
         if not store.exists(GRAPH_FILE) or (listed and GRAPH_FILE not in files):
             raise LogError(f"{store.uri}: the graph was passed in Python and not saved; "
                            "start a new run")
-        _verify(store, {GRAPH_FILE: files[GRAPH_FILE]} if listed else {})
+        verify_files(store, {GRAPH_FILE: files[GRAPH_FILE]} if listed else {})
         arrays, meta = ckpt.read_arrays(store, GRAPH_FILE)
         graph = CSRGraph(arrays["indptr"], arrays["indices"], directed=meta["directed"])
     else:
@@ -539,21 +540,12 @@ def _saved_graph(config: RunConfig, store: RunStore, manifest: dict
                        f"not match the run's ({manifest['graph']}); was the edge list changed?")
     saved = None
     if PARTITION_FILE in files or (not listed and store.exists(PARTITION_FILE)):
-        _verify(store, {PARTITION_FILE: files[PARTITION_FILE]} if listed else {})
+        verify_files(store, {PARTITION_FILE: files[PARTITION_FILE]} if listed else {})
         saved = ckpt.read_arrays(store, PARTITION_FILE)[0]["shard"]
     elif manifest.get("partition", {}).get("source") == "argument":
         raise LogError(f"{store.uri}: the run's partition was passed in Python and not saved; "
                        "start a new run")
     return graph, saved
-
-
-def _verify(store: RunStore, records: dict[str, dict]) -> None:
-    """Check sizes and checksums of ``records``; IntegrityError naming the first bad file."""
-    check_files(store, records)
-    for rel, rec in records.items():
-        if hash_file(store, rel)[CHECKSUM] != rec.get(CHECKSUM):
-            raise IntegrityError(f"{store.child_uri(rel)} was changed after the run wrote it "
-                                 "(its checksum differs from the manifest's)")
 
 
 def _choose_checkpoint(store: RunStore, manifest: dict) -> tuple[int | None, list[dict]]:
@@ -580,17 +572,16 @@ def _choose_checkpoint(store: RunStore, manifest: dict) -> tuple[int | None, lis
     problems = []
     for ckp in candidates:
         try:
-            _verify(store, ckp.get("files", {}))
+            verify_files(store, ckp.get("files", {}))
             _verify_chunks_before(store, manifest["files"], ckp.get("log", {}))
             snapshot = f"{ckpt.step_dir(ckp['step'])}/metrics.arrow"
             rows = store.read_table(snapshot).to_pylist()
         except (IntegrityError, FileNotFoundError, OSError, pa.ArrowInvalid) as exc:
             problems.append(f"checkpoint of step {ckp['step']}: {exc}")
             continue
-        if ckp["step"] != newest:
+        if ckp["step"] != newest:  # the damaged newer one is no fallback
             _warn(f"{problems[0]}; resuming from the previous checkpoint, of step "
                   f"{ckp['step']} (steps {ckp['step'] + 1}..{newest} are run again)")
-        if ckp["step"] != newest:  # the damaged newer one is no fallback
             manifest["checkpoint"], manifest["previous_checkpoint"] = ckp, None
         _drop_chunks_after(manifest["files"], ckp.get("log", {}))
         return ckp["step"], rows
