@@ -111,7 +111,7 @@ class EventLog:
         """Forget everything after a checkpoint: drop the buffer and delete chunks
         numbered ``parts`` and up (and stray temporary files). Returns chunks deleted."""
         self._buffer.clear()
-        self.files = [f for f in self.files if chunk_number(f["path"]) < parts]
+        self.files.clear()
         deleted = 0
         for name in self.store.listdir(self.directory):
             m = _PART.match(name)

@@ -187,10 +187,12 @@ class Lease:
 
 
 def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False  # not a process this lease can name (0 and -1 mean groups)
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, TypeError, ValueError):
-        return True  # someone else's process, or a lease we cannot read: assume alive
+    except PermissionError:
+        return True  # someone else's process: alive
     return True

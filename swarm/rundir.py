@@ -142,6 +142,10 @@ def file_problem(store: RunStore, rel: str, rec: dict, rows: bool = True) -> str
     missing, or its size, checksum or (with ``rows``, for tables) row count differs."""
     if not isinstance(rec, dict) or not isinstance(rec.get("bytes"), int):
         return "the manifest's record of it is malformed"
+    try:
+        store.path(rel)
+    except LogError as exc:  # a path that leaves the run directory
+        return str(exc)
     if not store.exists(rel):
         return f"missing ({_rows(rec)}{rec['bytes']:,} bytes listed)"
     try:

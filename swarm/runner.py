@@ -567,7 +567,7 @@ def _choose_checkpoint(store: RunStore, manifest: dict) -> tuple[int | None, lis
         manifest.pop("checkpoint", None)
         return None, []
     candidates = [c for c in (manifest.get("checkpoint"), manifest.get("previous_checkpoint"))
-                  if c]
+                  if isinstance(c, dict) and isinstance(c.get("step"), int) and c["step"] >= 0]
     newest = candidates[0]["step"] if candidates else None
     problems = []
     for ckp in candidates:
@@ -576,7 +576,7 @@ def _choose_checkpoint(store: RunStore, manifest: dict) -> tuple[int | None, lis
             _verify_chunks_before(store, manifest["files"], ckp.get("log", {}))
             snapshot = f"{ckpt.step_dir(ckp['step'])}/metrics.arrow"
             rows = store.read_table(snapshot).to_pylist()
-        except (IntegrityError, FileNotFoundError, OSError, pa.ArrowInvalid) as exc:
+        except (LogError, FileNotFoundError, OSError, pa.ArrowInvalid) as exc:
             problems.append(f"checkpoint of step {ckp['step']}: {exc}")
             continue
         if ckp["step"] != newest:  # the damaged newer one is no fallback

@@ -21,7 +21,6 @@ temporary file behind.
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import os
@@ -66,21 +65,12 @@ class _HashingWriter(io.RawIOBase):
 
 
 def _why(exc: OSError) -> str:
-    """A short reason for a failed file operation (pyarrow's messages carry the path twice)."""
-    code = getattr(exc, "errno", None)
-    if code is None:  # pyarrow's OSError: "... error: [errno 28] No space left on device"
-        text = str(exc)
-        for err, name in ((errno.ENOSPC, "No space left on device"),
-                          (errno.EACCES, "Permission denied"),
-                          (errno.ENOENT, "No such file or directory"),
-                          (errno.EROFS, "Read-only file system"),
-                          (errno.EDQUOT, "Disk quota exceeded")):
-            if name.lower() in text.lower() or f"errno {err}]" in text:
-                code = err
-                break
-        else:
-            return text.splitlines()[0][:200] if text else type(exc).__name__
-    return os.strerror(code).lower()
+    """A short reason for a failed file operation (pyarrow's messages carry the path twice;
+    its OSErrors carry the errno, as Python's do)."""
+    if exc.errno:
+        return os.strerror(exc.errno).lower()
+    text = str(exc)
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 class RunStore:
@@ -124,8 +114,17 @@ class RunStore:
         return f"RunStore({self.uri!r})"
 
     def path(self, *parts: str) -> str:
-        """The filesystem path of ``parts`` under the root."""
-        return "/".join([self.root, *[p.strip("/") for p in parts if p]])
+        """The filesystem path of ``parts`` under the root; never above it.
+
+        Relative paths come from manifests too, and a manifest may come from
+        someone else: a ``..`` in one would let a reader hash or read files
+        outside the run, so it is refused here, where every access passes.
+        """
+        rel = [p.strip("/") for p in parts if p]
+        if any(seg == ".." for p in rel for seg in p.split("/")):
+            raise LogError(f"{'/'.join(rel)!r} points outside the run directory {self.uri}; "
+                           "its manifest was edited")
+        return "/".join([self.root, *rel])
 
     def child_uri(self, *parts: str) -> str:
         """A URI (or local path) of ``parts`` under the root, for messages to users."""

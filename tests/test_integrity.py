@@ -170,3 +170,20 @@ def test_rows_that_disagree_with_the_manifest_are_an_error(reference, tmp_path):
     out = cli("query", path, "SELECT count(*) FROM events")
     assert out.exit_code == 2 and "manifest lists 5,817" in out.stderr
     assert any("part-00001.arrow" in p and "rows" in p for p in swarm.open_run(path).verify())
+
+
+def test_a_manifest_cannot_point_readers_outside_the_run(reference, tmp_path):
+    outside = tmp_path / "secret.arrow"
+    shutil.copy(os.path.join(reference.path, "events/shard=0/part-00000.arrow"), outside)
+    path = copy_run(reference.path, tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    rec = manifest["files"].pop("events/shard=0/part-00000.arrow")
+    manifest["files"]["events/../../secret.arrow"] = rec
+    manifest["checkpoint"]["files"]["state/../../secret.arrow"] = rec
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    run = swarm.open_run(path)
+    with pytest.raises(IntegrityError, match="secret.arrow is missing"):
+        run.events()
+    assert any("points outside the run directory" in p for p in run.verify())
+    with pytest.raises(swarm.errors.LogError, match="points outside"):
+        run.store.path("events/../../secret.arrow")
