@@ -194,12 +194,16 @@ class Run:
     def manifest(self) -> dict:
         p = self.store.child_uri(MANIFEST)
         try:
-            return self.store.read_json(MANIFEST)
+            manifest = self.store.read_json(MANIFEST)
         except FileNotFoundError:
             raise LogError(f"{self.path} is not a swarm run: {MANIFEST} is missing") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise LogError(f"{p} is corrupt ({exc}); the run's events may still be readable "
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+            raise LogError(f"{p} is corrupt ({why}); the run's events may still be readable "
                            f"with pyarrow.dataset on {self.store.child_uri(EVENTS)}") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("config", {}), dict):
+            raise LogError(f"{p} is not a swarm manifest (not a mapping with a config)")
+        return manifest
 
     @property
     def status(self) -> str:
