@@ -202,64 +202,30 @@ class _Work:
 
 
 class _Generation:
-    """One batch of generation jobs, sampled one token per ``step`` and resumable in between.
-
-    The same computation as ``TransformersBackend._generate_batch`` (left
-    padding, an attention mask, explicit positions, a KV cache, token ``t``
-    drawn by ``sample_tokens`` at position ``t``), cut into steps so the engine
-    can pause it between model rounds; test_generate_equals_local_backend
-    holds the two together. A row is answered as soon as it is complete (an
-    EOS or ``max_tokens``), not when the whole batch is.
-    """
+    """One batch of generation jobs, a backend ``GenerationBatch`` the engine steps between
+    model rounds. A row is answered as soon as it is complete (an EOS or
+    ``max_tokens``), not when the whole batch is."""
 
     def __init__(self, backend: Any, works: list[_Work]):
-        from transformers import DynamicCache
+        from swarm.policies.backends.transformers_backend import GenerationBatch
 
-        self.backend = backend
         self.works = works
-        self.max_tokens = works[0].job.max_tokens
-        self.temperature = works[0].job.temperature
-        dev = backend.device
-        width = max(len(w.ids) for w in works)
+        max_tokens = works[0].job.max_tokens
+        self.batch = GenerationBatch(backend, [w.ids for w in works],
+                                     np.array([w.job.seed for w in works], dtype=np.int64),
+                                     max_tokens, works[0].job.temperature)
         # KV positions this batch may come to hold, counted against the engine's budget.
-        self.reserved = len(works) * (width + self.max_tokens)
-        self.pad_id = int(getattr(backend, "pad_id", 0))
-        ids = np.full((len(works), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(works), width), dtype=np.int64)
-        for b, w in enumerate(works):
-            # Left padding: every row's last prompt token sits in the last column.
-            ids[b, width - len(w.ids):] = w.ids
-            mask[b, width - len(w.ids):] = 1
-        self.input_ids = torch.from_numpy(ids).to(dev)
-        self.attention = torch.from_numpy(mask).to(dev)
-        # Positions count real tokens only, so left padding does not shift them.
-        self.positions = (self.attention.cumsum(-1) - 1).clamp_(min=0)
-        self.seeds = np.array([w.job.seed for w in works], dtype=np.int64)
-        eos_ids = list(getattr(backend, "eos_ids", []))
-        self.eos = torch.tensor(eos_ids, dtype=torch.long, device=dev)
-        self.eos_set = set(eos_ids)
-        self.done = torch.zeros(len(works), dtype=torch.bool, device=dev)
-        self.cache: Any = DynamicCache(config=backend.model.config)
-        self.t = 0
+        self.reserved = len(works) * (self.batch.width + max_tokens)
+        self.eos_set = set(getattr(backend, "eos_ids", []))
         self.open = list(range(len(works)))
-        self.finished = False
+
+    @property
+    def finished(self) -> bool:
+        return self.batch.finished
 
     def step(self) -> list[_Work]:
         """Sample the next token of every row; return the works completed by it."""
-        b = self.backend
-        last_only = {"logits_to_keep": 1} if getattr(b, "_keep_logits", False) else {}
-        cache_kw = getattr(b, "_cache_kw", None) or "past_key_values"
-        with torch.inference_mode():
-            logits = b.model(input_ids=self.input_ids, attention_mask=self.attention,
-                             position_ids=self.positions, use_cache=True,
-                             **{cache_kw: self.cache}, **last_only).logits[:, -1, :]
-            nxt = sample_tokens(logits, self.seeds, position=self.t,
-                                temperature=self.temperature)
-            nxt = torch.where(self.done, torch.full_like(nxt, self.pad_id), nxt)
-            self.done |= torch.isin(nxt, self.eos)
-            tokens = nxt.cpu().tolist()
-        self.t += 1
-        last = self.t == self.max_tokens or bool(self.done.all())
+        tokens = self.batch.step().cpu().tolist()
         completed = []
         for row in list(self.open):
             tok = tokens[row]
@@ -268,17 +234,9 @@ class _Generation:
                 completed.append(self.works[row])
             else:
                 self.works[row].generated.append(tok)
-                if last:
+                if self.finished:
                     self.open.remove(row)
                     completed.append(self.works[row])
-        if last:
-            self.finished = True
-            self.cache = None  # free the KV cache now, not when the batch object goes
-        else:
-            self.input_ids = nxt.unsqueeze(1)
-            self.attention = torch.cat(
-                [self.attention, self.attention.new_ones((len(self.works), 1))], dim=1)
-            self.positions = self.positions[:, -1:] + 1
         return completed
 
     def unfinished(self) -> list[_Work]:

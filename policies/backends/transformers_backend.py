@@ -48,7 +48,7 @@ import torch
 from swarm.policies.backends.base import Backend, BackendError, PromptError, sample_tokens
 from swarm.policies.device import resolve_device
 
-__all__ = ["TransformersBackend"]
+__all__ = ["TransformersBackend", "GenerationBatch"]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -521,40 +521,10 @@ class TransformersBackend(Backend):
 
     def _generate_batch(self, prompts: list[list[int]], seeds: np.ndarray, max_new_tokens: int,
                         temperature: float) -> list[list[int]]:
-        from transformers import DynamicCache
-
-        dev = self.device
-        width = max(len(ids) for ids in prompts)
-        ids = np.full((len(prompts), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(prompts), width), dtype=np.int64)
-        for b, row in enumerate(prompts):
-            # Left padding: every row's last prompt token sits in the last column.
-            ids[b, width - len(row):] = row
-            mask[b, width - len(row):] = 1
-        input_ids = torch.from_numpy(ids).to(dev)
-        attention = torch.from_numpy(mask).to(dev)
-        # Positions count real tokens only, so left padding does not shift them.
-        positions = (attention.cumsum(-1) - 1).clamp_(min=0)
-        eos = torch.tensor(self.eos_ids, dtype=torch.long, device=dev)
-        done = torch.zeros(len(prompts), dtype=torch.bool, device=dev)
+        batch = GenerationBatch(self, prompts, seeds, max_new_tokens, temperature)
         new_tokens = []
-        cache = DynamicCache(config=self.model.config)
-        last_only = {"logits_to_keep": 1} if self._keep_logits else {}
-        with torch.inference_mode():
-            for t in range(max_new_tokens):
-                logits = self.model(input_ids=input_ids, attention_mask=attention,
-                                    position_ids=positions, use_cache=True,
-                                    **{self._cache_kw or "past_key_values": cache},
-                                    **last_only).logits[:, -1, :]
-                nxt = sample_tokens(logits, seeds, position=t, temperature=temperature)
-                nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
-                new_tokens.append(nxt)
-                done |= torch.isin(nxt, eos)
-                if bool(done.all()) or t == max_new_tokens - 1:
-                    break
-                input_ids = nxt.unsqueeze(1)
-                attention = torch.cat([attention, attention.new_ones((len(prompts), 1))], dim=1)
-                positions = positions[:, -1:] + 1
+        while not batch.finished:
+            new_tokens.append(batch.step())
         tokens = torch.stack(new_tokens, dim=1).cpu().tolist()
         eos_set = set(self.eos_ids)
         rows = []
@@ -586,3 +556,65 @@ class TransformersBackend(Backend):
         self.tokenizer = None
         if on_gpu:
             torch.cuda.empty_cache()
+
+
+class GenerationBatch:
+    """One batch of prompts sampled one token per :meth:`step`, resumable in between.
+
+    Left padding, an attention mask, explicit positions and a KV cache; token
+    ``t`` of each row is drawn by ``sample_tokens`` at position ``t`` from the
+    row's seed, so the text never depends on how the steps are spaced. The
+    backend runs a batch to the end (``_generate_batch``); the policy server
+    interleaves the steps of several batches with other work.
+    """
+
+    def __init__(self, backend: TransformersBackend, prompts: list[list[int]],
+                 seeds: np.ndarray, max_new_tokens: int, temperature: float):
+        from transformers import DynamicCache
+
+        self.backend = backend
+        self.seeds = np.asarray(seeds, dtype=np.int64)
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        dev = backend.device
+        width = max(len(ids) for ids in prompts)
+        self.width = width
+        ids = np.full((len(prompts), width), backend.pad_id, dtype=np.int64)
+        mask = np.zeros((len(prompts), width), dtype=np.int64)
+        for b, row in enumerate(prompts):
+            # Left padding: every row's last prompt token sits in the last column.
+            ids[b, width - len(row):] = row
+            mask[b, width - len(row):] = 1
+        self.input_ids = torch.from_numpy(ids).to(dev)
+        self.attention = torch.from_numpy(mask).to(dev)
+        # Positions count real tokens only, so left padding does not shift them.
+        self.positions = (self.attention.cumsum(-1) - 1).clamp_(min=0)
+        self.eos = torch.tensor(backend.eos_ids, dtype=torch.long, device=dev)
+        self.done = torch.zeros(len(prompts), dtype=torch.bool, device=dev)
+        self.cache = DynamicCache(config=backend.model.config)
+        self.t = 0
+        self.finished = False
+
+    def step(self) -> torch.Tensor:
+        """Sample every row's next token (the pad id for rows already ended): a tensor."""
+        b = self.backend
+        last_only = {"logits_to_keep": 1} if b._keep_logits else {}
+        with torch.inference_mode():
+            logits = b.model(input_ids=self.input_ids, attention_mask=self.attention,
+                             position_ids=self.positions, use_cache=True,
+                             **{b._cache_kw or "past_key_values": self.cache},
+                             **last_only).logits[:, -1, :]
+            nxt = sample_tokens(logits, self.seeds, position=self.t,
+                                temperature=self.temperature)
+            nxt = torch.where(self.done, torch.full_like(nxt, b.pad_id), nxt)
+            self.done |= torch.isin(nxt, self.eos)
+        self.t += 1
+        if self.t == self.max_new_tokens or bool(self.done.all()):
+            self.finished = True
+            self.cache = None  # free the KV cache now, not when the batch object goes
+        else:
+            self.input_ids = nxt.unsqueeze(1)
+            self.attention = torch.cat(
+                [self.attention, self.attention.new_ones((self.attention.shape[0], 1))], dim=1)
+            self.positions = self.positions[:, -1:] + 1
+        return nxt
