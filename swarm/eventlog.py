@@ -115,7 +115,9 @@ class EventLog:
         deleted = 0
         for name in self.store.listdir(self.directory):
             m = _PART.match(name)
-            if (m and int(m.group(1)) >= parts) or name.startswith("."):
+            # Chunks after the position, and this log's own temporary files.
+            if (m and int(m.group(1)) >= parts) or (name.startswith(".part-")
+                                                   and name.endswith(".tmp")):
                 self.store.delete(f"{self.directory}/{name}")
                 deleted += bool(m)
         self._parts, self.rows_written = parts, rows

@@ -116,7 +116,7 @@ class Lease:
         # process lock a new file of the same name while the first holds the old.
         path = self.store.path(LOCK)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise StorageError(f"cannot create the lease {path}: {exc.strerror}") from None
         try:

@@ -114,17 +114,29 @@ class RunStore:
         return f"RunStore({self.uri!r})"
 
     def path(self, *parts: str) -> str:
-        """The filesystem path of ``parts`` under the root; never above it.
+        """The filesystem path of ``parts`` under the root; never outside it.
 
-        Relative paths come from manifests too, and a manifest may come from
-        someone else: a ``..`` in one would let a reader hash or read files
-        outside the run, so it is refused here, where every access passes.
+        A run directory may come from someone else, and so may the relative
+        paths its manifest lists: a ``..`` in one, or a symbolic link inside
+        the directory (``events/shard=0 -> ~``), would let a reader hash files
+        outside the run and a resume delete them. Both are refused here, where
+        every access passes; the root itself may be a link (the user named it).
         """
         rel = [p.strip("/") for p in parts if p]
         if any(seg == ".." for p in rel for seg in p.split("/")):
             raise LogError(f"{'/'.join(rel)!r} points outside the run directory {self.uri}; "
                            "its manifest was edited")
-        return "/".join([self.root, *rel])
+        full = "/".join([self.root, *rel])
+        if self.local and rel:
+            real = os.path.realpath(full)
+            if real != self._real_root and not real.startswith(self._real_root + os.sep):
+                raise LogError(f"{full} is a link out of the run directory (to {real}); swarm "
+                               "reads and writes only inside it. Remove the link")
+        return full
+
+    @property
+    def _real_root(self) -> str:
+        return os.path.realpath(self.root)
 
     def child_uri(self, *parts: str) -> str:
         """A URI (or local path) of ``parts`` under the root, for messages to users."""
@@ -183,6 +195,11 @@ class RunStore:
         if self.local and self.fs.get_file_info(self.root).type != pafs.FileType.Directory:
             raise StorageError(f"cannot write {self.child_uri(rel)}: the directory {self.uri} "
                                "vanished (deleted or unmounted)")
+        # A temporary name that is a link (planted in a run directory from elsewhere)
+        # would send this write to whatever it points at.
+        if self.local and os.path.islink(tmp):
+            raise LogError(f"{tmp} is a symbolic link; swarm writes only its own files. "
+                           "Remove it")
         try:
             if self.local:
                 self.fs.create_dir(parent, recursive=True)

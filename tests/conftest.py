@@ -87,6 +87,39 @@ def failed_run(path, step):
     return path
 
 
+@pytest.fixture
+def full_disk():
+    """``full_disk(folder, name)`` makes swarm's next write of ``folder/name`` fail with a
+    real ENOSPC: /dev/full is bind-mounted on the temporary file that write goes
+    through. ``full_disk.free()`` frees the space (unmounts). Needs the right to mount
+    (root); elsewhere the test is skipped. (A symbolic link would not do: swarm refuses
+    to write through links it did not make.)"""
+    import subprocess
+    from pathlib import Path
+
+    mounted: list = []
+
+    def fill(folder, name: str) -> None:
+        tmp = Path(folder) / f".{name}.tmp"
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.touch()
+        done = subprocess.run(["mount", "--bind", "/dev/full", str(tmp)], capture_output=True)
+        if done.returncode:
+            tmp.unlink()
+            pytest.skip("cannot bind-mount /dev/full here (needs root)")
+        mounted.append(tmp)
+
+    def free() -> None:
+        while mounted:
+            tmp = mounted.pop()
+            subprocess.run(["umount", str(tmp)], capture_output=True)
+            tmp.unlink(missing_ok=True)
+
+    fill.free = free
+    yield fill
+    free()
+
+
 def cli(*args):
     """Run the ``swarm`` CLI in this process (typer's runner): ``.exit_code``, ``.stdout``,
     ``.stderr``. Tests of the installed entry point itself run it as a subprocess."""

@@ -2,9 +2,9 @@
 too big for the machine. Each ends with one line, the right exit code and a run that
 `swarm resume` or `--overwrite` can still handle.
 
-A full disk is made real with /dev/full: a symbolic link planted where the run
-will write its next temporary file makes that write fail with ENOSPC, exactly
-as a full file system does.
+A full disk is made real with /dev/full, bind-mounted where the run will write
+its next temporary file (the ``full_disk`` fixture): that write fails with
+ENOSPC, exactly as on a full file system.
 """
 
 import json
@@ -21,23 +21,12 @@ from swarm.errors import ClusterError, GraphError, StorageError
 from swarm.shard import Shard
 
 SWARM = [sys.executable, "-m", "swarm.cli"]
-needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
-
-
-def fill_disk_at(path, rel: str) -> None:
-    """Make the next write of ``rel`` under run directory ``path`` fail: disk full."""
-    folder, name = os.path.split(os.path.join(path, rel))
-    os.makedirs(folder, exist_ok=True)
-    os.symlink("/dev/full", os.path.join(folder, f".{name}.tmp"))
-
-
-@needs_dev_full
-def test_disk_full_marks_failed_and_resume_finishes(tmp_path, reference):
+def test_disk_full_marks_failed_and_resume_finishes(tmp_path, reference, full_disk):
     path = tmp_path / "r"
 
     def fill(row):
         if row["step"] == 5:
-            fill_disk_at(path, "state/step=00000011/shard=0.arrow")
+            full_disk(path / "state/step=00000011", "shard=0.arrow")
 
     with pytest.raises(StorageError, match=r"shard=0.arrow: no space left on device; the run is "
                                            r"marked failed\. When fixed, continue with"):
@@ -45,13 +34,15 @@ def test_disk_full_marks_failed_and_resume_finishes(tmp_path, reference):
     m = json.loads((path / "manifest.json").read_text())
     assert m["status"] == "failed" and m["checkpoint"]["step"] == 7
     assert "no space left" in m["error"]
-    # The failed write left no temporary file; the CLI continues the run (exit 0).
-    fill_disk_at(path, "state/step=00000011/shard=1.arrow")
+    # Space freed for shard 0, not for shard 1: the CLI stops again, exit 3, one line.
+    full_disk.free()
+    full_disk(path / "state/step=00000011", "shard=1.arrow")
     out = subprocess.run([*SWARM, "resume", str(path)], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 3, out.stderr
     assert out.stderr.count("\n") == 1 and "shard=1.arrow: no space left on device" in out.stderr
     assert json.loads((path / "manifest.json").read_text())["status"] == "failed"
+    full_disk.free()
     out = subprocess.run([*SWARM, "resume", str(path)], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
@@ -59,19 +50,19 @@ def test_disk_full_marks_failed_and_resume_finishes(tmp_path, reference):
     assert sorted_events(resumed).equals(sorted_events(reference)) and resumed.verify() == []
 
 
-@needs_dev_full
-def test_when_even_the_manifest_cannot_be_written_it_says_so(tmp_path):
+def test_when_even_the_manifest_cannot_be_written_it_says_so(tmp_path, full_disk):
     path = tmp_path / "r"
 
     def fill(row):
         if row["step"] == 5:
-            fill_disk_at(path, "state/step=00000007/shard=1.arrow")
-            fill_disk_at(path, "manifest.json")
+            full_disk(path / "state/step=00000007", "shard=1.arrow")
+            full_disk(path, "manifest.json")
 
     with pytest.raises(StorageError, match="the manifest could not be marked failed either"):
         swarm.run(sir_config(), path, backend="local", on_step=fill)
     assert json.loads((path / "manifest.json").read_text())["status"] == "running"
-    assert not (path / ".manifest.json.tmp").exists()  # space "freed": resume goes on
+    full_disk.free()
+    assert not (path / ".manifest.json.tmp").exists()  # space freed: resume goes on
     assert swarm.resume(path).status == "completed"
 
 
@@ -112,8 +103,7 @@ def test_a_kill_before_the_first_full_manifest_leaves_a_usable_directory(tmp_pat
     assert swarm.run(sir_config(), path, backend="local", overwrite=True).status == "completed"
 
 
-@needs_dev_full
-def test_analyze_replaces_its_files_whole_or_not_at_all(tmp_path, reference):
+def test_analyze_replaces_its_files_whole_or_not_at_all(tmp_path, reference, full_disk):
     from swarm.analysis.report import analyze, write_report
 
     result = analyze(reference.path)
@@ -121,10 +111,11 @@ def test_analyze_replaces_its_files_whole_or_not_at_all(tmp_path, reference):
     write_report(result, out)
     before = (out / "metrics.json").read_text()
     assert json.loads(before)["env"] == "cascade"
-    fill_disk_at(out, "metrics.json")
+    full_disk(out, "metrics.json")
     with pytest.raises(StorageError, match="metrics.json: no space left on device"):
         write_report(result, out)
     assert (out / "metrics.json").read_text() == before  # not a 0-byte file
+    full_disk.free()
     assert sorted(os.listdir(out)) == ["metrics.json", "report.html"]
 
 
@@ -174,8 +165,7 @@ def test_a_shards_storage_error_reaches_the_user_whole(tmp_path, monkeypatch):
                                       "run is marked failed")
 
 
-@needs_dev_full
-def test_resume_from_a_checkpoint_at_the_quiescent_step_adds_no_step(tmp_path):
+def test_resume_from_a_checkpoint_at_the_quiescent_step_adds_no_step(tmp_path, full_disk):
     cfg = cascade_config(n=2000, shards=2).model_copy(
         update={"checkpoint": swarm.config.CheckpointConfig(every=1)})
     clean = swarm.run(cfg, tmp_path / "clean", backend="local")
@@ -183,10 +173,11 @@ def test_resume_from_a_checkpoint_at_the_quiescent_step_adds_no_step(tmp_path):
 
     def fill(row):  # every step runs; the last write, the metrics table, fails
         if row["step"] == 0:
-            fill_disk_at(path, "metrics.arrow")
+            full_disk(path, "metrics.arrow")
 
     with pytest.raises(StorageError, match="metrics.arrow"):
         swarm.run(cfg, path, backend="local", on_step=fill)
+    full_disk.free()
     resumed = swarm.resume(path)
     assert resumed.manifest["steps_run"] == clean.manifest["steps_run"]
     assert resumed.metrics().num_rows == clean.metrics().num_rows

@@ -187,3 +187,26 @@ def test_a_manifest_cannot_point_readers_outside_the_run(reference, tmp_path):
     assert any("points outside the run directory" in p for p in run.verify())
     with pytest.raises(swarm.errors.LogError, match="points outside"):
         run.store.path("events/../../secret.arrow")
+
+
+def test_links_planted_in_a_run_directory_reach_nothing_outside(crashed, tmp_path):
+    # A run directory from elsewhere, resumed here: a link at a temporary name would
+    # have a checkpoint overwrite the target; a linked folder would have the rewind
+    # delete files there. Both are refused, and the targets stay as they were.
+    victim = tmp_path / "home"
+    victim.mkdir()
+    (victim / ".bashrc").write_text("mine")
+    (victim / "notes.txt").write_text("mine")
+    path = copy_run(crashed, tmp_path)
+    (path / "state/step=00000015").mkdir()
+    os.symlink(victim / "notes.txt", path / "state/step=00000015/.shard=0.arrow.tmp")
+    with pytest.raises(swarm.errors.LogError, match="is a symbolic link"):
+        swarm.resume(path, backend="local")
+    assert (victim / "notes.txt").read_text() == "mine"
+    os.remove(path / "state/step=00000015/.shard=0.arrow.tmp")
+    shutil.rmtree(path / "events/shard=1")
+    os.symlink(victim, path / "events/shard=1")
+    with pytest.raises(swarm.errors.LogError, match="link out of the run directory"):
+        swarm.resume(path, backend="local")
+    assert sorted(os.listdir(victim)) == [".bashrc", "notes.txt"]
+    assert (victim / ".bashrc").read_text() == "mine"
