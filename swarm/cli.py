@@ -202,10 +202,16 @@ def analyze(
     """Analyze a run: cascades, socialization, coordination; writes metrics.json and report.html."""
     from swarm.analysis.report import analyze as run_analysis
     from swarm.analysis.report import write_report
+    from swarm.storage import RunStore
 
     try:
+        # RUN/analysis through the run's store: a link there (in a run directory from
+        # elsewhere) must not send the report into some other folder.
+        if out is None:
+            store = RunStore(run_dir)
+            out = store.path("analysis") if store.local else str(Path(run_dir) / "analysis")
         result = run_analysis(run_dir, window=window)
-        metrics_path, report_path = write_report(result, out or str(Path(run_dir) / "analysis"))
+        metrics_path, report_path = write_report(result, out)
     except SwarmError as exc:
         _fail(exc)
     for s in result["sections"]:

@@ -210,3 +210,13 @@ def test_links_planted_in_a_run_directory_reach_nothing_outside(crashed, tmp_pat
         swarm.resume(path, backend="local")
     assert sorted(os.listdir(victim)) == [".bashrc", "notes.txt"]
     assert (victim / ".bashrc").read_text() == "mine"
+
+
+def test_analyze_does_not_follow_a_linked_analysis_folder(reference, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    path = copy_run(reference.path, tmp_path)
+    os.symlink(elsewhere, path / "analysis")
+    out = cli("analyze", path)
+    assert out.exit_code == 2 and "link out of the run directory" in out.stderr
+    assert os.listdir(elsewhere) == []
