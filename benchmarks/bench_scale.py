@@ -1,240 +1,394 @@
-"""Scale-out harness: shards, partitions, cross-shard traffic and checkpoint cost.
+"""Scale-out harness: shard-local graphs, whole-process time and memory, against baselines.
 
 What it measures
 ----------------
-Independent cascade (``p``, default 0.05, and 1% seeds; or ``--model linear_threshold``,
-whose agents broadcast to every out-neighbour) on one Barabási–Albert graph
-(``m = 5``, default ``n = 1e6``) built once, on an embedded local Ray, for every
-combination of shard count (default 1, 2, 4) and partition (contiguous, hash, metis):
+Every measurement is a fresh child process: ``swarm run CONFIG`` as a user types it
+(Python start, Ray start, the shards building their slices, the steps, the event log,
+shut-down), or a baseline script. While it runs, a sampler sums the proportional set
+size (PSS, from ``/proc/PID/smaps_rollup``) of the child and all its descendants (the
+driver, Ray's processes, the shard workers, and the object store's shared memory,
+shared pages counted once) every 0.2 s; ``peak GiB`` is the largest sum.
 
-* ``run s``: the manifest's ``run_seconds`` (the step loop with the Arrow event log),
-  median over ``--repeats``; ``x 1 shard`` = 1-shard run time / this run time
-  (throughput relative to one shard, same partition-independent workload).
-* ``barrier ms/step``: mean over steps of (driver's step time - slowest shard's own
-  work): what the exchange and the barrier cost per step.
-* ``edge cut``: fraction of directed edges whose ends sit on different shards.
-* ``cross KB/step``: mean bytes of messages shipped between shards per step
-  (broadcasts cross once per destination shard and fan out at the receiver).
-* ``partition s``: time to compute the partition (METIS through pymetis).
-* ``ckpt``: the same run with ``checkpoint.every = 10``. ``ckpt share`` is the
-  checkpoint time measured where it is spent (the slowest shard's state writes
-  per checkpoint plus the driver's bookkeeping) over the run time: the
-  checkpoint cost. ``run-time diff`` compares the medians of the runs with and
-  without checkpoints; it includes the same cost but also run-to-run noise
-  (+-15% here), so it is shown, not judged.
+Baselines, measured in the same run:
 
-Every run must produce the same events (checked by count and a hash of the sorted
-``(step, agent, parent)`` columns): partitions never change results.
+* ``naive``: one process, numpy/scipy: G(n, p) edges drawn with ``rng.integers``, a
+  scipy COO -> CSR conversion, symmetrized, then the frontier IC loop of
+  ``benchmarks.baselines.bare_numpy_ic``. What a user writes by hand.
+* ``bare``: the same IC loop on a graph built by the fastest vectorized numpy we
+  have (one int64 sort of the edge keys, no scipy): the floor.
+
+Scenarios (``--only`` picks some; ``--quick`` divides every n by 10):
+
+* ``big``: IC on ER n=1e8, mean degree 4, 2 shards, vs ``naive``: whole-process time,
+  peak PSS (target: <= 10 GiB, time <= naive).
+* ``speedup``: IC on ER n=1e7, c=10, p=0.2: 1 shard vs 2 shards, whole-process
+  (target: 2 shards >= 1.3x faster).
+* ``small``: ER n=2e6, c=10, p=0.2: swarm (1 shard, Ray) vs ``bare`` (target <= 3x).
+* ``cluster``: the ``speedup`` config on a ``ray.cluster_utils.Cluster`` of 4 nodes
+  (fractional CPUs), 4 shards, events compared with the 1-shard run's (digest of the
+  sorted (step, agent, parent) columns).
+* ``plan``: ``swarm plan`` for 1e9 agents on 100 nodes of 128 GiB.
+
+Every swarm row also prints the memory guard's estimate (``swarm plan``'s total) and
+its ratio to the measured peak PSS (target: within 25%).
 
 How to run
 ----------
-From the repository root::
+From the repository root (``make bench-scale`` runs the first line)::
 
-    .venv/bin/python -m benchmarks.bench_scale                 # n=1e6, shards 1,2,4
-    .venv/bin/python -m benchmarks.bench_scale --n 100000 --repeats 3 --markdown
-    .venv/bin/python -m benchmarks.bench_scale --p 0.2         # heavier: most agents activate
-    .venv/bin/python -m benchmarks.bench_scale --model linear_threshold   # broadcasts, fan-out
+    .venv/bin/python -m benchmarks.bench_scale
+    .venv/bin/python -m benchmarks.bench_scale --quick --markdown
+    .venv/bin/python -m benchmarks.bench_scale --only small,speedup
 
-Targets printed at the end: 2 shards >= 1.6x the 1-shard throughput (best partition);
-METIS edge cut <= half of hash's; checkpoint cost (``ckpt share``) < 10% of run time at
-every = 10.
-Run it on an otherwise idle machine: it measures wall-clock time.
+Run it on an otherwise idle machine: it measures wall-clock time. ``big`` needs about
+15 GiB free for the naive baseline.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import shutil
-import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+GIB = 1024**3
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+SWARM = str(Path(PY).with_name("swarm"))
 
 
 def _log(msg: str) -> None:
     print(f"[bench_scale {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-MODEL = "independent_cascade"
+# --- measuring a process tree ------------------------------------------------------
 
 
-def _config(n: int, p: float, shards: int, every: int):
-    from swarm import validate_config
-
-    env = {"kind": "cascade", "model": MODEL, "seed_fraction": 0.01}
-    if MODEL == "independent_cascade":
-        env["p"] = p
-    return validate_config({
-        "seed": 1, "steps": 1000, "shards": shards,
-        "graph": {"kind": "barabasi_albert", "n": n, "m": 5},
-        "env": env,
-        "checkpoint": {"every": every},
-        "log": {"flush_every": 10},
-    })
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                out.extend(int(c) for c in fh.read().split())
+    except OSError:
+        pass
+    return out
 
 
-def _digest(run) -> tuple[int, str]:
-    ev = run.events(columns=["step", "agent", "parent"]).sort_by(
-        [("step", "ascending"), ("agent", "ascending")])
-    h = hashlib.sha1()
-    for c in ev.columns:
-        h.update(c.to_numpy(zero_copy_only=False).tobytes())
-    return ev.num_rows, h.hexdigest()[:12]
+def _tree_pss(root: int) -> int:
+    total, todo, seen = 0, [root], set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                for line in fh:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            continue
+        todo.extend(_children(pid))
+    return total
 
 
-def _one(graph, part_array, n, p, shards, every, work: Path, kind="contiguous") -> dict:
+def measure(cmd: list[str], env: dict | None = None, timeout: float = 3600) -> dict:
+    """Run ``cmd``; its wall time, peak PSS of its process tree, exit code and output."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=ROOT, env={**os.environ, **(env or {})})
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _tree_pss(proc.pid))
+            done.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        done.set()
+        sampler.join()
+    return {"seconds": time.perf_counter() - t0, "peak": peak[0], "rc": proc.returncode,
+            "output": out}
+
+
+# --- baselines (run as child processes: python -m benchmarks.bench_scale --baseline) ---
+
+
+def naive_build(n: int, c: float, seed: int):
+    """G(n, p) the way a user writes it with numpy and scipy (COO -> CSR, symmetrized)."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    m = int(rng.binomial(n * (n - 1) // 2, c / (n - 1)))
+    u = rng.integers(0, n, m, dtype=np.int32)
+    v = rng.integers(0, n, m, dtype=np.int32)
+    a = sp.coo_matrix((np.ones(m, dtype=np.int8), (u, v)), shape=(n, n)).tocsr()
+    del u, v
+    a = (a + a.T).tocsr()
+    a.setdiag(0)
+    a.eliminate_zeros()
+    return a.indptr, a.indices
+
+
+def bare_build(n: int, c: float, seed: int):
+    """The fastest vectorized numpy G(n, p): one int64 sort of the edge keys."""
+    rng = np.random.default_rng(seed)
+    m = int(rng.binomial(n * (n - 1) // 2, c / (n - 1)))
+    u = rng.integers(0, n, m)
+    v = rng.integers(0, n, m)
+    keep = u != v
+    key = np.concatenate([u[keep] * n + v[keep], v[keep] * n + u[keep]])
+    del u, v, keep
+    key.sort()
+    src, dst = np.divmod(key, n)
+    del key
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
+    return indptr, dst.astype(np.int32)
+
+
+def _baseline(kind: str, n: int, c: float, p: float, seed_fraction: float) -> None:
+    from benchmarks.baselines import bare_numpy_ic
+
+    t0 = time.perf_counter()
+    indptr, indices = (naive_build if kind == "naive" else bare_build)(n, c, 1)
+    t1 = time.perf_counter()
+    seeds = np.random.default_rng(2).choice(n, max(1, int(n * seed_fraction)), replace=False)
+    res = bare_numpy_ic(indptr, indices, seeds, p, 3)
+    print(json.dumps({"build_seconds": t1 - t0, "ic_seconds": time.perf_counter() - t1,
+                      "final_active": int(res["final_active"]), "steps": int(res["steps"])}))
+
+
+# --- swarm runs ----------------------------------------------------------------------
+
+
+def _config_file(work: Path, name: str, n: int, c: float, p: float, seed_fraction: float,
+                 shards: int) -> Path:
+    import yaml
+
+    raw = {"seed": 1, "steps": 10_000, "shards": shards,
+           "graph": {"kind": "erdos_renyi", "n": n, "mean_degree": c},
+           "env": {"kind": "cascade", "model": "independent_cascade", "p": p,
+                   "seed_fraction": seed_fraction},
+           "checkpoint": {"every": 0}, "log": {"flush_every": 50}}
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _estimate(config_path: Path) -> int:
+    from swarm.config import load_config
+    from swarm.envs import ENV_REGISTRY
+    from swarm.memory import estimate_from_config
+
+    cfg = load_config(config_path)
+    return estimate_from_config(cfg, ENV_REGISTRY[cfg.env.kind]).total
+
+
+def swarm_run(work: Path, name: str, n: int, c: float, p: float, seed_fraction: float,
+              shards: int, extra: list[str] | None = None) -> dict:
+    cfg = _config_file(work, name, n, c, p, seed_fraction, shards)
+    out = work / name
+    _log(f"swarm run {name}: n={n:,} c={c} p={p} shards={shards}")
+    res = measure([SWARM, "run", str(cfg), "--out", str(out), "--overwrite", "--no-progress",
+                   *(extra or [])])
+    if res["rc"] != 0:
+        raise RuntimeError(f"swarm run {name} failed:\n{res['output'][-3000:]}")
+    manifest = json.loads((out / "manifest.json").read_text())
+    metrics = __import__("pyarrow").ipc.open_file(out / "metrics.arrow").read_all()
+    barrier = [s - w for s, w in zip(metrics["seconds"].to_pylist(),
+                                     metrics["shard_seconds_max"].to_pylist(), strict=True)]
+    res.update(manifest=manifest, estimate=_estimate(cfg), out=out,
+               barrier_ms=1000 * float(np.median(barrier[1:])) if len(barrier) > 1 else 0.0,
+               active=int(metrics["active"].to_pylist()[-1]) if metrics.num_rows else 0)
+    _log(f"  {res['seconds']:.1f} s, peak {res['peak'] / GIB:.2f} GiB, graph "
+         f"{manifest['graph']['build_seconds']:.1f} s, steps {manifest['steps_run']}")
+    return res
+
+
+def baseline(kind: str, n: int, c: float, p: float, seed_fraction: float) -> dict:
+    _log(f"baseline {kind}: n={n:,} c={c} p={p}")
+    res = measure([PY, "-m", "benchmarks.bench_scale", "--baseline", kind, str(n), str(c),
+                   str(p), str(seed_fraction)])
+    if res["rc"] != 0:
+        raise RuntimeError(f"baseline {kind} failed:\n{res['output'][-3000:]}")
+    res.update(json.loads(res["output"].strip().splitlines()[-1]))
+    _log(f"  {res['seconds']:.1f} s, peak {res['peak'] / GIB:.2f} GiB")
+    return res
+
+
+def digest(run_dir: Path) -> tuple[int, str]:
+    import hashlib
+
     import swarm
 
-    out = work / f"run-{time.monotonic_ns()}"
-    cfg = _config(n, p, shards, every).model_copy(update={"partition": kind})
-    run = swarm.run(cfg, out, graph=graph, partition=part_array, progress=False)
-    m = run.manifest
-    metrics = run.metrics().to_pydict()
-    seconds = np.array(metrics["seconds"])
-    shard_s = np.array(metrics["shard_seconds_max"])
-    rows, digest = _digest(run)
-    result = {
-        "run_seconds": m["timings"]["run_seconds"],
-        "steps": m["steps_run"],
-        "barrier_ms_per_step": float(np.mean(np.maximum(seconds - shard_s, 0)) * 1e3),
-        "cross_kb_per_step": float(np.mean(metrics["cross_shard_bytes"]) / 1024),
-        "checkpoint_seconds": m["timings"].get("checkpoint_seconds", 0.0),
-        "edge_cut_fraction": m["partition"]["edge_cut_fraction"],
-        "events": rows,
-        "digest": digest,
-    }
-    shutil.rmtree(out, ignore_errors=True)
-    return result
+    ev = swarm.open_run(run_dir).events().select(["step", "agent", "parent"])
+    cols = [np.asarray(ev[c].fill_null(-1).to_numpy(), dtype=np.int64) for c in ev.column_names]
+    order = np.lexsort(cols[::-1])
+    h = hashlib.sha256()
+    for c in cols:
+        h.update(c[order].tobytes())
+    return ev.num_rows, h.hexdigest()[:16]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=float, default=1e6)
-    ap.add_argument("--p", type=float, default=0.05)
-    ap.add_argument("--model", default="independent_cascade",
-                    choices=["independent_cascade", "linear_threshold"],
-                    help="linear_threshold broadcasts to every out-neighbour (fan-out)")
-    ap.add_argument("--shards", default="1,2,4")
-    ap.add_argument("--partitions", default="contiguous,hash,metis")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--markdown", action="store_true")
-    ap.add_argument("--out", default="benchmarks/results_scale.json")
-    args = ap.parse_args(argv)
-    global MODEL
-    MODEL = args.model
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-    from swarm.cluster.connect import ensure_ray
-    from swarm.graph import barabasi_albert
-    from swarm.partition import Partition
-
-    n = int(args.n)
-    t0 = time.perf_counter()
-    graph = barabasi_albert(n, 5, seed=1)
-    _log(f"BA n={n:,} m=5: {graph.num_edges:,} directed edges in "
-         f"{time.perf_counter() - t0:.1f} s")
-    ensure_ray()
-    work = Path(tempfile.mkdtemp(prefix="bench_scale_"))
-    shard_counts = [int(s) for s in args.shards.split(",")]
-    kinds = args.partitions.split(",")
-    results = []
-    try:
-        # One discarded run first: the first actors of a fresh Ray pay for worker
-        # start-up and imports that no later run pays.
-        _one(graph, None, n, args.p, 2, 0, work)
-        for k in shard_counts:
-            for kind in (kinds if k > 1 else ["contiguous"]):
-                t = time.perf_counter()
-                part = Partition(kind, n, k, graph=graph, seed=1)
-                part_seconds = time.perf_counter() - t
-                # Contiguous and hash come from the config (their fast paths);
-                # a graph-aware assignment is computed once and passed in.
-                assignment = (part.shard_of(np.arange(n, dtype=np.int64))
-                              if kind not in ("contiguous", "hash") else None)
-                row = {"shards": k, "partition": kind if k > 1 else "-",
-                       "partition_seconds": part_seconds}
-                for every in (0, 10):
-                    runs = []
-                    for r in range(args.repeats):
-                        runs.append(_one(graph, assignment, n, args.p, k, every, work,
-                                         kind if assignment is None else "contiguous"))
-                        _log(f"shards={k} {kind} every={every} #{r}: "
-                             f"{runs[-1]['run_seconds']:.3f} s, {runs[-1]['steps']} steps")
-                    med = {key: statistics.median(x[key] for x in runs)
-                           for key in ("run_seconds", "barrier_ms_per_step",
-                                       "cross_kb_per_step", "checkpoint_seconds")}
-                    tag = "" if every == 0 else "_ckpt"
-                    for key, v in med.items():
-                        row[key + tag] = v
-                    row["edge_cut_fraction"] = runs[0]["edge_cut_fraction"]
-                    row["steps"] = runs[0]["steps"]
-                    row.setdefault("digests", set()).update(x["digest"] for x in runs)
-                    row["events"] = runs[0]["events"]
-                results.append(row)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-    base = next(r["run_seconds"] for r in results if r["shards"] == 1)
-    digests = set().union(*(r.pop("digests") for r in results))
-    for r in results:
-        r["speedup_vs_1_shard"] = base / r["run_seconds"]
-        r["checkpoint_overhead"] = r["run_seconds_ckpt"] / r["run_seconds"] - 1
-        r["checkpoint_share"] = r["checkpoint_seconds_ckpt"] / r["run_seconds_ckpt"]
-    print(_table(results, args.markdown))
-    print()
-    print(_targets(results, markdown=args.markdown))
-    same = len(digests) == 1
-    print(f"\nidentical events in every run: {'yes' if same else 'NO'} "
-          f"({results[0]['events']:,} events, {results[0]['steps']} steps, n={n:,}, {args.model}"
-          + (f", p={args.p})" if args.model == "independent_cascade" else ")"))
-    Path(args.out).write_text(json.dumps({"n": n, "p": args.p, "rows": results}, indent=2))
-    return 0 if same else 1
+def cluster_run(work: Path, n: int, c: float, p: float, seed_fraction: float) -> dict:
+    """The config on a 4-node ray.cluster_utils.Cluster, 4 shards (one per node)."""
+    cfg = _config_file(work, "cluster", n, c, p, seed_fraction, 4)
+    script = f"""
+import json, time, ray
+from ray.cluster_utils import Cluster
+import swarm
+from swarm.config import load_config
+cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 0.5,
+                  "include_dashboard": False}})
+for _ in range(3):
+    cluster.add_node(num_cpus=0.5)
+cluster.wait_for_nodes()
+ray.init(address=cluster.address)
+t0 = time.perf_counter()
+run = swarm.run(load_config({str(cfg)!r}), {str(work / 'cluster')!r}, overwrite=True,
+                address=cluster.address, progress=False)
+print(json.dumps({{"seconds": time.perf_counter() - t0,
+                  "nodes": len([x for x in ray.nodes() if x["Alive"]])}}))
+ray.shutdown()
+cluster.shutdown()
+"""
+    _log(f"cluster run: 4 nodes, n={n:,}")
+    res = measure([PY, "-c", script], env={"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+    if res["rc"] != 0:
+        raise RuntimeError(f"cluster run failed:\n{res['output'][-3000:]}")
+    res.update(json.loads(res["output"].strip().splitlines()[-1]))
+    return res
 
 
-def _table(rows: list[dict], markdown: bool) -> str:
-    header = ["shards", "partition", "edge cut", "partition s", "run s", "x 1 shard",
-              "barrier ms/step", "cross KB/step", "run s (ckpt/10)", "run-time diff",
-              "ckpt share"]
-    body = [[str(r["shards"]), r["partition"], f"{r['edge_cut_fraction']:.1%}",
-             f"{r['partition_seconds']:.2f}", f"{r['run_seconds']:.3f}",
-             f"{r['speedup_vs_1_shard']:.2f}x", f"{r['barrier_ms_per_step']:.2f}",
-             f"{r['cross_kb_per_step']:.0f}", f"{r['run_seconds_ckpt']:.3f}",
-             f"{r['checkpoint_overhead']:+.0%}", f"{r['checkpoint_share']:.1%}"]
-            for r in rows]
-    return _render(header, body, markdown)
-
-
-def _targets(rows: list[dict], markdown: bool) -> str:
-    two = [r for r in rows if r["shards"] == 2]
-    best2 = max((r["speedup_vs_1_shard"] for r in two), default=float("nan"))
-    lines = [["2 shards >= 1.6x one shard (best partition)", f"{best2:.2f}x",
-              "met" if best2 >= 1.6 else "missed"]]
-    for k in sorted({r["shards"] for r in rows if r["shards"] > 1}):
-        cut = {r["partition"]: r["edge_cut_fraction"] for r in rows if r["shards"] == k}
-        if "metis" in cut and "hash" in cut:
-            ratio = cut["metis"] / cut["hash"]
-            lines.append([f"METIS cut <= 1/2 hash cut ({k} shards)", f"{ratio:.2f} of hash",
-                          "met" if ratio <= 0.5 else "missed"])
-    worst = max(r["checkpoint_share"] for r in rows)
-    lines.append(["checkpoint cost < 10% of run time at every=10 (worst row)", f"{worst:.1%}",
-                  "met" if worst < 0.10 else "missed"])
-    return _render(["target", "measured", "status"], lines, markdown)
+# --- the table -------------------------------------------------------------------------
 
 
 def _render(header: list[str], body: list[list[str]], markdown: bool) -> str:
     if markdown:
-        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(row) + " |" for row in body]
-        return "\n".join(out)
-    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
-    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header)] + [fmt.format(*row) for row in body])
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths)),
+                      *(fmt.format(*r) for r in body)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", default="big,speedup,small,cluster,plan")
+    ap.add_argument("--quick", action="store_true", help="every n / 10")
+    ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--baseline", nargs=5, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.baseline:
+        kind, n, c, p, f = args.baseline
+        _baseline(kind, int(float(n)), float(c), float(p), float(f))
+        return 0
+    only = set(args.only.split(","))
+    scale = 10 if args.quick else 1
+    rows, targets = [], []
+    work = Path(tempfile.mkdtemp(prefix="bench_scale_"))
+
+    def row(name, what, res, base=None, note=""):
+        est = res.get("estimate")
+        rows.append([name, what, f"{res['seconds']:.1f}",
+                     f"{base['seconds'] / res['seconds']:.2f}x" if base else "",
+                     f"{res['peak'] / GIB:.2f}",
+                     f"{est / GIB:.2f} ({est / res['peak']:.2f}x)" if est else "",
+                     note])
+
+    if "big" in only:
+        n = 10**8 // scale
+        sw = swarm_run(work, "big", n, 4.0, 0.3, 1e-4, 2)
+        nv = baseline("naive", n, 4.0, 0.3, 1e-4)
+        row("big", f"swarm ER n={n:.0e} c=4, 2 shards", sw, nv,
+            f"graph {sw['manifest']['graph']['build_seconds']:.0f} s, "
+            f"{sw['manifest']['steps_run']} steps")
+        row("big", "naive numpy/scipy build + IC", nv, None,
+            f"build {nv['build_seconds']:.0f} s, IC {nv['ic_seconds']:.0f} s")
+        targets.append(("big: peak PSS <= 10 GiB", f"{sw['peak'] / GIB:.2f} GiB",
+                        sw["peak"] <= 10 * GIB))
+        targets.append(("big: time <= naive", f"{sw['seconds']:.0f} s vs {nv['seconds']:.0f} s",
+                        sw["seconds"] <= nv["seconds"]))
+        shutil_rm(sw["out"])
+    one = None
+    if "speedup" in only or "cluster" in only:
+        n = 10**7 // scale
+        one = swarm_run(work, "one", n, 10.0, 0.2, 0.01, 1)
+        row("speedup", f"swarm ER n={n:.0e} c=10 p=0.2, 1 shard", one, None,
+            f"graph {one['manifest']['graph']['build_seconds']:.1f} s")
+        if "speedup" in only:
+            two = swarm_run(work, "two", n, 10.0, 0.2, 0.01, 2)
+            row("speedup", "same, 2 shards", two, one,
+                f"graph {two['manifest']['graph']['build_seconds']:.1f} s, barrier+exchange "
+                f"{two['barrier_ms']:.2f} ms/step")
+            ratio = one["seconds"] / two["seconds"]
+            targets.append(("speedup: 2 shards >= 1.3x 1 shard", f"{ratio:.2f}x", ratio >= 1.3))
+            targets.append(("barrier + exchange < 0.5 ms/step (2 shards)",
+                            f"{two['barrier_ms']:.2f} ms", two["barrier_ms"] < 0.5))
+            same = digest(one["out"]) == digest(two["out"])
+            targets.append(("speedup: 1 and 2 shards give identical events", str(same), same))
+            shutil_rm(two["out"])
+    if "small" in only:
+        n = 2 * 10**6 // scale
+        sw = swarm_run(work, "small", n, 10.0, 0.2, 0.01, 1)
+        bare = baseline("bare", n, 10.0, 0.2, 0.01)
+        row("small", f"swarm ER n={n:.0e} c=10 p=0.2, 1 shard", sw, bare,
+            f"graph {sw['manifest']['graph']['build_seconds']:.1f} s")
+        row("small", "bare vectorized build + IC", bare, None,
+            f"build {bare['build_seconds']:.1f} s, IC {bare['ic_seconds']:.1f} s")
+        ratio = sw["seconds"] / bare["seconds"]
+        targets.append(("small: swarm <= 3x bare", f"{ratio:.2f}x", ratio <= 3))
+        shutil_rm(sw["out"])
+    if "cluster" in only and one is not None:
+        n = 10**7 // scale
+        cl = cluster_run(work, n, 10.0, 0.2, 0.01)
+        same = digest(one["out"]) == digest(work / "cluster")
+        rows.append(["cluster", f"4 nodes x 0.5 CPU, 4 shards, n={n:.0e}", f"{cl['seconds']:.1f}",
+                     "", f"{cl['peak'] / GIB:.2f}", "", f"{cl['nodes']} nodes alive"])
+        targets.append(("cluster: identical events to 1 shard", str(same), same))
+        shutil_rm(work / "cluster")
+    if one is not None:
+        shutil_rm(one["out"])
+    print(_render(["scenario", "what", "whole s", "vs baseline", "peak GiB",
+                   "estimate GiB (x peak)", "notes"], rows, args.markdown))
+    for r in rows:
+        if r[5]:
+            ratio = float(r[5].split("(")[1].rstrip("x)"))
+            targets.append((f"estimate within 25% of peak: {r[0]} / {r[1][:30]}",
+                            f"{ratio:.2f}x", 0.75 <= ratio <= 1.25))
+    if "plan" in only:
+        plan = _config_file(work, "plan", 10**9, 4.0, 0.3, 1e-4, 200)
+        res = subprocess.run([SWARM, "plan", str(plan), "--nodes", "100", "--node-memory",
+                              "128"], capture_output=True, text=True, cwd=ROOT)
+        print("\nswarm plan: IC on ER n=1e9, c=4, 200 shards, 100 nodes of 128 GiB")
+        print(res.stdout.rstrip())
+    print()
+    print(_render(["target", "measured", "met"],
+                  [[t, m, "yes" if ok else "NO"] for t, m, ok in targets], args.markdown))
+    return 0
+
+
+def shutil_rm(path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from swarm.config_base import StrictModel
 from swarm.graph import ragged_arange
+from swarm.graphgen import row_key as _row_key
 from swarm.rng import KeyedRNG
 
 __all__ = [
@@ -63,8 +64,9 @@ class EnvConfig(StrictModel):
 class ShardView:
     """What an env sees of its shard: its agents, their out-edges, the keyed RNG.
 
-    ``indices`` holds global agent ids; ``row_shift[r] + position`` is the
-    global edge id of an edge in local row ``r``, the key for per-edge draws.
+    ``indices`` holds global agent ids (int32 where they fit). An edge's key
+    for per-edge draws is ``swarm.graphgen.edge_key(src, dst)``: a function of
+    its two ends, the same on any shard (``out_edges`` returns it).
     """
 
     shard: int
@@ -72,7 +74,6 @@ class ShardView:
     agents: np.ndarray
     indptr: np.ndarray
     indices: np.ndarray
-    row_shift: np.ndarray
     in_degree: np.ndarray
     rng: KeyedRNG
     contiguous_start: int | None = None
@@ -93,7 +94,7 @@ class ShardView:
         return np.searchsorted(self.agents, ids)
 
     def out_edges(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Out-edges of local ``rows``: (CSR positions, global edge ids, edges per row).
+        """Out-edges of local ``rows``: (CSR positions, edge keys, edges per row).
 
         Positions index ``indices`` (the receivers); ``edge_sources`` maps a
         subset of them back to their source rows, so a caller that keeps 5% of
@@ -102,11 +103,9 @@ class ShardView:
         starts = self.indptr[rows]
         counts = self.indptr[rows + 1] - starts
         pos = ragged_arange(starts, counts)
-        if self._uniform_shift is not None:
-            edge = pos + self._uniform_shift
-        else:
-            edge = pos + np.repeat(self.row_shift[rows], counts)
-        return pos, edge, counts
+        edge = np.repeat(_row_key(self.agents[rows]), counts)
+        edge += self.indices[pos].astype(np.uint64)
+        return pos, edge.view(np.int64), counts
 
     def in_edges(self) -> tuple[np.ndarray, np.ndarray]:
         """The edges into this shard's agents: (sources' global ids, receivers' local rows).
@@ -130,11 +129,6 @@ class ShardView:
         a = self.agents
         if self.contiguous_start is None and a.size and a[-1] - a[0] + 1 == a.size:
             self.contiguous_start = int(a[0])
-        # With contiguous ranges every row's edges are shifted by the same
-        # offset from their global edge ids; skip the per-edge repeat then.
-        shifts = self.row_shift
-        uniform = shifts.size == 0 or bool((shifts == shifts[0]).all())
-        self._uniform_shift = (int(shifts[0]) if shifts.size else 0) if uniform else None
 
 
 @dataclass(frozen=True)
@@ -198,7 +192,7 @@ class StepResult:
 class FannedOut:
     """Broadcasts fanned out to a shard's receivers: one entry per (sender, receiver) edge.
 
-    Only the global edge ids exist up front (``edge``, the key for per-edge
+    Only the edge keys exist up front (``edge``, the key for per-edge
     draws); ``take`` builds the other columns (``row``: the receiver's local
     row, ``src``, and the env's ``broadcast_fields``) for the entries asked
     for, so an env that keeps 5% of the edges after a draw never builds the

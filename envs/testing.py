@@ -78,7 +78,8 @@ def check_env_api(env_cls: type[Env], steps: int = 5) -> None:
 def _check_shard(env_cls, config, graph, setup, steps: int, faults) -> None:
     """A few steps of one shard built by hand; its state round-trips and replays."""
     from swarm.partition import Partition
-    from swarm.shard import Shard, ShardSpec
+    from swarm.shard import ShardSpec, build_shards
+    from swarm.shardgraph import GraphSource
 
     name = env_cls.__name__
     part = Partition("contiguous", graph.n, 1)
@@ -88,14 +89,12 @@ def _check_shard(env_cls, config, graph, setup, steps: int, faults) -> None:
 
         store = RunStore(tmp)
         spec = ShardSpec(shard=0, num_shards=1, seed=config.seed, partition=part,
-                         agents=np.arange(graph.n, dtype=np.int64), indptr=graph.indptr,
-                         indices=graph.indices,
-                         row_shift=np.zeros(graph.n, dtype=np.int64),
-                         in_degree=graph.in_degree().astype(np.int32), env_config=config.env,
+                         graph=GraphSource(graph.n, indptr=graph.indptr,
+                                           indices=graph.indices), env_config=config.env,
                          env_setup=setup, store=store, population=config.population,
                          faults=faults)
         seen: list[StepResult] = []
-        shard = _watched(Shard(spec), env_cls, seen)
+        shard = _watched(build_shards([spec])[0][0], env_cls, seen)
         half = max(1, steps // 2)
         for step in range(steps):
             shard.step(step, checkpoint=step == half - 1)
@@ -112,7 +111,7 @@ def _check_shard(env_cls, config, graph, setup, steps: int, faults) -> None:
         # A shard restored from the checkpoint replays the later steps exactly: the
         # state_dict holds everything the env carries between steps.
         replay: list[StepResult] = []
-        restored = _watched(Shard(spec, restore_step=half - 1), env_cls, replay)
+        restored = _watched(build_shards([spec], restore_step=half - 1)[0][0], env_cls, replay)
         for step in range(half, steps):
             restored.step(step)
         later = seen[half:]

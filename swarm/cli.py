@@ -155,6 +155,34 @@ def validate(
 
 
 @app.command()
+def plan(
+    config: str = typer.Argument(..., help="Run config (YAML)."),
+    set_: list[str] = typer.Option(None, "--set", help="dotted.key=value override."),
+    shards: int | None = typer.Option(None, "--shards", "-k", help="Override `shards`."),
+    nodes: int | None = typer.Option(None, "--nodes", help="Nodes of the cluster to plan for."),
+    node_memory: float | None = typer.Option(
+        None, "--node-memory", help="GiB of memory per node (default: this machine's)."),
+) -> None:
+    """Estimate a run from CONFIG alone, before anything is built: bytes per shard, nodes
+    needed, bytes exchanged per step. Exits 1 when it does not fit --nodes."""
+    from swarm.config import load_config
+    from swarm.memory import GIB, _meminfo_available, plan_for
+
+    overrides = list(set_ or [])
+    if shards is not None:
+        overrides.append(f"shards={shards}")
+    try:
+        cfg = load_config(config, overrides)
+        node_bytes = int(node_memory * GIB) if node_memory else _meminfo_available()
+        text, fits = plan_for(cfg, nodes=nodes, node_bytes=node_bytes)
+    except SwarmError as exc:
+        _fail(exc)
+    typer.echo(text)
+    if not fits:
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def query(
     run_dir: str = typer.Argument(..., metavar="RUN", help="Run directory."),
     sql: str = typer.Argument(..., help="SQL over the views `events` and `metrics`, and the "

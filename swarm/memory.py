@@ -19,30 +19,60 @@ __all__ = ["MemoryEstimate", "estimate_memory", "estimate_from_config", "estimat
            "expected_edges", "check_memory", "available_memory"]
 
 GIB = 1024**3
-# Measured: building BA at n=1e6 (1e7 directed edges, 88 MB of CSR) peaked
-# 412 MiB above the start, about 5x the finished graph.
+# A graph built whole in one process (METIS, a graph passed in): measured, building BA
+# at n=1e6 (1e7 directed edges, 88 MB of CSR) peaked 412 MiB above the start, ~5x.
 BUILD_FACTOR = 5.0
-# Per in-edge of a shard when every sender broadcasts at once (the worst
-# step): receiver row, sender, edge id, one payload column, masks and copies.
+# Per in-edge of a shard when every sender sends at once (the worst step):
+# receiver row, sender, edge key, one payload column, masks and copies.
 MESSAGE_BYTES_PER_EDGE = 48
 # Event buffers between flushes and Arrow chunks being written, per agent.
 EVENT_BYTES_PER_AGENT = 64
 # A Ray worker process (Python, numpy, pyarrow, torch imported) before any data.
 PROCESS_BYTES = 300 * 1024**2
+# Ray's own processes on a node (GCS, raylet, agents, log monitor), proportional set size.
+RAY_NODE_BYTES = 600 * 1024**2
+# A shard's build, per directed edge it holds: edges drawn by others arrive as (src,
+# dst) int64 pairs and are merged by one int64 sort key (about 32 B at the peak);
+# a generator whose rows come out complete (erdos_renyi, sbm) keeps int32 pieces
+# and joins them once (8 B).
+LOOSE_BUILD_BYTES_PER_EDGE = 32
+PIECE_BUILD_BYTES_PER_EDGE = 8
+# Broadcast routing tables, per in-edge: kept (receiver row, edge key, sender) and
+# the transient sort while they are built.
+FANOUT_BYTES_PER_EDGE = 20
+FANOUT_BUILD_BYTES_PER_EDGE = 40
+# What one message costs on the wire between shards (receiver id, sender id, payload).
+WIRE_BYTES_PER_MESSAGE = 24
 
 
 @dataclass
 class MemoryEstimate:
-    """Peak bytes of a run: the driver, the object store copy of the shard specs, the shards."""
+    """Peak bytes of a run: the driver, the object store, the shards; and the bound on
+    bytes that cross between shards in one step."""
 
     driver: int
     object_store: int
     per_shard: int
     shards: int
+    #: Bytes of the shards' slices once built (CSR, agent ids, in-degrees).
+    graph_per_shard: int = 0
+    #: At most this many bytes cross between shards in a step (every edge used once).
+    exchange_per_step: int = 0
+    #: Whether the shards build their own slices (else the driver holds the graph).
+    shard_local: bool = True
 
     @property
     def total(self) -> int:
         return self.driver + self.object_store + self.per_shard * self.shards
+
+    def nodes_needed(self, node_bytes: int) -> int:
+        """Nodes of ``node_bytes`` each that hold this run (0 if one shard does not fit)."""
+        per_node = (node_bytes - RAY_NODE_BYTES) // max(self.per_shard, 1)
+        if per_node <= 0:
+            return 0
+        first = max((node_bytes - RAY_NODE_BYTES - self.driver - self.object_store)
+                    // self.per_shard, 0)
+        return 1 + math.ceil(max(self.shards - first, 0) / per_node)
 
 
 def expected_edges(graph_config) -> tuple[int, int] | None:
@@ -95,24 +125,53 @@ def estimate_memory(graph, config, env_cls) -> MemoryEstimate:
     >>> est.shards, est.per_shard > est.object_store // 2
     (2, True)
     """
-    return estimate_for(graph.n, graph.num_edges, config, env_cls)
+    return estimate_for(graph.n, graph.num_edges, config, env_cls, held=True)
 
 
-def estimate_for(n: int, edges: int, config, env_cls) -> MemoryEstimate:
-    """The estimate for a graph of ``n`` agents and ``edges`` directed edges."""
+def estimate_for(n: int, edges: int, config, env_cls, held: bool | None = None
+                 ) -> MemoryEstimate:
+    """The estimate for a graph of ``n`` agents and ``edges`` directed edges.
+
+    ``held``: the driver holds the whole graph (passed in, or a METIS partition);
+    by default decided from the config, as the runner decides.
+    """
     k = config.shards
-    csr = 8 * (n + 1) + 8 * edges
-    # Shard specs: CSR slices (indptr, indices, row shift, in-degree) and, for
-    # broadcasting envs on several shards, the fan-out tables (12 B per edge).
-    fanout = 12 * edges + 24 * n if (env_cls.uses_broadcasts(config.env) and k > 1) else 0
-    specs = 8 * edges + 28 * n + fanout
-    driver = int(max(BUILD_FACTOR * csr, csr + specs + 8 * n)) + PROCESS_BYTES
+    if held is None:
+        held = config.partition not in ("contiguous", "hash")
+    idx = 4 if n < 2**31 else 8
     n_k, e_k = math.ceil(n / k), math.ceil(edges / k)
-    # A graph-aware partition gives every shard the whole assignment (1 B per agent).
-    assignment = n if config.partition not in ("contiguous", "hash") else 0
-    per_shard = (PROCESS_BYTES + n_k * (env_cls.state_bytes_per_agent + EVENT_BYTES_PER_AGENT)
-                 + e_k * MESSAGE_BYTES_PER_EDGE + assignment)
-    return MemoryEstimate(driver=driver, object_store=specs, per_shard=per_shard, shards=k)
+    graph = 8 * (n_k + 1) + idx * e_k + 8 * n_k + 4 * n_k  # indptr, indices, ids, in-degree
+    broadcasts = env_cls.uses_broadcasts(config.env) and k > 1
+    fanout = FANOUT_BYTES_PER_EDGE * e_k if broadcasts else 0
+    state = n_k * (env_cls.state_bytes_per_agent + EVENT_BYTES_PER_AGENT)
+    run = PROCESS_BYTES + graph + fanout + state + e_k * MESSAGE_BYTES_PER_EDGE
+    pieces = config.graph.kind in ("erdos_renyi", "sbm") and config.partition == "contiguous"
+    if held:
+        build = graph  # the rows arrive made
+        specs = graph * k  # each shard's rows, once in the object store
+        driver = int(max(BUILD_FACTOR, 1.0) * (8 * (n + 1) + 8 * edges)) + PROCESS_BYTES
+        driver += 8 * n  # the partition's assignment
+        store = specs
+    else:
+        per_edge = PIECE_BUILD_BYTES_PER_EDGE if pieces else LOOSE_BUILD_BYTES_PER_EDGE
+        build = graph + per_edge * e_k
+        driver = PROCESS_BYTES
+        # Edges drawn for another shard's agents cross once, as int64 pairs.
+        foreign = 1.0  # under hash, every drawn edge; under contiguous, by generator
+        if config.partition == "contiguous":
+            foreign = {"erdos_renyi": 0.0, "sbm": 0.0, "barabasi_albert": 0.5,
+                       "watts_strogatz": getattr(config.graph, "p", 0.0) / 2}.get(
+                config.graph.kind, 1.0)
+        store = int(16 * edges * foreign * (k - 1) / k) if k > 1 else 0
+    build_peak = PROCESS_BYTES + build + (FANOUT_BUILD_BYTES_PER_EDGE * e_k if broadcasts
+                                          else 0)
+    per_shard = int(max(run, build_peak)) + (n if config.partition not in
+                                             ("contiguous", "hash") else 0)
+    cut = (k - 1) / k  # a random graph under any id-blind partition
+    exchange = int(WIRE_BYTES_PER_MESSAGE * edges * cut)
+    return MemoryEstimate(driver=driver + RAY_NODE_BYTES, object_store=store,
+                          per_shard=per_shard, shards=k, graph_per_shard=graph,
+                          exchange_per_step=exchange, shard_local=not held)
 
 
 def available_memory(backend: str) -> tuple[int, int]:
@@ -165,3 +224,45 @@ def check_memory(estimate: MemoryEstimate, backend: str = "ray",
         f"(largest node {node / GIB:.1f} GiB). {advice} "
         "Lower graph.n, add nodes, or set memory_check: false to start anyway."
     )
+
+
+def plan_for(config, nodes: int | None = None, node_bytes: int | None = None
+             ) -> tuple[str, bool]:
+    """``swarm plan``: the estimate of ``config`` as text, and whether it fits ``nodes``
+    nodes of ``node_bytes`` (True when no node count is given and one node suffices)."""
+    from swarm.envs import ENV_REGISTRY
+
+    env_cls = ENV_REGISTRY[config.env.kind]
+    sizes = expected_edges(config.graph)
+    if sizes is None:  # an edge list: its ids, read in one streaming pass
+        from swarm.edgelist import edgelist_size
+
+        top, rows = edgelist_size(config.graph.path)
+        sizes = (config.graph.n or top, rows * (1 if config.graph.directed else 2))
+    n, edges = sizes
+    est = estimate_for(n, edges, config, env_cls)
+    node_bytes = node_bytes or _meminfo_available()
+    need = est.nodes_needed(node_bytes)
+    fits = need > 0 and (need <= (nodes or 1))
+
+    def gib(b):
+        return f"{b / GIB:,.2f} GiB"
+
+    lines = [
+        f"agents {n:,}, directed edges about {edges:,}, {est.shards} shard(s), graph built by "
+        f"{'the shards' if est.shard_local else 'the driver (whole graph in one process)'}",
+        f"per shard:   {gib(est.per_shard)} at peak (graph slice {gib(est.graph_per_shard)})",
+        f"driver:      {gib(est.driver)} (with Ray's processes on its node)",
+        f"object store: {gib(est.object_store)} (edges crossing once at build time)",
+        f"total:       {gib(est.total)}, {est.total / max(n, 1):,.0f} B per agent",
+        f"exchange:    at most {gib(est.exchange_per_step)} per step between shards "
+        f"({est.exchange_per_step / max(n, 1):,.1f} B per agent)",
+    ]
+    if need == 0:
+        lines.append(f"nodes:       one shard alone exceeds a node of {gib(node_bytes)}: "
+                     "raise `shards`")
+    else:
+        lines.append(f"nodes:       {need:,} node(s) of {gib(node_bytes)}"
+                     + ("" if nodes is None else f"; the cluster has {nodes:,}: "
+                        + ("fits" if fits else "does NOT fit")))
+    return "\n".join(lines), fits

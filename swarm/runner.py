@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ import pyarrow as pa
 from swarm import checkpoint as ckpt
 from swarm import graph as graphs
 from swarm.config import RunConfig, validate_config
+from swarm.edgelist import edgelist_size
 from swarm.envs.base import ENV_REGISTRY
 from swarm.errors import (
     ClusterError,
@@ -46,6 +48,7 @@ from swarm.errors import (
 )
 from swarm.eventlog import chunk_number
 from swarm.graph import CSRGraph, ragged_arange
+from swarm.graphgen import graph_size, whole_graph
 from swarm.lease import Lease
 from swarm.memory import check_memory, estimate_for, estimate_from_config, estimate_memory
 from swarm.partition import Partition
@@ -64,124 +67,127 @@ from swarm.rundir import (
     versions,
     write_manifest,
 )
-from swarm.shard import Fanout, Shard, ShardSpec, is_quiescent
+from swarm.shard import Shard, ShardSpec, build_shards, is_quiescent
+from swarm.shardgraph import GraphSource, index_dtype
 from swarm.storage import RunStore, hash_file
 
 __all__ = ["run", "resume", "build_graph"]
 
 
+def graph_seed(config: RunConfig) -> int:
+    """The graph generators' seed, derived from the run seed."""
+    return int(KeyedRNG(config.seed).bits("graph", np.zeros(1, np.int64))[0] >> np.uint64(1))
+
+
 def build_graph(config: RunConfig, check: Callable[[int, int], None] | None = None
                 ) -> CSRGraph:
-    """Build the graph a config names; the generator seed derives from the run seed.
+    """The whole graph a config names, in this process: the same graph the shards of a
+    run build slice by slice, for any shard count (for analysis, tests and METIS).
 
     ``check(n, directed_edges)`` runs on an edge list's sizes before its arrays
     are allocated (the memory guard; generators are checked from the config).
     """
     g = config.graph
-    seed = int(KeyedRNG(config.seed).bits("graph", np.zeros(1, np.int64))[0] >> np.uint64(1))
-    if g.kind == "barabasi_albert":
-        return graphs.barabasi_albert(g.n, g.m, seed=seed)
-    if g.kind == "watts_strogatz":
-        return graphs.watts_strogatz(g.n, g.k, g.p, seed=seed)
-    if g.kind == "erdos_renyi":
-        return graphs.erdos_renyi(g.n, g.mean_degree, seed=seed)
-    if g.kind == "sbm":
-        return graphs.sbm(g.sizes, g.p, seed=seed)
-    if g.kind == "configuration":
-        return graphs.configuration(np.asarray(g.degrees, dtype=np.int64), seed=seed)
     if g.kind == "edgelist":
         return graphs.read_edgelist(g.path, directed=g.directed, n=g.n, check=check)
-    raise ConfigError(f"graph.kind {g.kind!r} has no builder")  # pragma: no cover
+    return whole_graph(g, graph_seed(config))
 
 
-def _shard_specs(config: RunConfig, graph: CSRGraph, part: Partition, setup: dict,
+@dataclass
+class _GraphPlan:
+    """The run's graph as the driver knows it: its size, and the whole graph only where
+    one process must hold it (passed in from Python, or partitioned by METIS)."""
+
+    n: int
+    directed: bool
+    source: str  # "config" or "argument"
+    held: CSRGraph | None = None
+    seconds: float = 0.0
+    #: Set once the shards have built their slices (sizes, timings, cut).
+    stats: list[dict] | None = None
+
+
+def _plan_graph(config: RunConfig, graph, partition, check) -> _GraphPlan:
+    """Size the graph from the config (streaming an edge list's ids), or take/build the
+    whole graph where the partition needs it; nothing is generated here otherwise."""
+    t0 = time.perf_counter()
+    gc = config.graph
+    if graph is not None:
+        held = graph if isinstance(graph, CSRGraph) else graphs.from_networkx(graph)[0]
+        return _GraphPlan(held.n, held.directed, "argument", held, time.perf_counter() - t0)
+    if partition is not None or config.partition not in SHARD_LOCAL_PARTITIONS:
+        held = build_graph(config, check=check)
+        return _GraphPlan(held.n, held.directed, "config", held, time.perf_counter() - t0)
+    if gc.kind == "edgelist":
+        top, rows = edgelist_size(gc.path)
+        n = top if gc.n is None else gc.n
+        if n < top:
+            raise GraphError(f"{gc.path}: graph.n={n} but the edge list names node {top - 1}; "
+                             f"set n >= {top} or leave it out")
+        if check is not None:
+            check(n, rows * (1 if gc.directed else 2))
+        return _GraphPlan(n, gc.directed, "config", None, time.perf_counter() - t0)
+    return _GraphPlan(graph_size(gc), False, "config", None, time.perf_counter() - t0)
+
+
+#: Partitions under which shards build their own slices (the others read the whole graph).
+SHARD_LOCAL_PARTITIONS = ("contiguous", "hash")
+
+
+def _shard_specs(config: RunConfig, plan: _GraphPlan, part: Partition, setup: dict,
                  store: RunStore, personas=None, servers: PolicyServers | None = None
                  ) -> list[ShardSpec]:
-    in_degree = graph.in_degree().astype(np.int32)
-    env_cls = ENV_REGISTRY[config.env.kind]
-    fanouts = (_fanouts(graph, part) if env_cls.uses_broadcasts(config.env) and part.num_shards > 1
-               else [None] * part.num_shards)
     specs = []
     for k in range(part.num_shards):
-        agents = part.agents_of(k)
-        starts, ends = graph.indptr[agents], graph.indptr[agents + 1]
-        counts = ends - starts
-        indptr = np.zeros(agents.shape[0] + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        if part.kind == "contiguous":
-            lo = int(graph.indptr[agents[0]]) if agents.size else 0
-            indices = graph.indices[lo: lo + int(indptr[-1])].copy()
+        if plan.held is None:
+            source = GraphSource(plan.n, plan.directed, config=config.graph,
+                                 seed=graph_seed(config))
         else:
-            indices = graph.indices[ragged_arange(starts, counts)]
+            graph = plan.held
+            agents = part.agents_of(k)
+            starts = graph.indptr[agents]
+            counts = graph.indptr[agents + 1] - starts
+            indptr = np.zeros(agents.shape[0] + 1, dtype=np.int64)
+            np.cumsum(counts, out=indptr[1:])
+            indices = graph.indices[ragged_arange(starts, counts)].astype(index_dtype(graph.n))
+            source = GraphSource(plan.n, plan.directed, indptr=indptr, indices=indices)
         specs.append(ShardSpec(
             shard=k, num_shards=part.num_shards, seed=config.seed, partition=part,
-            agents=agents, indptr=indptr, indices=indices,
-            row_shift=(starts - indptr[:-1]).astype(np.int64),
-            in_degree=in_degree[agents], env_config=config.env, env_setup=setup,
-            store=store, flush_every=config.log.flush_every, fanout=fanouts[k],
+            graph=source, env_config=config.env, env_setup=setup,
+            store=store, flush_every=config.log.flush_every,
             population=config.population, personas=personas, faults=config.faults,
             backends=servers.backends_for(k) if servers is not None else {},
         ))
     return specs
 
 
-def _fanouts(graph: CSRGraph, part: Partition) -> list[Fanout]:
-    """Broadcast routing tables of every shard (see ``swarm.shard.Fanout``).
-
-    Global edge id = position in the global CSR, which is sorted by source, so
-    the edges into a shard, taken in CSR order, are already grouped by sender.
-    """
-    n, k_shards = graph.n, part.num_shards
-    owner = part.shard_of(np.arange(n, dtype=np.int64))
-    local_row = np.empty(n, dtype=np.int64)
-    for k in range(k_shards):
-        agents = part.agents_of(k)
-        local_row[agents] = np.arange(agents.shape[0])
-    dst_owner = owner[graph.indices]
-    deg = graph.out_degree()
-    shard_dtype = np.int16 if k_shards < 2**15 else np.int32
-    sending, receiving = [], []
-    for k in range(k_shards):
-        agents = part.agents_of(k)
-        starts, counts = graph.indptr[agents], deg[agents]
-        # Sending: distinct (row, destination shard) pairs of this shard's out-edges.
-        key = np.repeat(np.arange(agents.shape[0], dtype=np.int64), counts) * k_shards
-        key += dst_owner[ragged_arange(starts, counts)]
-        key.sort()
-        keep = np.ones(key.shape[0], dtype=bool)
-        keep[1:] = key[1:] != key[:-1]
-        key = key[keep]
-        dest_indptr = np.zeros(agents.shape[0] + 1, dtype=np.int64)
-        np.cumsum(np.bincount(key // k_shards, minlength=agents.shape[0]), out=dest_indptr[1:])
-        sending.append((agents, key, dest_indptr))
-        # Receiving: the edges into this shard, grouped by sender.
-        edge = np.flatnonzero(dst_owner == k)
-        src = np.searchsorted(graph.indptr, edge, side="right") - 1
-        first = np.ones(edge.shape[0], dtype=bool)
-        first[1:] = src[1:] != src[:-1]
-        receiving.append((edge, src[first], np.append(np.flatnonzero(first), edge.shape[0])))
-    out = []
-    for k, (agents, key, dest_indptr) in enumerate(sending):
-        dest = key % k_shards
-        sender = agents[key // k_shards]
-        # Where each (sender, destination) pair sits in the destination's table,
-        # found once here so that no shard searches for senders during the run.
-        slot = np.empty(key.shape[0], dtype=np.int64)
-        for j in range(k_shards):
-            mine = dest == j
-            slot[mine] = np.searchsorted(receiving[j][1], sender[mine])
-        edge, recv_src, bounds = receiving[k]
-        row_dtype = np.int32 if agents.shape[0] < 2**31 else np.int64
-        out.append(Fanout(
-            dest_indptr=dest_indptr,
-            dest_shard=dest.astype(shard_dtype),
-            dest_slot=slot,
-            recv_src=recv_src.astype(np.int64),
-            recv_indptr=bounds.astype(np.int64),
-            recv_row=local_row[graph.indices[edge]].astype(row_dtype),
-            recv_edge=edge.astype(np.int64),
-        ))
-    return out
+def _graph_stats(plan: _GraphPlan, part: Partition) -> tuple[dict, dict]:
+    """The manifest's graph and partition entries, from the shards' slice sizes."""
+    stats = sorted(plan.stats, key=lambda s: s["shard"])
+    edges = sum(s["edges"] for s in stats)
+    cut = sum(s["cut_edges"] for s in stats)
+    graph = {
+        "n": plan.n,
+        "directed_edges": edges,
+        "directed": plan.directed,
+        "mean_out_degree": edges / plan.n if plan.n else 0.0,
+        "max_out_degree": max(s["max_out_degree"] for s in stats),
+        "build_seconds": round(plan.seconds + max(
+            s["draw_seconds"] + s["assemble_seconds"] + s["finish_seconds"] for s in stats), 4),
+        "built_by": "driver" if plan.held is not None else "shards",
+        "merged_edges": sum(s.get("merged_edges", 0) for s in stats),
+        "graph_bytes_per_shard": [s["graph_bytes"] for s in stats],
+    }
+    partition = {
+        "kind": part.kind,
+        "shards": part.num_shards,
+        "agents_per_shard": [s["agents"] for s in stats],
+        "edges_per_shard": [s["edges"] for s in stats],
+        "cut_edges": cut,
+        "edge_cut_fraction": cut / edges if edges else 0.0,
+        "build_seconds": round(part.build_seconds, 4),
+    }
+    return graph, partition
 
 
 class _LocalShards:
@@ -190,7 +196,7 @@ class _LocalShards:
     pipelined = False
 
     def __init__(self, specs, restore_step: int | None, restore_files: tuple[str, ...] = ()):
-        self.shards = [Shard(s, restore_step, restore_files) for s in specs]
+        self.shards, self.stats = build_shards(specs, restore_step, restore_files)
 
     def submit(self, step: int, outs: list[list[Any]] | None, checkpoint: bool = False):
         k = len(self.shards)
@@ -259,6 +265,7 @@ class _RayShards:
                        for k, s in enumerate(spec_refs)]
         try:
             ray.get([a.health.remote() for a in self.actors], timeout=self.start_timeout)
+            self.stats = self._build()
         except ray.exceptions.GetTimeoutError:
             self.kill()
             raise ClusterError(
@@ -270,6 +277,22 @@ class _RayShards:
             self.kill()  # the shards that did start must not keep their CPUs
             raise
         self._step = [a.step.options(num_returns=len(spec_refs) + 1) for a in self.actors]
+
+    def _build(self) -> list[dict]:
+        """The shards build their slices: edges go shard to shard as object refs (the
+        driver passes refs, never the edges), then each reports its slice's sizes."""
+        k = len(self.actors)
+        if k == 1:
+            a = self.actors[0]
+            a.draw.remote()
+            a.assemble.remote()
+            return self.ray.get([a.finish.remote()])
+        drawn = [a.draw.options(num_returns=k).remote() for a in self.actors]
+        sent = [a.assemble.options(num_returns=k).remote(
+            *[drawn[i][j] for i in range(k) if i != j]) for j, a in enumerate(self.actors)]
+        del drawn
+        return self.ray.get([a.finish.remote(*[sent[i][j] for i in range(k) if i != j])
+                             for j, a in enumerate(self.actors)])
 
     def submit(self, step: int, outs: list[list[Any]] | None, checkpoint: bool = False):
         k = len(self.actors)
@@ -374,18 +397,12 @@ def run(
 
         def check(n: int, edges: int) -> None:
             check_memory(estimate_for(n, edges, config, env_cls), backend=backend)
-    t_start = time.perf_counter()
-    graph_source = "config" if graph is None else "argument"
-    if graph is None:
-        graph = build_graph(config, check=check)
-    elif not isinstance(graph, CSRGraph):
-        graph, _labels = graphs.from_networkx(graph)
-    graph_seconds = time.perf_counter() - t_start
-    if graph.n < 1:
+    plan = _plan_graph(config, graph, partition, check)
+    if plan.n < 1:
         raise GraphError("the graph has no agents")
-    part, env_cls, setup, personas = _prepare(config, graph, partition, backend)
-    if config.memory_check and graph_source == "argument":  # the others were checked above
-        check_memory(estimate_memory(graph, config, env_cls), backend=backend)
+    part, env_cls, setup, personas = _prepare(config, plan, partition, backend)
+    if config.memory_check and plan.source == "argument":  # the others were checked above
+        check_memory(estimate_memory(plan.held, config, env_cls), backend=backend)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "run_id": uuid.uuid4().hex[:12],
@@ -394,7 +411,7 @@ def run(
         "config": config.dump(),
         "seed": config.seed,
         "versions": versions(),
-        "graph": {"source": graph_source},
+        "graph": {"source": plan.source},
         "partition": {"source": "config" if partition is None else "argument"},
         "backend": backend,
         "address": address or os.environ.get("RAY_ADDRESS"),
@@ -406,23 +423,18 @@ def run(
     try:
         manifest.update(
             status="running",
-            # `source: argument` means the caller passed the graph and config.graph
-            # only describes what they said it was; these stats are the real graph's.
-            graph={**graph.stats(), "source": graph_source,
-                   "build_seconds": round(graph_seconds, 4)},
-            partition={**part.stats(graph), "source": manifest["partition"]["source"]},
             env={"kind": env_cls.name, "event_types": list(env_cls.event_types),
                  "metrics": list(_metric_columns(env_cls))},
-            timings={"graph_seconds": round(graph_seconds, 4)},
+            timings={"graph_seconds": round(plan.seconds, 4)},
         )
         # What `swarm resume` cannot rebuild from the config alone.
-        if graph_source == "argument":
-            _keep(manifest, ckpt.write_arrays(store, GRAPH_FILE, {"indptr": graph.indptr,
-                                                                  "indices": graph.indices},
-                                              {"directed": graph.directed}))
+        if plan.source == "argument":
+            _keep(manifest, ckpt.write_arrays(store, GRAPH_FILE, {"indptr": plan.held.indptr,
+                                                                  "indices": plan.held.indices},
+                                              {"directed": plan.held.directed}))
         if part.kind not in ("contiguous", "hash"):
             _keep(manifest, ckpt.write_arrays(
-                store, PARTITION_FILE, {"shard": part.shard_of(np.arange(graph.n,
+                store, PARTITION_FILE, {"shard": part.shard_of(np.arange(plan.n,
                                                                          dtype=np.int64))}))
         write_manifest(store, manifest)
     except BaseException:
@@ -431,7 +443,7 @@ def run(
         finally:
             lease.release()
         raise
-    return _execute(config, store, manifest, graph, part, setup, personas, lease=lease,
+    return _execute(config, store, manifest, plan, part, setup, personas, lease=lease,
                     backend=backend, progress=progress, on_step=on_step)
 
 
@@ -494,15 +506,13 @@ def resume(
         if backend not in ("ray", "local"):
             raise ConfigError(f"backend must be 'ray' or 'local'; got {backend!r}")
         _connect(backend, address)
-        graph, saved = _saved_graph(config, store, manifest)
-        part, env_cls, setup, personas = _prepare(config, graph, saved, backend)
+        plan, saved = _saved_graph(config, store, manifest)
+        part, env_cls, setup, personas = _prepare(config, plan, saved, backend)
         restore, rows = _choose_checkpoint(store, manifest)
     except BaseException:
         lease.release()
         raise
-    if "n" not in manifest["graph"]:  # killed before its first full manifest
-        manifest["graph"] = {**graph.stats(), **manifest["graph"]}
-        manifest["partition"] = {**part.stats(graph), **manifest.get("partition", {})}
+    if "env" not in manifest:  # killed before its first full manifest
         manifest["env"] = {"kind": env_cls.name, "event_types": list(env_cls.event_types),
                            "metrics": list(_metric_columns(env_cls))}
     manifest.setdefault("timings", {})
@@ -515,29 +525,17 @@ def resume(
         lease.release()
         raise
     files = tuple(manifest.get("checkpoint", {}).get("files", {})) if restore is not None else ()
-    return _execute(config, store, manifest, graph, part, setup, personas, lease=lease,
+    return _execute(config, store, manifest, plan, part, setup, personas, lease=lease,
                     backend=backend, progress=progress, on_step=on_step,
                     restore_step=restore, rows=rows, restore_files=files)
 
 
 def _saved_graph(config: RunConfig, store: RunStore, manifest: dict
-                 ) -> tuple[CSRGraph, np.ndarray | None]:
-    """The run's graph and explicit partition, rebuilt or read back (checked)."""
+                 ) -> tuple[_GraphPlan, np.ndarray | None]:
+    """The run's graph plan and explicit partition, read back (checked) where the config
+    cannot rebuild them. The shards check their rebuilt slices against the manifest."""
     listed = isinstance(manifest.get("files"), dict)
     files = manifest.get("files") or {}
-    if manifest["graph"].get("source") == "argument":
-        if not store.exists(GRAPH_FILE) or (listed and GRAPH_FILE not in files):
-            raise LogError(f"{store.uri}: the graph was passed in Python and not saved; "
-                           "start a new run")
-        verify_files(store, {GRAPH_FILE: files[GRAPH_FILE]} if listed else {})
-        arrays, meta = ckpt.read_arrays(store, GRAPH_FILE)
-        graph = CSRGraph(arrays["indptr"], arrays["indices"], directed=meta["directed"])
-    else:
-        graph = build_graph(config)
-    if graph.n != manifest["graph"].get("n", graph.n) or graph.num_edges != manifest[
-            "graph"].get("directed_edges", graph.num_edges):
-        raise LogError(f"{store.uri}: rebuilt graph (n={graph.n}, edges={graph.num_edges}) does "
-                       f"not match the run's ({manifest['graph']}); was the edge list changed?")
     saved = None
     if PARTITION_FILE in files or (not listed and store.exists(PARTITION_FILE)):
         verify_files(store, {PARTITION_FILE: files[PARTITION_FILE]} if listed else {})
@@ -545,7 +543,20 @@ def _saved_graph(config: RunConfig, store: RunStore, manifest: dict
     elif manifest.get("partition", {}).get("source") == "argument":
         raise LogError(f"{store.uri}: the run's partition was passed in Python and not saved; "
                        "start a new run")
-    return graph, saved
+    if manifest["graph"].get("source") == "argument":
+        if not store.exists(GRAPH_FILE) or (listed and GRAPH_FILE not in files):
+            raise LogError(f"{store.uri}: the graph was passed in Python and not saved; "
+                           "start a new run")
+        verify_files(store, {GRAPH_FILE: files[GRAPH_FILE]} if listed else {})
+        arrays, meta = ckpt.read_arrays(store, GRAPH_FILE)
+        graph = CSRGraph(arrays["indptr"], arrays["indices"], directed=meta["directed"])
+        plan = _GraphPlan(graph.n, graph.directed, "argument", graph)
+    else:
+        plan = _plan_graph(config, None, saved, None)
+    if plan.n != manifest["graph"].get("n", plan.n):
+        raise LogError(f"{store.uri}: the graph now has n={plan.n} agents, the run had "
+                       f"{manifest['graph']['n']}; was the edge list changed?")
+    return plan, saved
 
 
 def _choose_checkpoint(store: RunStore, manifest: dict) -> tuple[int | None, list[dict]]:
@@ -626,16 +637,16 @@ def _connect(backend: str, address: str | None) -> None:
         ensure_ray(address)
 
 
-def _prepare(config: RunConfig, graph: CSRGraph, partition: np.ndarray | None, backend: str):
+def _prepare(config: RunConfig, plan: _GraphPlan, partition: np.ndarray | None, backend: str):
     """Partition, the env's global set-up and the population, shared by run and resume.
 
     Everything here can fail on bad input, and does so before anything is written.
     """
-    part = Partition(config.partition if partition is None else partition, graph.n,
-                     config.shards, graph=graph, seed=config.seed)
+    part = Partition(config.partition if partition is None else partition, plan.n,
+                     config.shards, graph=plan.held, seed=config.seed)
     env_cls = ENV_REGISTRY[config.env.kind]
     try:
-        setup = env_cls.prepare(config.env, graph.n, KeyedRNG(config.seed))
+        setup = env_cls.prepare(config.env, plan.n, KeyedRNG(config.seed))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if config.faults.active and "src" not in env_cls.message_fields and env_cls.message_fields:
@@ -644,7 +655,7 @@ def _prepare(config: RunConfig, graph: CSRGraph, partition: np.ndarray | None, b
                           "message_fields")
     pop = config.population
     personas = load_personas(pop.personas) if pop.personas is not None else None
-    check_population(pop, env_cls, config.env, personas, graph.n, backend)
+    check_population(pop, env_cls, config.env, personas, plan.n, backend)
     return part, env_cls, setup, personas
 
 
@@ -666,7 +677,7 @@ def _cause(exc) -> BaseException | None:
     return cause if isinstance(cause, BaseException) else exc
 
 
-def _execute(config: RunConfig, store: RunStore, manifest: dict, graph: CSRGraph,
+def _execute(config: RunConfig, store: RunStore, manifest: dict, plan: _GraphPlan,
              part: Partition, setup: dict, personas, *, lease: Lease, backend, progress,
              on_step, restore_step: int | None = None, rows: list[dict] | None = None,
              restore_files: tuple[str, ...] = ()) -> Run:
@@ -677,13 +688,15 @@ def _execute(config: RunConfig, store: RunStore, manifest: dict, graph: CSRGraph
         try:
             t_setup = time.perf_counter()
             servers = PolicyServers(config, backend)
-            specs = _shard_specs(config, graph, part, setup, store, personas, servers)
-            n = graph.n
-            del graph
-            driver = _Driver(config, store, manifest, specs, backend, n, progress, on_step,
-                             lease)
+            specs = _shard_specs(config, plan, part, setup, store, personas, servers)
+            plan.held = None  # the shards have their rows (in the specs): drop the graph
+            driver = _Driver(config, store, manifest, specs, backend, plan.n, progress,
+                             on_step, lease)
             del specs
             driver.start(restore_step, rows or [], restore_files)
+            plan.stats = driver.shards.stats
+            _record_graph(manifest, plan, part, store)
+            driver._save()
             setup_seconds = time.perf_counter() - t_setup
             with _SigintToStop(driver):
                 driver.loop()
@@ -749,6 +762,21 @@ def _execute(config: RunConfig, store: RunStore, manifest: dict, graph: CSRGraph
     finally:
         lease.release()
     return open_run(store.uri)
+
+
+def _record_graph(manifest: dict, plan: _GraphPlan, part: Partition, store: RunStore) -> None:
+    """Put the built graph's sizes in the manifest; on a resume, check that the shards
+    rebuilt the graph the run had (an edge list changed since is an error, not a mix)."""
+    graph, partition = _graph_stats(plan, part)
+    before = manifest.get("graph", {})
+    for key in ("n", "directed_edges"):
+        if key in before and before[key] != graph[key]:
+            raise LogError(f"{store.uri}: the rebuilt graph has {key}={graph[key]:,}, the run "
+                           f"had {before[key]:,}; was the edge list changed? Start a new run")
+    manifest["graph"] = {**graph, "source": before.get("source", plan.source)}
+    manifest["partition"] = {**partition,
+                             "source": manifest.get("partition", {}).get("source", "config")}
+    manifest["timings"]["graph_seconds"] = graph["build_seconds"]
 
 
 def _raise_failure(store: RunStore, manifest: dict, exc: BaseException) -> None:

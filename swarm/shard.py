@@ -29,9 +29,10 @@ from swarm.graph import ragged_arange
 from swarm.partition import Partition
 from swarm.population import Population, PopulationConfig
 from swarm.rng import KeyedRNG
+from swarm.shardgraph import Edges, GraphSource, SliceBuilder
 from swarm.storage import RunStore
 
-__all__ = ["Fanout", "Shard", "ShardSpec", "is_quiescent"]
+__all__ = ["Shard", "ShardSpec", "build_shards", "is_quiescent"]
 
 Messages = dict[str, np.ndarray]
 #: What one shard sends another in a step: {"direct": Messages, "broadcast": Messages}.
@@ -39,49 +40,19 @@ Outbox = dict[str, Messages]
 
 
 @dataclass
-class Fanout:
-    """Broadcast routing of one shard (built by the driver from the whole graph).
-
-    Sending: ``dest_shard[dest_indptr[r]:dest_indptr[r + 1]]`` are the shards
-    holding at least one out-neighbour of local row ``r``, and ``dest_slot``
-    the sender's place in each one's receiving table. Receiving: the edges into
-    this shard grouped by sender: ``recv_src`` (sorted global ids),
-    ``recv_indptr``, and per edge the receiver's local row and the global edge id.
-    A broadcast travels as (slot, payload): the receiver finds the sender's
-    edges by index, never by searching.
-    """
-
-    dest_indptr: np.ndarray
-    dest_shard: np.ndarray
-    dest_slot: np.ndarray
-    recv_src: np.ndarray
-    recv_indptr: np.ndarray
-    recv_row: np.ndarray
-    recv_edge: np.ndarray
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in vars(self).values())
-
-
-@dataclass
 class ShardSpec:
-    """Everything a shard needs to start: its agents, its edges, the env and the log."""
+    """Everything a shard needs to start: where its slice of the graph comes from (it
+    builds the slice itself), the env, the population and the log."""
 
     shard: int
     num_shards: int
     seed: int
     partition: Partition
-    agents: np.ndarray
-    indptr: np.ndarray
-    indices: np.ndarray
-    row_shift: np.ndarray
-    in_degree: np.ndarray
+    graph: GraphSource
     env_config: EnvConfig
     env_setup: dict[str, Any] = field(default_factory=dict)
     store: RunStore | None = None
     flush_every: int = 10
-    fanout: Fanout | None = None
     population: PopulationConfig = field(default_factory=PopulationConfig)
     personas: Any = None
     #: Backends of policy-server groups (group index -> ServerBackend).
@@ -112,28 +83,51 @@ class Shard:
         self.id = spec.shard
         #: The files of the checkpoint to restore, as the manifest lists them.
         self.checkpoint_files = frozenset(restore_files)
+        self.restore_step = restore_step
         self.num_shards = spec.num_shards
         self.partition = spec.partition
         self.store = spec.store
+        self.spec = spec
         self.rng = KeyedRNG(spec.seed)
-        self.fanout = spec.fanout
+        self.builder = SliceBuilder(spec.graph, spec.shard, spec.partition,
+                                    spec.partition.agents_of(spec.shard))
+        self.steps_done = 0
+
+    # -- building the slice (see swarm.shardgraph) ------------------------------------
+
+    def draw(self) -> tuple:
+        """Draw or read this shard's part of the graph; returns the edges for each shard
+        (``None`` in this shard's own slot)."""
+        return tuple(self.builder.draw())
+
+    def assemble(self, *received: Edges | None) -> tuple:
+        """Merge the edges drawn here and received into rows; returns what a directed
+        graph sends on (in-edges for their targets' shards)."""
+        return tuple(self.builder.assemble(*received))
+
+    def finish(self, *received: Edges | None) -> dict:
+        """In-degrees, routing tables, env, population and log: ready to step.
+
+        Returns the slice's sizes for the driver (it keeps only these)."""
+        spec, b = self.spec, self.builder
+        env_cls = ENV_REGISTRY[spec.env_config.kind]
+        fanout = env_cls.uses_broadcasts(spec.env_config) and self.num_shards > 1
+        in_degree, self.fanout = b.finish(*received, fanout=fanout)
         self.faults = Faults(spec.faults, self.rng) if spec.faults.active else None
         self.view = ShardView(
             shard=spec.shard,
             num_shards=spec.num_shards,
-            agents=spec.agents,
-            indptr=spec.indptr,
-            indices=spec.indices,
-            row_shift=spec.row_shift,
-            in_degree=spec.in_degree,
+            agents=b.agents,
+            indptr=b.indptr,
+            indices=b.indices,
+            in_degree=in_degree,
             rng=self.rng,
             contiguous_start=spec.partition.contiguous_start(spec.shard),
             faults=self.faults,
         )
         if self.fanout is not None or self.num_shards == 1:
             self.view.in_edges_fn = self._in_edges
-        _touch(spec.indptr, spec.indices, spec.row_shift, spec.in_degree)
-        env_cls = ENV_REGISTRY[spec.env_config.kind]
+        _touch(b.indptr, b.indices, in_degree)
         self.env = env_cls(spec.env_config, self.view, spec.env_setup)
         self.population = Population(spec.population, self.env, self.view, spec.personas,
                                      spec.backends)
@@ -142,15 +136,41 @@ class Shard:
         # Messages to this shard's own agents never leave it; `_restored` holds
         # what other shards sent in the checkpoint step, read back on restart.
         self._own: Outbox | None = None
-        self._restored: list[Outbox | None] = []
+        self._restored: list[tuple[int, Outbox | None]] = []
         # Messages the delay fault holds back: delivery step -> {"direct"|"broadcast": cols}.
         self._held: dict[int, Outbox] = {}
         self._sent: list[Outbox | None] = [None] * self.num_shards
-        self.steps_done = 0
-        if restore_step is None:
+        if self.restore_step is None:
             self.log.rewind(0, 0)  # a fresh start after a failure: nothing of the old try
         else:
-            self._restore(restore_step)
+            self._restore(self.restore_step)
+        return self.slice_stats()
+
+    def slice_stats(self) -> dict:
+        """Sizes of this shard's slice: agents, out-edges, cut edges, max degree, bytes."""
+        view = self.view
+        deg = np.diff(view.indptr)
+        cut = 0
+        if self.num_shards > 1 and view.indices.size:
+            if view.contiguous_start is not None:
+                lo = view.contiguous_start
+                cut = int(np.count_nonzero((view.indices < lo)
+                                           | (view.indices >= lo + view.n_local)))
+            else:
+                cut = int(np.count_nonzero(self.partition.shard_of(view.indices) != self.id))
+        return {
+            "shard": self.id,
+            "agents": view.n_local,
+            "edges": int(view.indices.shape[0]),
+            "cut_edges": cut,
+            "max_out_degree": int(deg.max()) if deg.size else 0,
+            "graph_bytes": int(view.indptr.nbytes + view.indices.nbytes
+                               + view.in_degree.nbytes + view.agents.nbytes),
+            "fanout_bytes": self.fanout.nbytes if self.fanout is not None else 0,
+            **{k: (round(v, 4) if isinstance(v, float) else v)
+               for k, v in self.builder.stats.items()},
+            "peak_rss_mib": _peak_rss_mib(),
+        }
 
     # -- the round ---------------------------------------------------------------
 
@@ -162,10 +182,15 @@ class Shard:
         With ``checkpoint`` the shard writes its state after the step.
         """
         t0 = time.perf_counter()
-        parts = [*inbox_parts, *self._restored, self._own]
+        senders = [k for k in range(self.num_shards) if k != self.id]
+        # Step 0 gets no parts (nobody has sent yet); later steps one per other shard.
+        parts = [*zip(senders, inbox_parts, strict=False), *self._restored,
+                 (self.id, self._own)]
         self._own, self._restored = None, []
+        broadcasts = [self._slots(k, p.get("broadcast")) for k, p in parts if p]
+        parts = [p for _, p in parts]
         inbox = Inbox(direct=_concat([p.get("direct") for p in parts if p]),
-                      broadcast=self._fan_out([p.get("broadcast") for p in parts if p]),
+                      broadcast=self._fan_out(broadcasts),
                       totals=_sum_totals([p.get("totals") for p in parts if p]),
                       shared=_concat([p.get("shared") for p in parts if p]))
         dropped = self._inject_faults(inbox, step) if self.faults is not None else 0
@@ -364,6 +389,13 @@ class Shard:
                 parts[k] = {name: col[sel] for name, col in cols.items()}
         return parts
 
+    def _slots(self, sender: int, part: Messages | None) -> Messages | None:
+        """A broadcast part from shard ``sender`` with its slots made rows of this shard's
+        receiving table (a copy: the sender's part may be shared)."""
+        if part is None or self.fanout is None or "slot" not in part:
+            return part
+        return {**part, "slot": part["slot"] + self.fanout.recv_base[sender]}
+
     def _fan_out(self, parts: list[Messages | None]) -> FannedOut | None:
         """Broadcasts that arrived, as one entry per (sender, local receiver) edge."""
         b = _concat(parts)
@@ -436,7 +468,7 @@ class Shard:
             if rel in self.checkpoint_files or (not self.checkpoint_files
                                                 and self.store.exists(rel)):
                 cols, _ = ckpt.read_arrays(self.store, rel)
-                self._restored.append(_unflatten(cols))
+                self._restored.append((sender, _unflatten(cols)))
         self.steps_done = step + 1
 
     def close(self) -> dict:
@@ -449,6 +481,18 @@ class Shard:
     def health(self) -> dict:
         return {"shard": self.id, "ok": True, "steps_done": self.steps_done, "pid": os.getpid(),
                 "peak_rss_mib": _peak_rss_mib()}
+
+
+def build_shards(specs: list[ShardSpec], restore_step: int | None = None,
+                 restore_files: tuple[str, ...] = ()) -> tuple[list[Shard], list[dict]]:
+    """Shards in this process, their slices built through the same three calls as on Ray."""
+    shards = [Shard(s, restore_step, restore_files) for s in specs]
+    k = len(shards)
+    drawn = [s.draw() for s in shards]
+    sent = [s.assemble(*[drawn[i][j] for i in range(k) if i != j]) for j, s in enumerate(shards)]
+    del drawn
+    stats = [s.finish(*[sent[i][j] for i in range(k) if i != j]) for j, s in enumerate(shards)]
+    return shards, stats
 
 
 def is_quiescent(summary: dict) -> bool:

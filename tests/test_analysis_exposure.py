@@ -162,7 +162,7 @@ def test_exposure_table_of_a_linear_threshold_run_matches_the_engine(lt_run):
     adopted, imp = np.array(t["adopted"]), np.array(t["impressions"])
     act = ev.filter(pc.equal(ev["event"].cast("string"), "activate"))
     seeds = set(act.filter(pc.is_null(act["parent"]))["agent"].to_pylist())
-    assert int(adopted.sum()) == act.num_rows > 100
+    assert int(adopted.sum()) == act.num_rows > 50
     assert set(agent[adopted].tolist()) == set(act["agent"].to_pylist())
     is_seed = np.isin(agent, list(seeds))
     assert (k[adopted & ~is_seed] >= 1).all() and (k[is_seed] == 0).all()
@@ -178,7 +178,7 @@ def test_exposure_table_of_a_linear_threshold_run_matches_the_engine(lt_run):
     assert (influence[others] < threshold[others]).all()
     # Every analysis runs on it.
     table = exposure_table(ev, graph, end_step=end)
-    assert exposure_curve(table, 5).column("exposed").to_pylist()[0] > 500
+    assert exposure_curve(table, 5).column("exposed").to_pylist()[0] > 300
     cox = exposure_cox(table, strata="in_degree")
     glm = exposure_cloglog(table, strata="in_degree")
     assert np.isfinite([cox["log_hr"], cox["se"], glm["coef"], glm["se"]]).all()

@@ -134,7 +134,7 @@ def test_observe_does_not_depend_on_arrival_order(model):
                   steps=2, graph={"kind": "erdos_renyi", "n": 200, "mean_degree": 60})
     g = build_graph(cfg)
     view = ShardView(shard=0, num_shards=1, agents=np.arange(g.n, dtype=np.int64),
-                     indptr=g.indptr, indices=g.indices, row_shift=np.zeros(g.n, np.int64),
+                     indptr=g.indptr, indices=g.indices,
                      in_degree=g.in_degree().astype(np.int32), rng=KeyedRNG(cfg.seed))
     env = Opinion(cfg.env, view, {})
     # Opinions of very different magnitudes: float sums then depend on their order.

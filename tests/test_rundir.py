@@ -10,8 +10,8 @@ from conftest import cascade_config
 import swarm
 from swarm.errors import LogError
 from swarm.partition import Partition
-from swarm.runner import _shard_specs, build_graph
-from swarm.shard import Shard
+from swarm.runner import _GraphPlan, _shard_specs, build_graph
+from swarm.shard import Shard, build_shards
 from swarm.storage import RunStore
 
 
@@ -97,8 +97,9 @@ def test_shard_pickled_mid_run_continues_identically(tmp_path):
     g = build_graph(cfg)
     part = Partition("contiguous", g.n, 1)
     setup = swarm.envs.Cascade.prepare(cfg.env, g.n, swarm.rng.KeyedRNG(cfg.seed))
-    (spec,) = _shard_specs(cfg, g, part, setup, RunStore(tmp_path))
-    shard = Shard(spec)
+    (spec,) = _shard_specs(cfg, _GraphPlan(g.n, False, "config"), part, setup,
+                           RunStore(tmp_path))
+    ((shard,), _) = build_shards([spec])
     for t in range(3):
         shard.step(t)
     clone = pickle.loads(pickle.dumps(shard))

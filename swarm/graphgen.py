@@ -1,0 +1,410 @@
+"""The built-in graphs, generated slice by slice: no process ever needs the whole graph.
+
+Every generator here answers one question: the out-edges of the agents in an
+id range ``[lo, hi)``. Its randomness is keyed by agent ids, edge ids and
+fixed blocks of ids (never by shards), so any cut of ``[0, n)`` into ranges
+gives the same graph; that is what keeps a run's events the same for any
+number of shards. A range's draws are returned as directed (src, dst) pairs;
+most have their source inside the range, and the few that do not (the
+reverse of a rewired Watts–Strogatz edge, the reverse of a
+Barabási–Albert edge) travel once, at build time, to the shard that owns
+their source. The shard merges what it drew and what it received into its
+CSR rows (duplicates and self-loops merge away).
+
+- ``erdos_renyi`` and ``sbm``: the adjacency matrix is cut into cells by a
+  grid of id blocks (and the SBM's community borders). A cell's edge count
+  is a binomial draw keyed by the cell, its edges distinct pairs keyed by
+  (cell, index, round). The shard owning a block regenerates the cells it
+  touches in its rows and in its columns, so nothing travels (the scheme of
+  KaGen's communication-free generators: Funke et al., 2019).
+- ``watts_strogatz``: each ring edge (v, v + j) is rewired or not by a draw
+  keyed by (v, j), so both of its ends know; a rewired edge's new end is told.
+- ``barabasi_albert``: edge e copies the endpoint in slot r(e) of the edges
+  before its source, r keyed by e; following copies back to a source slot
+  gives the target without communication (Sanders and Schulz, "Scalable
+  generation of scale-free graphs", 2016). The reverse edges are told.
+- ``configuration``: stubs ordered by a keyed random key and paired in
+  order; the degree list lives in the config, so every shard pairs all stubs
+  and keeps its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from swarm.errors import GraphError
+from swarm.rng import KeyedRNG, mix64
+
+__all__ = ["GeneratedSlice", "graph_size", "generate", "generation_ranges", "block_bounds",
+           "edge_key", "row_key", "whole_graph", "SHARD_LOCAL_KINDS"]
+
+#: Graph kinds a shard generates (or reads) itself.
+SHARD_LOCAL_KINDS = ("erdos_renyi", "sbm", "watts_strogatz", "barabasi_albert",
+                     "configuration", "edgelist")
+#: The smallest id block of the cell grid, and the most blocks per side.
+BLOCK_MIN = 1 << 17
+MAX_BLOCKS = 1024
+_K_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def edge_key(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The key of directed edges (src, dst) for per-edge draws, as int64.
+
+    A pure function of the two agent ids, so it is the same whatever shard
+    holds the edge and wherever the edge sits in any array. ``mix64`` is a
+    bijection: two edges from one source never share a key.
+    """
+    h = np.asarray(src).astype(np.uint64)
+    h ^= _K_MIX
+    mix64(h)
+    h += np.asarray(dst).astype(np.uint64)
+    return h.view(np.int64)
+
+
+def row_key(src: np.ndarray) -> np.ndarray:
+    """``edge_key``'s part that depends on the source only (add the destination to it)."""
+    h = np.asarray(src).astype(np.uint64)
+    h ^= _K_MIX
+    mix64(h)
+    return h
+
+
+def graph_size(gc) -> int:
+    """Agents of a built-in graph config, from the config alone."""
+    if gc.kind == "sbm":
+        return int(sum(gc.sizes))
+    if gc.kind == "configuration":
+        return len(gc.degrees)
+    return int(gc.n)
+
+
+def generation_ranges(n: int, parts: int) -> np.ndarray:
+    """``parts + 1`` bounds cutting ``[0, n)`` into near-equal id ranges."""
+    return (np.arange(parts + 1, dtype=np.int64) * n) // parts
+
+
+def block_bounds(n: int, borders=()) -> np.ndarray:
+    """The cell grid's block borders: a function of ``n`` (and community borders) only."""
+    c = max(1, min(MAX_BLOCKS, math.ceil(n / BLOCK_MIN)))
+    grid = (np.arange(c + 1, dtype=np.int64) * n) // c
+    return np.unique(np.concatenate([grid, np.asarray(borders, dtype=np.int64)]))
+
+
+class GeneratedSlice:
+    """The draws of one id range: ``pieces`` are complete, sorted out-edges of row batches
+    (erdos_renyi and sbm), ``loose`` are unsorted (src, dst) pairs to route by owner."""
+
+    def __init__(self):
+        self.pieces: Iterable[tuple[np.ndarray, np.ndarray]] = ()
+        self.loose: list[tuple[np.ndarray, np.ndarray]] = []
+
+
+def generate(gc, seed: int, lo: int, hi: int, part: int = 0, parts: int = 1,
+             check=None) -> GeneratedSlice:
+    """The draws of id range ``[lo, hi)`` (``part`` of ``parts``) for graph config ``gc``.
+
+    ``seed`` is the graph's seed (derived from the run seed). For an edge list
+    the range is ignored: part ``part`` reads its share of the file's row groups
+    (or bytes). ``check`` validates edge-list ids as they are read.
+    """
+    rng = KeyedRNG(seed)
+    out = GeneratedSlice()
+    if gc.kind == "erdos_renyi":
+        n = gc.n
+        cells = _Cells(n, block_bounds(n), np.array([[gc.mean_degree / (n - 1)]]),
+                       np.array([0, n], dtype=np.int64), rng)
+        out.pieces = cells.rows(lo, hi)
+    elif gc.kind == "sbm":
+        sizes = np.asarray(gc.sizes, dtype=np.int64)
+        borders = np.concatenate([[0], np.cumsum(sizes)])
+        n = int(borders[-1])
+        cells = _Cells(n, block_bounds(n, borders), np.asarray(gc.p, dtype=float), borders, rng)
+        out.pieces = cells.rows(lo, hi)
+    elif gc.kind == "watts_strogatz":
+        out.loose.append(_watts_strogatz(gc.n, gc.k, gc.p, rng, lo, hi))
+    elif gc.kind == "barabasi_albert":
+        out.loose.append(_barabasi_albert(gc.n, gc.m, rng, lo, hi))
+    elif gc.kind == "configuration":
+        out.loose.append(_configuration(np.asarray(gc.degrees, dtype=np.int64), rng, lo, hi))
+    elif gc.kind == "edgelist":
+        from swarm.edgelist import read_part
+
+        out.loose.append(read_part(gc, part, parts, check))
+    else:  # pragma: no cover - the config's union lists the kinds
+        raise GraphError(f"graph.kind {gc.kind!r} has no slice generator")
+    return out
+
+
+# --- erdos_renyi and sbm: cells of the adjacency matrix ------------------------
+
+
+def binomial_quantile(u: np.ndarray, trials: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """The smallest k with P(Binomial(trials, p) <= k) >= u, for arrays (exact).
+
+    A Cornish-Fisher guess from the normal quantile, then steps of one until
+    the CDF (a regularized incomplete beta) brackets ``u``: about two CDF
+    evaluations per value. (scipy.stats.binom.ppf gives the same answer, but
+    importing scipy.stats costs 1.7 s here.)
+    """
+    from scipy.special import betainc, ndtri
+
+    mu = trials * p
+    sd = np.sqrt(np.maximum(mu * (1 - p), 1e-300))
+    z = ndtri(u)
+    guess = mu + sd * z + (z * z - 1) * (1 - 2 * p) / 6
+    k = np.clip(np.floor(guess + 0.5), 0, trials)
+
+    def cdf(x, which):
+        out = np.ones_like(x)
+        n_, p_ = trials[which], p[which]
+        inside = (x >= 0) & (x < n_)
+        out[x < 0] = 0.0
+        xi = x[inside]
+        out[inside] = betainc(n_[inside] - xi, xi + 1, 1 - p_[inside])
+        return out
+
+    todo = np.arange(u.shape[0])
+    for _ in range(100_000):
+        if not todo.size:
+            break
+        kk, uu = k[todo], u[todo]
+        low = cdf(kk, todo) < uu
+        k[todo[low]] += 1
+        high = ~low & (cdf(kk - 1, todo) >= uu)
+        k[todo[high]] -= 1
+        todo = todo[low | high]
+    return k.astype(np.int64)
+
+
+class _Cells:
+    """Undirected edges by cells (i <= j) of a block grid; each cell has one probability."""
+
+    def __init__(self, n: int, bounds: np.ndarray, pm: np.ndarray, borders: np.ndarray,
+                 rng: KeyedRNG):
+        self.n, self.bounds, self.rng = n, bounds, rng
+        self.c = bounds.shape[0] - 1
+        size = np.diff(bounds)
+        self.size = size
+        community = np.searchsorted(borders, bounds[:-1], side="right") - 1
+        self.p = pm[community[:, None], community[None, :]]
+        self.max_pairs = int(size.max()) ** 2 if size.size else 0
+
+    def _counts(self, ci: np.ndarray, cj: np.ndarray) -> np.ndarray:
+        """Edges of cells (ci, cj), ci <= cj: binomial, keyed by the cell."""
+        si, sj = self.size[ci], self.size[cj]
+        pairs = np.where(ci == cj, si * (si - 1) // 2, si * sj).astype(np.float64)
+        p = self.p[ci, cj]
+        u = self.rng.uniform("graph.cells", ci * self.c + cj)
+        u = np.clip(u, 1e-300, 1.0 - 2**-53)
+        k = np.zeros(ci.shape[0], dtype=np.int64)
+        live = (pairs > 0) & (p > 0)
+        full = live & (p >= 1)
+        k[full] = pairs[full]
+        some = live & ~full
+        if some.any():
+            k[some] = binomial_quantile(u[some], pairs[some], p[some])
+        return k
+
+    def _edges(self, ci: np.ndarray, cj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All edges (u < v) of cells (ci, cj): distinct pairs, drawn in rounds until distinct."""
+        counts = self._counts(ci, cj)
+        total = int(counts.sum())
+        if total == 0:
+            e = np.empty(0, dtype=np.int64)
+            return e, e
+        cell = np.repeat(np.arange(ci.shape[0], dtype=np.int64), counts)
+        index = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        cid = (ci * self.c + cj)[cell]
+        width = self.size[cj][cell]
+        height = self.size[ci][cell]
+        diag = (ci == cj)[cell]
+        pos = np.empty(total, dtype=np.int64)
+        todo = np.arange(total)
+        for rnd in range(64):
+            bits = self.rng.bits("graph.pairs", cid[todo], index[todo], draw=rnd)
+            span = (height[todo] * width[todo]).astype(np.uint64)
+            draw = (bits % span).astype(np.int64)
+            a, b = np.divmod(draw, width[todo])
+            d = diag[todo]
+            # A diagonal cell's pairs are unordered: (a, b) and (b, a) are one pair.
+            lo_, hi_ = np.where(d, np.minimum(a, b), a), np.where(d, np.maximum(a, b), b)
+            bad = d & (a == b)
+            pos[todo] = np.where(bad, -1, lo_ * width[todo] + hi_)
+            again = _repeats(cell, pos, self.max_pairs)
+            again[pos < 0] = True
+            todo = np.flatnonzero(again)
+            if todo.size == 0:
+                break
+        else:  # pragma: no cover - needs a cell almost full after 64 rounds
+            raise GraphError("a graph cell could not be filled with distinct pairs")
+        a, b = np.divmod(pos, width)
+        u = self.bounds[ci][cell] + a
+        v = self.bounds[cj][cell] + b
+        return u, v
+
+    def rows(self, lo: int, hi: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Out-edges of rows ``[lo, hi)``, one block at a time, sorted by (src, dst)."""
+        if hi <= lo:
+            return
+        first = int(np.searchsorted(self.bounds, lo, side="right") - 1)
+        last = int(np.searchsorted(self.bounds, hi - 1, side="right") - 1)
+        n = self.n
+        for b in range(first, last + 1):
+            r0, r1 = max(lo, int(self.bounds[b])), min(hi, int(self.bounds[b + 1]))
+            # Cells in block b's row (b, j >= b) and column (i < b, b).
+            cj = np.arange(b, self.c, dtype=np.int64)
+            ci = np.arange(0, b, dtype=np.int64)
+            u, v = self._edges(np.concatenate([np.full(cj.shape, b, np.int64), ci]),
+                               np.concatenate([cj, np.full(ci.shape, b, np.int64)]))
+            fwd = (u >= r0) & (u < r1)
+            bwd = (v >= r0) & (v < r1)
+            src = np.concatenate([u[fwd], v[bwd]])
+            dst = np.concatenate([v[fwd], u[bwd]])
+            key = (src - r0) * np.int64(n) + dst
+            key.sort()
+            src, dst = np.divmod(key, np.int64(n))
+            src += r0
+            yield src, dst
+
+
+def _repeats(cell: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
+    """True where (cell, pos) repeats the same pair at a lower index of its cell.
+
+    Entries come grouped by cell with indices ascending, so the first
+    occurrence of a pair is the one kept. Repeats are rare (about k^2 / 2N per
+    cell): one sort finds the repeated values, then only their entries are
+    looked at.
+    """
+    out = np.zeros(pos.shape[0], dtype=bool)
+    if pos.shape[0] < 2:
+        return out
+    if (int(cell[-1]) + 1) * width >= 2**62:  # pragma: no cover - n beyond ~10^11
+        order = np.lexsort((pos, cell))
+        dup = np.zeros(pos.shape[0], dtype=bool)
+        dup[1:] = (cell[order][1:] == cell[order][:-1]) & (pos[order][1:] == pos[order][:-1])
+        out[order[dup]] = True
+        return out
+    key = cell * np.int64(width) + pos
+    probe = np.sort(key)
+    twice = probe[1:][probe[1:] == probe[:-1]]
+    if not twice.size:
+        return out
+    twice = np.unique(twice)
+    at = np.minimum(np.searchsorted(twice, key), twice.shape[0] - 1)
+    hit = np.flatnonzero(twice[at] == key)  # entries holding a repeated value, in order
+    _, first = np.unique(key[hit], return_index=True)
+    out[hit] = True
+    out[hit[first]] = False
+    return out
+
+
+# --- watts_strogatz -------------------------------------------------------------
+
+
+def _watts_strogatz(n: int, k: int, p: float, rng: KeyedRNG, lo: int, hi: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    half = k // 2
+    v = np.repeat(np.arange(lo, hi, dtype=np.int64), half)
+    j = np.tile(np.arange(1, half + 1, dtype=np.int64), hi - lo)
+
+    def rewired(src, step):
+        key = src * half + (step - 1)
+        hit = rng.uniform("graph.ws.rewire", key) < p
+        target = (rng.bits("graph.ws.target", key) % np.uint64(n)).astype(np.int64)
+        return hit, target
+
+    hit, target = rewired(v, j)
+    fwd_dst = np.where(hit, target, (v + j) % n)
+    # The ring edge (w, w + j) ending at v, when it was not rewired, is v's too.
+    w = (np.repeat(np.arange(lo, hi, dtype=np.int64), half) - j) % n
+    w_hit, _ = rewired(w, j)
+    keep_back = ~w_hit
+    src = np.concatenate([v, v[keep_back], target[hit]])
+    dst = np.concatenate([fwd_dst, w[keep_back], v[hit]])
+    return src, dst
+
+
+# --- barabasi_albert --------------------------------------------------------------
+
+
+def _barabasi_albert(n: int, m: int, rng: KeyedRNG, lo: int, hi: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Edges of sources in [lo, hi) and their reverses. Edges 0..m-1 form a star
+    (i -> 0); node v > m owns edges ``m + (v - m - 1) m + t``, t < m, and each
+    copies an endpoint of a uniform slot among the edges of nodes before v."""
+    star = np.arange(max(lo, 1), min(hi, m + 1), dtype=np.int64)
+    first = max(lo, m + 1)
+    nodes = np.arange(first, max(first, hi), dtype=np.int64)
+    e = (m + (np.repeat(nodes, m) - m - 1) * m + np.tile(np.arange(m, dtype=np.int64),
+                                                            nodes.shape[0]))
+    src_e = np.repeat(nodes, m)
+    tgt = _ba_targets(e, m, rng)
+    src = np.concatenate([star, np.zeros_like(star), src_e, tgt])
+    dst = np.concatenate([np.zeros_like(star), star, tgt, src_e])
+    return src, dst
+
+
+def _ba_source(e: np.ndarray, m: int) -> np.ndarray:
+    return np.where(e < m, e + 1, m + 1 + (e - m) // np.int64(m))
+
+
+def _ba_targets(e: np.ndarray, m: int, rng: KeyedRNG) -> np.ndarray:
+    """Targets of edges ``e`` (all >= m), following copied slots without communication."""
+    out = np.empty(e.shape[0], dtype=np.int64)
+    todo = np.arange(e.shape[0])
+    cur = e.copy()
+    while todo.size:
+        c = cur[todo]
+        star = c < m
+        if star.any():  # a star edge's target is node 0
+            out[todo[star]] = 0
+            todo, c = todo[~star], c[~star]
+            if not todo.size:
+                break
+        before = m + (_ba_source(c, m) - m - 1) * m  # edges of earlier nodes
+        slot = (rng.bits("graph.ba", c) % (2 * before).astype(np.uint64)).astype(np.int64)
+        even = (slot & 1) == 0
+        out[todo[even]] = _ba_source(slot[even] >> 1, m)
+        cur[todo[~even]] = slot[~even] >> 1
+        todo = todo[~even]
+    return out
+
+
+# --- configuration ----------------------------------------------------------------
+
+
+def _configuration(deg: np.ndarray, rng: KeyedRNG, lo: int, hi: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    stubs = np.repeat(np.arange(deg.shape[0], dtype=np.int64), deg)
+    order = np.argsort(rng.bits("graph.stubs", np.arange(stubs.shape[0], dtype=np.int64)),
+                       kind="stable")
+    stubs = stubs[order]
+    a, b = stubs[0::2], stubs[1::2]
+    fa = (a >= lo) & (a < hi)
+    fb = (b >= lo) & (b < hi)
+    return np.concatenate([a[fa], b[fb]]), np.concatenate([b[fa], a[fb]])
+
+
+def whole_graph(gc, seed: int):
+    """The graph of config ``gc`` in one process: the slices of one range, merged.
+
+    The same graph the shards build for any shard count (analysis and tests
+    use it; runs never do).
+    """
+    from swarm.graph import CSRGraph, from_edges, read_edgelist
+
+    if gc.kind == "edgelist":
+        return read_edgelist(gc.path, directed=gc.directed, n=gc.n)
+    n = graph_size(gc)
+    drawn = generate(gc, seed, 0, n)
+    srcs, dsts = [], []
+    for s, d in (*drawn.pieces, *drawn.loose):
+        srcs.append(s)
+        dsts.append(d)
+    src = np.concatenate(srcs) if srcs else np.empty(0, np.int64)
+    dst = np.concatenate(dsts) if dsts else np.empty(0, np.int64)
+    g = from_edges(src, dst, n, directed=True)  # both directions are drawn already
+    return CSRGraph(g.indptr, g.indices, directed=False)
