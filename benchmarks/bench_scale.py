@@ -7,7 +7,8 @@ Every measurement is a fresh child process: ``swarm run CONFIG`` as a user types
 shut-down), or a baseline script. While it runs, a sampler sums the proportional set
 size (PSS, from ``/proc/PID/smaps_rollup``) of the child and all its descendants (the
 driver, Ray's processes, the shard workers, and the object store's shared memory,
-shared pages counted once) every 0.2 s; ``peak GiB`` is the largest sum.
+shared pages counted once) every 0.2 s or more (the sampler waits 10x what a sample
+cost it, to stay under ~10% of a core); ``peak GiB`` is the largest sum.
 
 Baselines, measured in the same run:
 
@@ -110,9 +111,13 @@ def measure(cmd: list[str], env: dict | None = None, timeout: float = 3600) -> d
     done = threading.Event()
 
     def sample():
+        # Reading smaps_rollup walks page tables in the kernel: on a big process tree a
+        # sample costs tens of ms, so the sampler waits 10x its own cost (>= 0.2 s) and
+        # takes at most ~10% of one core from the run it measures.
         while not done.is_set():
+            t = time.perf_counter()
             peak[0] = max(peak[0], _tree_pss(proc.pid))
-            done.wait(0.2)
+            done.wait(max(0.2, 10 * (time.perf_counter() - t)))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -177,10 +182,10 @@ def _baseline(kind: str, n: int, c: float, p: float, seed_fraction: float) -> No
 
 
 def _config_file(work: Path, name: str, n: int, c: float, p: float, seed_fraction: float,
-                 shards: int) -> Path:
+                 shards: int, memory_check: bool = True) -> Path:
     import yaml
 
-    raw = {"seed": 1, "steps": 10_000, "shards": shards,
+    raw = {"seed": 1, "steps": 10_000, "shards": shards, "memory_check": memory_check,
            "graph": {"kind": "erdos_renyi", "n": n, "mean_degree": c},
            "env": {"kind": "cascade", "model": "independent_cascade", "p": p,
                    "seed_fraction": seed_fraction},
@@ -201,7 +206,8 @@ def _estimate(config_path: Path) -> int:
 
 def swarm_run(work: Path, name: str, n: int, c: float, p: float, seed_fraction: float,
               shards: int, extra: list[str] | None = None) -> dict:
-    cfg = _config_file(work, name, n, c, p, seed_fraction, shards)
+    # The guard's estimate is printed beside the measured peak, not enforced here.
+    cfg = _config_file(work, name, n, c, p, seed_fraction, shards, memory_check=False)
     out = work / name
     _log(f"swarm run {name}: n={n:,} c={c} p={p} shards={shards}")
     res = measure([SWARM, "run", str(cfg), "--out", str(out), "--overwrite", "--no-progress",

@@ -208,8 +208,14 @@ class _Cells:
             k[some] = binomial_quantile(u[some], pairs[some], p[some])
         return k
 
-    def _edges(self, ci: np.ndarray, cj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """All edges (u < v) of cells (ci, cj): distinct pairs, drawn in rounds until distinct."""
+    def _edges(self, ci: np.ndarray, cj: np.ndarray, distinct: bool = True
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """All edges (u < v) of cells (ci, cj): distinct pairs, drawn in rounds until distinct.
+
+        ``distinct=False`` returns the first round as drawn (a repeated pair, or a
+        diagonal cell's (a, a), left in): the caller checks for repeats itself and
+        calls again when it finds one. Without repeats, both calls give the same edges.
+        """
         counts = self._counts(ci, cj)
         total = int(counts.sum())
         if total == 0:
@@ -220,29 +226,39 @@ class _Cells:
         cid = (ci * self.c + cj)[cell]
         width = self.size[cj][cell]
         height = self.size[ci][cell]
-        diag = (ci == cj)[cell]
-        pos = np.empty(total, dtype=np.int64)
-        todo = np.arange(total)
+        diag_cells = np.flatnonzero(ci == cj)
+        a_out = np.empty(total, dtype=np.int64)
+        b_out = np.empty(total, dtype=np.int64)
+        todo = None  # all entries, in the first round
         for rnd in range(64):
-            bits = self.rng.bits("graph.pairs", cid[todo], index[todo], draw=rnd)
-            span = (height[todo] * width[todo]).astype(np.uint64)
-            draw = (bits % span).astype(np.int64)
-            a, b = np.divmod(draw, width[todo])
-            d = diag[todo]
-            # A diagonal cell's pairs are unordered: (a, b) and (b, a) are one pair.
-            lo_, hi_ = np.where(d, np.minimum(a, b), a), np.where(d, np.maximum(a, b), b)
-            bad = d & (a == b)
-            pos[todo] = np.where(bad, -1, lo_ * width[todo] + hi_)
+            keys = (cid, index) if todo is None else (cid[todo], index[todo])
+            bits = self.rng.bits("graph.pairs", *keys, draw=rnd)
+            w = width if todo is None else width[todo]
+            h = height if todo is None else height[todo]
+            bits %= (h * w).astype(np.uint64)
+            a, b = np.divmod(bits.view(np.int64), w)
+            if diag_cells.size:
+                # A diagonal cell's pairs are unordered: (a, b) and (b, a) are one pair.
+                d = np.isin(cell if todo is None else cell[todo], diag_cells)
+                swap = d & (a > b)
+                a[swap], b[swap] = b[swap], a[swap]
+            if todo is None:
+                a_out, b_out = a, b
+            else:
+                a_out[todo], b_out[todo] = a, b
+            if not distinct:
+                break
+            pos = a_out * width + b_out
             again = _repeats(cell, pos, self.max_pairs)
-            again[pos < 0] = True
+            if diag_cells.size:
+                again |= (a_out == b_out) & np.isin(cell, diag_cells)
             todo = np.flatnonzero(again)
             if todo.size == 0:
                 break
         else:  # pragma: no cover - needs a cell almost full after 64 rounds
             raise GraphError("a graph cell could not be filled with distinct pairs")
-        a, b = np.divmod(pos, width)
-        u = self.bounds[ci][cell] + a
-        v = self.bounds[cj][cell] + b
+        u = self.bounds[ci][cell] + a_out
+        v = self.bounds[cj][cell] + b_out
         return u, v
 
     def rows(self, lo: int, hi: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -251,23 +267,37 @@ class _Cells:
             return
         first = int(np.searchsorted(self.bounds, lo, side="right") - 1)
         last = int(np.searchsorted(self.bounds, hi - 1, side="right") - 1)
-        n = self.n
         for b in range(first, last + 1):
             r0, r1 = max(lo, int(self.bounds[b])), min(hi, int(self.bounds[b + 1]))
             # Cells in block b's row (b, j >= b) and column (i < b, b).
             cj = np.arange(b, self.c, dtype=np.int64)
             ci = np.arange(0, b, dtype=np.int64)
-            u, v = self._edges(np.concatenate([np.full(cj.shape, b, np.int64), ci]),
-                               np.concatenate([cj, np.full(ci.shape, b, np.int64)]))
-            fwd = (u >= r0) & (u < r1)
-            bwd = (v >= r0) & (v < r1)
-            src = np.concatenate([u[fwd], v[bwd]])
-            dst = np.concatenate([v[fwd], u[bwd]])
-            key = (src - r0) * np.int64(n) + dst
-            key.sort()
-            src, dst = np.divmod(key, np.int64(n))
-            src += r0
+            ci_ = np.concatenate([np.full(cj.shape, b, np.int64), ci])
+            cj_ = np.concatenate([cj, np.full(ci.shape, b, np.int64)])
+            full = r0 == self.bounds[b] and r1 == self.bounds[b + 1]
+            if full:
+                # Every edge of these cells has an end in the block, so every edge is in
+                # the sorted rows: a repeated pair shows as two equal neighbours and a
+                # diagonal (a, a) as a loop. Without either, the first round is the answer.
+                src, dst = self._block_rows(*self._edges(ci_, cj_, distinct=False), r0, r1)
+                if src.size and ((src == dst).any()
+                                 or ((src[1:] == src[:-1]) & (dst[1:] == dst[:-1])).any()):
+                    full = False
+            if not full:
+                src, dst = self._block_rows(*self._edges(ci_, cj_), r0, r1)
             yield src, dst
+
+    def _block_rows(self, u: np.ndarray, v: np.ndarray, r0: int, r1: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """The out-edges of rows [r0, r1) among undirected edges (u, v), sorted."""
+        n = np.int64(self.n)
+        fwd = (u >= r0) & (u < r1)
+        bwd = (v >= r0) & (v < r1)
+        key = np.concatenate([(u[fwd] - r0) * n + v[fwd], (v[bwd] - r0) * n + u[bwd]])
+        key.sort()
+        src, dst = np.divmod(key, n)
+        src += r0
+        return src, dst
 
 
 def _repeats(cell: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:

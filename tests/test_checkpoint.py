@@ -198,17 +198,17 @@ def test_resume_from_a_checkpoint_at_the_last_step_adds_nothing(tmp_path, monkey
 
     cfg = sir_config(steps=12)  # every=4: the last checkpoint is step 11, the last step
     ref = swarm.run(cfg, tmp_path / "ref", backend="local")
-    real = runner._write_metrics
+    real = runner.write_metrics
 
     def fail_final_metrics(store, rel, *args):
         if rel == "metrics.arrow":
             raise OSError("disk full")
         return real(store, rel, *args)
 
-    monkeypatch.setattr(runner, "_write_metrics", fail_final_metrics)
+    monkeypatch.setattr(runner, "write_metrics", fail_final_metrics)
     with pytest.raises(OSError):
         swarm.run(cfg, tmp_path / "r", backend="local")
-    monkeypatch.setattr(runner, "_write_metrics", real)
+    monkeypatch.setattr(runner, "write_metrics", real)
     assert swarm.open_run(tmp_path / "r").manifest["checkpoint"]["step"] == 11
     resumed = swarm.resume(tmp_path / "r")
     assert resumed.status == "completed" and resumed.manifest["steps_run"] == 12
