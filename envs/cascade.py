@@ -264,12 +264,28 @@ class Cascade(Env):
     def _winners(self, step: int, rows: np.ndarray, src: np.ndarray):
         """Per distinct receiver row (ascending): the winning message's index and the count."""
         key = self.view.rng.bits("parent", self.view.agents[rows], src, step=step)
-        order = np.lexsort((key, rows))
+        # Group by row with one plain sort, then take each group's smallest key (the
+        # lowest index among equal keys): cheaper than a two-key lexsort.
+        order = np.argsort(rows, kind="stable")
         r = rows[order]
         first = np.ones(r.shape[0], dtype=bool)
         first[1:] = r[1:] != r[:-1]
         starts = np.flatnonzero(first)
-        return order[starts], np.diff(np.append(starts, r.shape[0]))
+        counts = np.diff(np.append(starts, r.shape[0]))
+        if starts.shape[0] == r.shape[0]:  # one message per row: nothing to choose
+            return order, counts
+        k = key[order]
+        low = np.minimum.reduceat(k, starts)
+        hit = np.flatnonzero(k == np.repeat(low, counts))
+        # The first hit of each group (hits come in group order).
+        group = np.searchsorted(starts, hit, side="right") - 1
+        firsts = np.ones(hit.shape[0], dtype=bool)
+        firsts[1:] = group[1:] != group[:-1]
+        win = order[hit[firsts]]
+        # Equal keys (a sender twice): the lowest message index (a stable sort).
+        if win.shape[0] != starts.shape[0]:  # pragma: no cover - impossible: every group hits
+            raise AssertionError("a receiver without a winning message")
+        return win, counts
 
     def _activate(self, rows: np.ndarray, parent: np.ndarray, root: np.ndarray,
                   text: np.ndarray | None = None) -> None:

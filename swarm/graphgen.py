@@ -262,38 +262,65 @@ class _Cells:
         return u, v
 
     def rows(self, lo: int, hi: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Out-edges of rows ``[lo, hi)``, one block at a time, sorted by (src, dst)."""
+        """Out-edges of rows ``[lo, hi)``, one block at a time, sorted by (src, dst).
+
+        Block b needs the cells of its row (b, j >= b) and of its column (i < b, b).
+        A column cell whose row block is in the range was drawn already, with that
+        block: its edges into later blocks are kept (as sort keys of those blocks'
+        rows) instead of drawn twice. Only cells of blocks before the range are drawn
+        for their column.
+        """
         if hi <= lo:
             return
         first = int(np.searchsorted(self.bounds, lo, side="right") - 1)
         last = int(np.searchsorted(self.bounds, hi - 1, side="right") - 1)
+        n = np.int64(self.n)
+        kept: dict[int, list[np.ndarray]] = {}
         for b in range(first, last + 1):
             r0, r1 = max(lo, int(self.bounds[b])), min(hi, int(self.bounds[b + 1]))
-            # Cells in block b's row (b, j >= b) and column (i < b, b).
             cj = np.arange(b, self.c, dtype=np.int64)
-            ci = np.arange(0, b, dtype=np.int64)
+            ci = np.arange(0, first, dtype=np.int64)
             ci_ = np.concatenate([np.full(cj.shape, b, np.int64), ci])
             cj_ = np.concatenate([cj, np.full(ci.shape, b, np.int64)])
+            extra = kept.pop(b, [])
             full = r0 == self.bounds[b] and r1 == self.bounds[b + 1]
             if full:
-                # Every edge of these cells has an end in the block, so every edge is in
+                # Every edge drawn here has an end in the block, so every edge is in
                 # the sorted rows: a repeated pair shows as two equal neighbours and a
                 # diagonal (a, a) as a loop. Without either, the first round is the answer.
-                src, dst = self._block_rows(*self._edges(ci_, cj_, distinct=False), r0, r1)
+                u, v = self._edges(ci_, cj_, distinct=False)
+                src, dst = self._block_rows(u, v, r0, r1, extra)
                 if src.size and ((src == dst).any()
                                  or ((src[1:] == src[:-1]) & (dst[1:] == dst[:-1])).any()):
                     full = False
             if not full:
-                src, dst = self._block_rows(*self._edges(ci_, cj_), r0, r1)
+                u, v = self._edges(ci_, cj_)
+                src, dst = self._block_rows(u, v, r0, r1, extra)
+            del extra
+            # Edges into later blocks of the range: their rows' part, kept for them.
+            later = np.flatnonzero((v >= self.bounds[b + 1]) & (v < hi))
+            if later.size:
+                lv, lu = v[later], u[later]
+                blk = np.searchsorted(self.bounds, lv, side="right") - 1
+                order = np.argsort(blk, kind="stable")
+                blk, lv, lu = blk[order], lv[order], lu[order]
+                cuts = np.flatnonzero(np.diff(blk)) + 1
+                for part_b, part_v, part_u in zip(np.split(blk, cuts), np.split(lv, cuts),
+                                                  np.split(lu, cuts), strict=True):
+                    j = int(part_b[0])
+                    kept.setdefault(j, []).append((part_v - self.bounds[j]) * n + part_u)
+            del u, v
             yield src, dst
 
-    def _block_rows(self, u: np.ndarray, v: np.ndarray, r0: int, r1: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
-        """The out-edges of rows [r0, r1) among undirected edges (u, v), sorted."""
+    def _block_rows(self, u: np.ndarray, v: np.ndarray, r0: int, r1: int,
+                    extra: list[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """The out-edges of rows [r0, r1) among undirected edges (u, v), and the kept
+        ``extra`` sort keys ((row - r0) * n + dst), sorted."""
         n = np.int64(self.n)
         fwd = (u >= r0) & (u < r1)
         bwd = (v >= r0) & (v < r1)
-        key = np.concatenate([(u[fwd] - r0) * n + v[fwd], (v[bwd] - r0) * n + u[bwd]])
+        key = np.concatenate([(u[fwd] - r0) * n + v[fwd], (v[bwd] - r0) * n + u[bwd],
+                              *extra])
         key.sort()
         src, dst = np.divmod(key, n)
         src += r0
