@@ -7,8 +7,10 @@ Every measurement is a fresh child process: ``swarm run CONFIG`` as a user types
 shut-down), or a baseline script. While it runs, a sampler sums the proportional set
 size (PSS, from ``/proc/PID/smaps_rollup``) of the child and all its descendants (the
 driver, Ray's processes, the shard workers, and the object store's shared memory,
-shared pages counted once) every 0.2 s or more (the sampler waits 10x what a sample
-cost it, to stay under ~10% of a core); ``peak GiB`` is the largest sum.
+shared pages counted once) every 0.2 s or more; ``peak GiB`` is the largest sum.
+Reading smaps_rollup walks a process's page tables under its memory-map lock and
+slowed the 1e8 run from 65 s to 82 s, so every command runs twice: once timed with
+nothing watching it (``whole s``), once sampled (``peak GiB``).
 
 Baselines, measured in the same run:
 
@@ -102,15 +104,17 @@ def _tree_pss(root: int) -> int:
     return total
 
 
-def measure(cmd: list[str], env: dict | None = None, timeout: float = 3600) -> dict:
-    """Run ``cmd``; its wall time, peak PSS of its process tree, exit code and output."""
+def measure(cmd: list[str], env: dict | None = None, timeout: float = 3600,
+            sample: bool = True) -> dict:
+    """Run ``cmd``; its wall time, peak PSS of its process tree (0 without ``sample``),
+    exit code and output."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=ROOT, env={**os.environ, **(env or {})})
     peak = [0]
     done = threading.Event()
 
-    def sample():
+    def sampler_loop():
         # Reading smaps_rollup walks page tables in the kernel: on a big process tree a
         # sample costs tens of ms, so the sampler waits 10x its own cost (>= 0.2 s) and
         # takes at most ~10% of one core from the run it measures.
@@ -119,7 +123,7 @@ def measure(cmd: list[str], env: dict | None = None, timeout: float = 3600) -> d
             peak[0] = max(peak[0], _tree_pss(proc.pid))
             done.wait(max(0.2, 10 * (time.perf_counter() - t)))
 
-    sampler = threading.Thread(target=sample, daemon=True)
+    sampler = threading.Thread(target=sampler_loop if sample else done.wait, daemon=True)
     sampler.start()
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -210,10 +214,14 @@ def swarm_run(work: Path, name: str, n: int, c: float, p: float, seed_fraction: 
     cfg = _config_file(work, name, n, c, p, seed_fraction, shards, memory_check=False)
     out = work / name
     _log(f"swarm run {name}: n={n:,} c={c} p={p} shards={shards}")
-    res = measure([SWARM, "run", str(cfg), "--out", str(out), "--overwrite", "--no-progress",
-                   *(extra or [])])
-    if res["rc"] != 0:
-        raise RuntimeError(f"swarm run {name} failed:\n{res['output'][-3000:]}")
+    cmd = [SWARM, "run", str(cfg), "--out", str(out), "--overwrite", "--no-progress",
+           *(extra or [])]
+    mem = measure(cmd)
+    res = measure(cmd, sample=False)
+    if res["rc"] != 0 or mem["rc"] != 0:
+        bad = res if res["rc"] else mem
+        raise RuntimeError(f"swarm run {name} failed:\n{bad['output'][-3000:]}")
+    res["peak"] = mem["peak"]
     manifest = json.loads((out / "manifest.json").read_text())
     metrics = __import__("pyarrow").ipc.open_file(out / "metrics.arrow").read_all()
     barrier = [s - w for s, w in zip(metrics["seconds"].to_pylist(),
@@ -228,10 +236,14 @@ def swarm_run(work: Path, name: str, n: int, c: float, p: float, seed_fraction: 
 
 def baseline(kind: str, n: int, c: float, p: float, seed_fraction: float) -> dict:
     _log(f"baseline {kind}: n={n:,} c={c} p={p}")
-    res = measure([PY, "-m", "benchmarks.bench_scale", "--baseline", kind, str(n), str(c),
-                   str(p), str(seed_fraction)])
-    if res["rc"] != 0:
-        raise RuntimeError(f"baseline {kind} failed:\n{res['output'][-3000:]}")
+    cmd = [PY, "-m", "benchmarks.bench_scale", "--baseline", kind, str(n), str(c), str(p),
+           str(seed_fraction)]
+    mem = measure(cmd)
+    res = measure(cmd, sample=False)
+    if res["rc"] != 0 or mem["rc"] != 0:
+        bad = res if res["rc"] else mem
+        raise RuntimeError(f"baseline {kind} failed:\n{bad['output'][-3000:]}")
+    res["peak"] = mem["peak"]
     res.update(json.loads(res["output"].strip().splitlines()[-1]))
     _log(f"  {res['seconds']:.1f} s, peak {res['peak'] / GIB:.2f} GiB")
     return res

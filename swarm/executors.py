@@ -59,6 +59,34 @@ class LocalShards:
         return reports
 
 
+class _ShardProcess(Shard):
+    """A shard that owns its worker process: it tunes the process's allocator first."""
+
+    def __init__(self, *args, **kwargs):
+        keep_freed_memory()
+        super().__init__(*args, **kwargs)
+
+
+def keep_freed_memory() -> None:
+    """Make glibc keep freed arrays of up to 32 MiB for reuse instead of unmapping them.
+
+    A shard allocates and frees arrays of a few MiB per graph block and per step;
+    by default each is a fresh mmap whose pages the kernel zero-fills on first touch
+    (~2.4 s of kernel time per GB here). Measured on one shard's build at n=1e8:
+    8.2 s of system time became 5.0 s. Only for shard worker processes: a user's own
+    process keeps its allocator as it was.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 << 20)
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
 class RayShards:
     """Shards as Ray actors; messages move shard to shard as object refs.
 
@@ -84,7 +112,7 @@ class RayShards:
         cpus = shard_cpus(len(spec_refs))
         # Restarts are the driver's job (from a checkpoint, all shards together):
         # Ray restarting one actor from its constructor would lose its state.
-        actor = ray.remote(num_cpus=cpus, max_restarts=0)(Shard)
+        actor = ray.remote(num_cpus=cpus, max_restarts=0)(_ShardProcess)
         # Named `swarm-<run id>-<attempt>-shard<k>` so operators (and tests) can find them.
         self.actors = [actor.options(name=f"{name}-shard{k}").remote(s, restore_step,
                                                                      restore_files)

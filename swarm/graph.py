@@ -274,47 +274,27 @@ def ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 # --- generators ---------------------------------------------------------------
+#
+# The whole graph in one process, drawn by ``swarm.graphgen`` exactly as a run's
+# shards draw their slices (same seed, same graph, for any shard count).
+
+
+def _whole(seed: int, **fields) -> CSRGraph:
+    from types import SimpleNamespace
+
+    from swarm.graphgen import whole_graph
+
+    return whole_graph(SimpleNamespace(**fields), int(seed))
 
 
 def barabasi_albert(n: int, m: int, seed: int = 0) -> CSRGraph:
-    """Preferential attachment (Barabási–Albert) in O(n m), vectorized.
-
-    Starts from a star on ``m + 1`` nodes, like networkx. Each later node
-    attaches ``m`` edges to endpoints copied uniformly from all earlier edge
-    endpoints (Batagelj & Brandes 2005), which is attachment proportional to
-    degree. The copy chains are resolved by pointer jumping instead of a
-    sequential loop. Repeated picks by one node merge, so a few nodes end
-    with fewer than ``m`` new edges (about 0.01% of edges at m=5, n=1e6).
-    """
+    """Preferential attachment (Barabási–Albert): a star on ``m + 1`` nodes, then each
+    node attaches ``m`` edges to endpoints copied uniformly from the earlier nodes' edges
+    (Batagelj & Brandes 2005), which is attachment proportional to degree. Repeated
+    picks by one node merge, so a few nodes end with fewer than ``m`` new edges."""
     if m < 1 or m >= n:
         raise GraphError(f"barabasi_albert needs 1 <= m < n; got m={m}, n={n}")
-    rng = np.random.default_rng(seed)
-    # Slots: edge e has endpoints at slots 2e (source) and 2e + 1 (target).
-    n_init = m  # star: edges (1, 0), (2, 0), ..., (m, 0)
-    n_new = (n - m - 1) * m
-    e_total = n_init + n_new
-    src = np.empty(e_total, dtype=np.int64)
-    src[:n_init] = np.arange(1, m + 1)
-    src[n_init:] = np.repeat(np.arange(m + 1, n, dtype=np.int64), m)
-    # Each new node copies from the slots of edges that existed before it.
-    edges_before = n_init + (src[n_init:] - (m + 1)) * m
-    ptr = (rng.random(n_new) * (2 * edges_before)).astype(np.int64)
-    tgt = np.full(e_total, -1, dtype=np.int64)
-    tgt[:n_init] = 0
-    # A slot's value: even slot 2e -> src[e]; odd slot 2e+1 -> tgt[e].
-    pending = np.arange(n_init, e_total)
-    while pending.size:
-        p = ptr[pending - n_init]
-        e = p >> 1
-        even = (p & 1) == 0
-        val = np.where(even, src[e], tgt[e])
-        done = val >= 0
-        tgt[pending[done]] = val[done]
-        # Unresolved: jump to where the copied slot itself points.
-        rest = ~done
-        ptr[pending[rest] - n_init] = ptr[e[rest] - n_init]
-        pending = pending[rest]
-    return from_edges(src, tgt, n, directed=False)
+    return _whole(seed, kind="barabasi_albert", n=n, m=m)
 
 
 def watts_strogatz(n: int, k: int, p: float, seed: int = 0) -> CSRGraph:
@@ -328,44 +308,17 @@ def watts_strogatz(n: int, k: int, p: float, seed: int = 0) -> CSRGraph:
         raise GraphError(f"watts_strogatz needs an even k with 2 <= k < n; got k={k}, n={n}")
     if not 0 <= p <= 1:
         raise GraphError(f"watts_strogatz needs 0 <= p <= 1; got p={p}")
-    rng = np.random.default_rng(seed)
-    src = np.repeat(np.arange(n, dtype=np.int64), k // 2)
-    dst = (src + np.tile(np.arange(1, k // 2 + 1), n)) % n
-    rewire = rng.random(src.shape[0]) < p
-    dst[rewire] = rng.integers(0, n, size=int(rewire.sum()))
-    return from_edges(src, dst, n, directed=False)
-
-
-def _sample_pairs(rng, count: int, n_a: int, n_b: int, same: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` distinct pairs (i < j if ``same``) from an n_a x n_b block."""
-    total = n_a * (n_a - 1) // 2 if same else n_a * n_b
-    count = min(count, total)
-    got = np.empty(0, dtype=np.int64)
-    while got.size < count:
-        draw = rng.integers(0, n_a * n_b, size=int((count - got.size) * 1.1) + 16)
-        if same:
-            i, j = np.divmod(draw, n_b)
-            draw = draw[i < j]
-        got = np.concatenate([got, draw])
-        got.sort()
-        keep = np.ones(got.shape, dtype=bool)
-        keep[1:] = got[1:] != got[:-1]
-        got = got[keep]
-    got = rng.permutation(got)[:count]
-    return np.divmod(got, n_b)
+    return _whole(seed, kind="watts_strogatz", n=n, k=k, p=p)
 
 
 def erdos_renyi(n: int, mean_degree: float, seed: int = 0) -> CSRGraph:
-    """G(n, p) with p = mean_degree / (n - 1): binomial edge count, then distinct uniform pairs."""
+    """G(n, p) with p = mean_degree / (n - 1), exactly: binomial edge counts per cell of
+    the adjacency matrix, then distinct uniform pairs in each cell."""
     if n < 2:
         raise GraphError(f"erdos_renyi needs n >= 2; got n={n}")
     if not 0 <= mean_degree <= n - 1:
         raise GraphError(f"erdos_renyi needs 0 <= mean_degree <= n - 1; got {mean_degree}")
-    rng = np.random.default_rng(seed)
-    pairs = n * (n - 1) // 2
-    count = int(rng.binomial(pairs, mean_degree / (n - 1)))
-    i, j = _sample_pairs(rng, count, n, n, same=True)
-    return from_edges(i, j, n, directed=False)
+    return _whole(seed, kind="erdos_renyi", n=n, mean_degree=mean_degree)
 
 
 def sbm(sizes: Sequence[int], p: Sequence[Sequence[float]], seed: int = 0) -> CSRGraph:
@@ -381,22 +334,7 @@ def sbm(sizes: Sequence[int], p: Sequence[Sequence[float]], seed: int = 0) -> CS
         raise GraphError("sbm p must be symmetric (undirected blocks); got p != p.T")
     if (pm < 0).any() or (pm > 1).any():
         raise GraphError("sbm p entries must lie in [0, 1]")
-    rng = np.random.default_rng(seed)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    srcs, dsts = [], []
-    for a in range(k):
-        for b in range(a, k):
-            same = a == b
-            total = sizes[a] * (sizes[a] - 1) // 2 if same else sizes[a] * sizes[b]
-            count = int(rng.binomial(total, pm[a, b])) if total else 0
-            if count:
-                i, j = _sample_pairs(rng, count, sizes[a], sizes[b], same)
-                srcs.append(i + offsets[a])
-                dsts.append(j + offsets[b])
-    n = int(offsets[-1])
-    if not srcs:
-        return from_edges(np.empty(0, np.int64), np.empty(0, np.int64), n)
-    return from_edges(np.concatenate(srcs), np.concatenate(dsts), n, directed=False)
+    return _whole(seed, kind="sbm", sizes=sizes, p=pm.tolist())
 
 
 def configuration(degrees: Sequence[int] | np.ndarray, seed: int = 0) -> CSRGraph:
@@ -409,6 +347,4 @@ def configuration(degrees: Sequence[int] | np.ndarray, seed: int = 0) -> CSRGrap
     if int(deg.sum()) % 2:
         raise GraphError(f"configuration degrees must sum to an even number; got {int(deg.sum())} "
                          "(add or remove one stub)")
-    rng = np.random.default_rng(seed)
-    stubs = rng.permutation(np.repeat(np.arange(deg.size, dtype=np.int64), deg))
-    return from_edges(stubs[0::2], stubs[1::2], int(deg.size), directed=False)
+    return _whole(seed, kind="configuration", degrees=deg.tolist())

@@ -170,6 +170,9 @@ def _graph_stats(plan: _GraphPlan, part: Partition) -> tuple[dict, dict]:
         "built_by": "driver" if plan.held is not None else "shards",
         "merged_edges": sum(s.get("merged_edges", 0) for s in stats),
         "graph_bytes_per_shard": [s["graph_bytes"] for s in stats],
+        # Each shard's build: draw, merge into rows, in-degrees and tables; its memory then.
+        "shard_build": [{k: s[k] for k in ("draw_seconds", "assemble_seconds",
+                                            "finish_seconds", "peak_rss_mib")} for s in stats],
     }
     partition = {
         "kind": part.kind,
