@@ -10,13 +10,14 @@ by a rejected config.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
 
 import typer
 
-from swarm.errors import RunInterrupted, SwarmError
+from swarm.errors import ConfigError, RunInterrupted, SwarmError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="swarm: distributed simulation of large agent populations on Ray.")
@@ -180,6 +181,35 @@ def plan(
     typer.echo(text)
     if not fits:
         raise typer.Exit(code=1)
+
+
+graph_app = typer.Typer(no_args_is_help=True, help="Edge lists too big for one process.")
+app.add_typer(graph_app, name="graph")
+
+
+@graph_app.command("partition")
+def graph_partition(
+    edges: str = typer.Argument(..., help="Edge list: text (src dst per line) or Parquet."),
+    shards: int = typer.Option(..., "--shards", "-k", min=1, help="Shards to split for."),
+    out: str = typer.Option(..., "--out", "-o", help="Folder for shard=K.parquet files."),
+    directed: bool = typer.Option(False, "--directed", help="Edges are one-way."),
+    n: int | None = typer.Option(None, "--n", help="Agents (default: largest id + 1)."),
+) -> None:
+    """Rewrite EDGES as one Parquet file per shard (the contiguous partition's owners),
+    in one streaming pass of bounded memory. The folder is itself an edge list:
+    `graph: {kind: edgelist, path: OUT, directed: true}` (both directions are written)."""
+    from swarm.edgelist import partition_edgelist
+
+    if os.path.exists(out) and os.listdir(out):
+        _fail(ConfigError(f"{out} is not empty; choose a new folder for the shard files"))
+    try:
+        report = partition_edgelist(edges, shards, out, directed=directed, n=n)
+    except SwarmError as exc:
+        _fail(exc)
+    typer.echo(f"{report['rows']:,} edges of {report['n']:,} agents -> {shards} files in {out} "
+               f"(directed edges per shard: {report['directed_edges_per_shard']})")
+    typer.echo(f"run it with: graph: {{kind: edgelist, path: {out}, directed: true, "
+               f"n: {report['n']}}}")
 
 
 @app.command()

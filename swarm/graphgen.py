@@ -217,6 +217,43 @@ class _Cells:
         calls again when it finds one. Without repeats, both calls give the same edges.
         """
         counts = self._counts(ci, cj)
+        pairs = self._pairs(ci, cj)
+        dense = 2 * counts > pairs
+        if dense.any():
+            # A cell more than half full: its missing pairs are drawn instead (rejection
+            # would need ever more rounds as the cell fills up), and it keeps the rest.
+            su, sv = self._sample(ci[~dense], cj[~dense], counts[~dense], distinct)
+            du, dv = self._all_but(ci[dense], cj[dense],
+                                   *self._sample(ci[dense], cj[dense],
+                                                 pairs[dense] - counts[dense], True))
+            return np.concatenate([su, du]), np.concatenate([sv, dv])
+        return self._sample(ci, cj, counts, distinct)
+
+    def _pairs(self, ci: np.ndarray, cj: np.ndarray) -> np.ndarray:
+        si, sj = self.size[ci], self.size[cj]
+        return np.where(ci == cj, si * (si - 1) // 2, si * sj)
+
+    def _all_but(self, ci: np.ndarray, cj: np.ndarray, gone_u: np.ndarray, gone_v: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Every pair (u < v on the diagonal) of cells (ci, cj) except those given."""
+        height, width = self.size[ci], self.size[cj]
+        cells = height * width
+        cell = np.repeat(np.arange(ci.shape[0], dtype=np.int64), cells)
+        flat = np.arange(cell.shape[0], dtype=np.int64) - np.repeat(np.cumsum(cells) - cells,
+                                                                    cells)
+        a, b = np.divmod(flat, width[cell])
+        keep = (ci != cj)[cell] | (a < b)
+        u = self.bounds[ci][cell[keep]] + a[keep]
+        v = self.bounds[cj][cell[keep]] + b[keep]
+        # u * n + v fits int64: a dense cell of a graph with n > 3e9 would hold more
+        # edges than any machine.
+        n = np.int64(self.n)
+        kept = ~np.isin(u * n + v, gone_u * n + gone_v)
+        return u[kept], v[kept]
+
+    def _sample(self, ci: np.ndarray, cj: np.ndarray, counts: np.ndarray, distinct: bool
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """``counts[c]`` pairs of each cell c, uniform, keyed by (cell, index, round)."""
         total = int(counts.sum())
         if total == 0:
             e = np.empty(0, dtype=np.int64)
