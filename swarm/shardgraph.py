@@ -156,10 +156,27 @@ class SliceBuilder:
             counts = np.zeros(n_local, dtype=np.int64)
             parts = []
             if self._pieces is not None:
+                # Complete rows, sorted, block after block: their destinations go straight
+                # into one growing buffer (no list of pieces joined at the end) and each
+                # block counts only its own rows.
+                buf = np.empty(self._expected_edges(), dtype=idx_dtype)
+                fill = 0
                 for s, d in self._pieces:
-                    counts += np.bincount(s - self.lo, minlength=n_local)
-                    parts.append(d.astype(idx_dtype))
+                    if not s.size:
+                        continue
+                    if fill + d.shape[0] > buf.shape[0]:
+                        bigger = np.empty(max(int(buf.shape[0] * 1.25), fill + d.shape[0]),
+                                          dtype=idx_dtype)
+                        bigger[:fill] = buf[:fill]
+                        buf = bigger
+                    buf[fill:fill + d.shape[0]] = d
+                    fill += d.shape[0]
+                    a, b = int(s[0]) - self.lo, int(s[-1]) - self.lo + 1
+                    counts[a:b] += np.bincount(s - s[0], minlength=b - a)
                 self._pieces = None
+                buf.resize(fill, refcheck=False)  # shrinks in place (realloc), no copy
+                parts.append(buf)
+                del buf
             loose = [e for e in (*self._own, *received) if e is not None]
             self._own = []
             if loose:
@@ -205,6 +222,14 @@ class SliceBuilder:
                         out[j] = (srcs[sel], self.indices[sel].astype(np.int64))
         self.stats["assemble_seconds"] = time.perf_counter() - t0
         return out
+
+    def _expected_edges(self) -> int:
+        """Out-edges this shard's rows should hold (the buffer's first size), with room."""
+        from swarm.memory import expected_edges
+
+        sizes = expected_edges(self.source.config)
+        share = sizes[1] * self.agents.shape[0] / max(self.n, 1) if sizes else 0
+        return int(share * 1.01) + 4096
 
     def _local_rows(self, ids: np.ndarray) -> np.ndarray:
         if self.lo is not None:
