@@ -200,13 +200,13 @@ def _config_file(work: Path, name: str, n: int, c: float, p: float, seed_fractio
     return path
 
 
-def _estimate(config_path: Path) -> int:
+def _estimate(config_path: Path, backend: str = "ray") -> int:
     from swarm.config import load_config
     from swarm.envs import ENV_REGISTRY
     from swarm.memory import estimate_from_config
 
     cfg = load_config(config_path)
-    return estimate_from_config(cfg, ENV_REGISTRY[cfg.env.kind]).total
+    return estimate_from_config(cfg, ENV_REGISTRY[cfg.env.kind], backend).total
 
 
 def swarm_run(work: Path, name: str, n: int, c: float, p: float, seed_fraction: float,
@@ -263,7 +263,7 @@ def local_run(work: Path, n: int, c: float, p: float, seed_fraction: float) -> d
         bad = res if res["rc"] else mem
         raise RuntimeError(f"in-process run failed:\n{bad['output'][-3000:]}")
     res["peak"] = mem["peak"]
-    res["estimate"] = _estimate(cfg)
+    res["estimate"] = _estimate(cfg, "local")
     shutil_rm(work / "local")
     return res
 

@@ -104,14 +104,14 @@ def expected_edges(graph_config) -> tuple[int, int] | None:
     return None
 
 
-def estimate_from_config(config, env_cls) -> MemoryEstimate | None:
+def estimate_from_config(config, env_cls, backend: str = "ray") -> MemoryEstimate | None:
     """``estimate_memory`` before anything is built: sizes from the config alone (None for
     an edge list; ``estimate_for`` checks it once its ids are read)."""
     sizes = expected_edges(config.graph)
-    return None if sizes is None else estimate_for(*sizes, config, env_cls)
+    return None if sizes is None else estimate_for(*sizes, config, env_cls, backend=backend)
 
 
-def estimate_memory(graph, config, env_cls) -> MemoryEstimate:
+def estimate_memory(graph, config, env_cls, backend: str = "ray") -> MemoryEstimate:
     """Estimate the peak memory of running ``config`` on ``graph``.
 
     Examples
@@ -125,12 +125,15 @@ def estimate_memory(graph, config, env_cls) -> MemoryEstimate:
     >>> est.shards, est.per_shard > est.object_store // 2
     (2, True)
     """
-    return estimate_for(graph.n, graph.num_edges, config, env_cls, held=True)
+    return estimate_for(graph.n, graph.num_edges, config, env_cls, held=True, backend=backend)
 
 
-def estimate_for(n: int, edges: int, config, env_cls, held: bool | None = None
-                 ) -> MemoryEstimate:
+def estimate_for(n: int, edges: int, config, env_cls, held: bool | None = None,
+                 backend: str = "ray") -> MemoryEstimate:
     """The estimate for a graph of ``n`` agents and ``edges`` directed edges.
+
+    ``backend="local"``: the shards live in the driver's process and no Ray runs, so
+    neither Ray's processes nor a worker process per shard are counted.
 
     ``held``: the driver holds the whole graph (passed in, or a METIS partition);
     by default decided from the config, as the runner decides.
@@ -171,7 +174,11 @@ def estimate_for(n: int, edges: int, config, env_cls, held: bool | None = None
                                              ("contiguous", "hash") else 0)
     cut = (k - 1) / k  # a random graph under any id-blind partition
     exchange = int(WIRE_BYTES_PER_MESSAGE * edges * cut)
-    return MemoryEstimate(driver=driver + RAY_NODE_BYTES, object_store=store,
+    if backend == "local":
+        per_shard -= PROCESS_BYTES
+    else:
+        driver += RAY_NODE_BYTES
+    return MemoryEstimate(driver=driver, object_store=store,
                           per_shard=per_shard, shards=k, graph_per_shard=graph,
                           exchange_per_step=exchange, shard_local=not held)
 

@@ -239,17 +239,19 @@ def run(
     if config.memory_check:
         # From the config alone, before anything is allocated: a graph too big
         # for the cluster is refused in a second, not after minutes of building.
-        if graph is None and (estimate := estimate_from_config(config, env_cls)) is not None:
+        estimate = estimate_from_config(config, env_cls, backend) if graph is None else None
+        if estimate is not None:
             check_memory(estimate, backend=backend)
 
         def check(n: int, edges: int) -> None:
-            check_memory(estimate_for(n, edges, config, env_cls), backend=backend)
+            check_memory(estimate_for(n, edges, config, env_cls, backend=backend),
+                         backend=backend)
     plan = _plan_graph(config, graph, partition, check)
     if plan.n < 1:
         raise GraphError("the graph has no agents")
     part, env_cls, setup, personas = _prepare(config, plan, partition, backend)
     if config.memory_check and plan.source == "argument":  # the others were checked above
-        check_memory(estimate_memory(plan.held, config, env_cls), backend=backend)
+        check_memory(estimate_memory(plan.held, config, env_cls, backend), backend=backend)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "run_id": uuid.uuid4().hex[:12],
