@@ -171,6 +171,17 @@ def bare_build(n: int, c: float, seed: int):
     return indptr, dst.astype(np.int32)
 
 
+def measure_twice(cmd: list[str], what: str, env: dict | None = None) -> dict:
+    """``cmd`` timed with nothing watching it, and its peak PSS from a second, sampled run."""
+    mem = measure(cmd, env=env)
+    res = measure(cmd, env=env, sample=False)
+    if res["rc"] != 0 or mem["rc"] != 0:
+        bad = res if res["rc"] else mem
+        raise RuntimeError(f"{what} failed:\n{bad['output'][-3000:]}")
+    res["peak"] = mem["peak"]
+    return res
+
+
 def _baseline(kind: str, n: int, c: float, p: float, seed_fraction: float) -> None:
     from benchmarks.baselines import bare_numpy_ic
 
@@ -217,12 +228,7 @@ def swarm_run(work: Path, name: str, n: int, c: float, p: float, seed_fraction: 
     _log(f"swarm run {name}: n={n:,} c={c} p={p} shards={shards}")
     cmd = [SWARM, "run", str(cfg), "--out", str(out), "--overwrite", "--no-progress",
            *(extra or [])]
-    mem = measure(cmd)
-    res = measure(cmd, sample=False)
-    if res["rc"] != 0 or mem["rc"] != 0:
-        bad = res if res["rc"] else mem
-        raise RuntimeError(f"swarm run {name} failed:\n{bad['output'][-3000:]}")
-    res["peak"] = mem["peak"]
+    res = measure_twice(cmd, f"swarm run {name}")
     manifest = json.loads((out / "manifest.json").read_text())
     metrics = __import__("pyarrow").ipc.open_file(out / "metrics.arrow").read_all()
     barrier = [s - w for s, w in zip(metrics["seconds"].to_pylist(),
@@ -239,12 +245,7 @@ def baseline(kind: str, n: int, c: float, p: float, seed_fraction: float) -> dic
     _log(f"baseline {kind}: n={n:,} c={c} p={p}")
     cmd = [PY, "-m", "benchmarks.bench_scale", "--baseline", kind, str(n), str(c), str(p),
            str(seed_fraction)]
-    mem = measure(cmd)
-    res = measure(cmd, sample=False)
-    if res["rc"] != 0 or mem["rc"] != 0:
-        bad = res if res["rc"] else mem
-        raise RuntimeError(f"baseline {kind} failed:\n{bad['output'][-3000:]}")
-    res["peak"] = mem["peak"]
+    res = measure_twice(cmd, f"baseline {kind}")
     res.update(json.loads(res["output"].strip().splitlines()[-1]))
     _log(f"  {res['seconds']:.1f} s, peak {res['peak'] / GIB:.2f} GiB")
     return res
@@ -257,12 +258,7 @@ def local_run(work: Path, n: int, c: float, p: float, seed_fraction: float) -> d
               f"swarm.run(load_config({str(cfg)!r}), {str(work / 'local')!r}, "
               "backend='local', overwrite=True, progress=False)")
     _log(f"in-process run: n={n:,}")
-    mem = measure([PY, "-c", script])
-    res = measure([PY, "-c", script], sample=False)
-    if res["rc"] != 0 or mem["rc"] != 0:
-        bad = res if res["rc"] else mem
-        raise RuntimeError(f"in-process run failed:\n{bad['output'][-3000:]}")
-    res["peak"] = mem["peak"]
+    res = measure_twice([PY, "-c", script], "in-process run")
     res["estimate"] = _estimate(cfg, "local")
     shutil_rm(work / "local")
     return res

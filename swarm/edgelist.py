@@ -19,7 +19,7 @@ import numpy as np
 from swarm.errors import GraphError
 from swarm.graph import MAX_AGENTS
 
-__all__ = ["edgelist_size", "read_part", "partition_edgelist"]
+__all__ = ["edgelist_size", "read_part", "read_all", "partition_edgelist", "check_ids"]
 
 #: Bytes of a text edge list parsed at a time.
 TEXT_CHUNK = 64 << 20
@@ -216,10 +216,11 @@ def check_ids(n: int):
 
 
 def partition_edgelist(path: str, shards: int, out: str, *, directed: bool = False,
-                       n: int | None = None, batch_rows: int = 1 << 22) -> dict:
+                       n: int | None = None) -> dict:
     """Rewrite edge list ``path`` as ``out/shard=K.parquet``: every edge in the file of the
-    shard owning its source under the contiguous partition. One streaming pass; memory is
-    bounded by ``batch_rows`` edges. Returns sizes for the caller to print."""
+    shard owning its source under the contiguous partition. One streaming pass (after the
+    one that sizes it); memory is bounded by one row group or 64 MiB of text at a time.
+    Returns sizes for the caller to print."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -235,7 +236,7 @@ def partition_edgelist(path: str, shards: int, out: str, *, directed: bool = Fal
     counts = np.zeros(shards, dtype=np.int64)
 
     try:
-        for src, dst in _stream(path, batch_rows):
+        for src, dst in _stream(path):
             if not directed:
                 src, dst = np.concatenate([src, dst]), np.concatenate([dst, src])
             owner = np.searchsorted(bounds, src, side="right") - 1
@@ -253,7 +254,15 @@ def partition_edgelist(path: str, shards: int, out: str, *, directed: bool = Fal
     return {"n": int(n), "rows": int(rows), "directed_edges_per_shard": counts.tolist()}
 
 
-def _stream(path: str, batch_rows: int):
+def read_all(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every (src, dst) of an edge list, as written (one process; ``read_part`` splits)."""
+    parts = list(_stream(path))
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate([s for s, _ in parts]), np.concatenate([d for _, d in parts])
+
+
+def _stream(path: str):
     if _is_parquet(path):
         for pf, g, cols, f in _groups(path):
             yield _row_group(pf, f, g, cols)

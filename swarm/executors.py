@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from swarm.errors import ClusterError
-from swarm.shard import Shard, build_shards
+from swarm.shard import Shard, build_shards, inbound
 
 __all__ = ["LocalShards", "RayShards", "connect", "is_recoverable", "make_shards", "put_specs"]
 
@@ -25,12 +25,8 @@ class LocalShards:
         self.shards, self.stats = build_shards(specs, restore_step, restore_files)
 
     def submit(self, step: int, outs: list[list[Any]] | None, checkpoint: bool = False):
-        k = len(self.shards)
-        return [
-            s.step(step, *([] if outs is None else [outs[i][j] for i in range(k) if i != j]),
-                   checkpoint=checkpoint)
-            for j, s in enumerate(self.shards)
-        ]
+        return [s.step(step, *([] if outs is None else inbound(outs, j)), checkpoint=checkpoint)
+                for j, s in enumerate(self.shards)]
 
     def collect(self, results):
         return [r[0] for r in results], [list(r[1:]) for r in results]
@@ -142,19 +138,16 @@ class RayShards:
             a.assemble.remote()
             return self.ray.get([a.finish.remote()])
         drawn = [a.draw.options(num_returns=k).remote() for a in self.actors]
-        sent = [a.assemble.options(num_returns=k).remote(
-            *[drawn[i][j] for i in range(k) if i != j]) for j, a in enumerate(self.actors)]
+        sent = [a.assemble.options(num_returns=k).remote(*inbound(drawn, j))
+                for j, a in enumerate(self.actors)]
         del drawn
-        return self.ray.get([a.finish.remote(*[sent[i][j] for i in range(k) if i != j])
+        return self.ray.get([a.finish.remote(*inbound(sent, j))
                              for j, a in enumerate(self.actors)])
 
     def submit(self, step: int, outs: list[list[Any]] | None, checkpoint: bool = False):
-        k = len(self.actors)
-        return [
-            method.remote(step, *([] if outs is None else [outs[i][j] for i in range(k) if i != j]),
-                          checkpoint=checkpoint)
-            for j, method in enumerate(self._step)
-        ]
+        return [method.remote(step, *([] if outs is None else inbound(outs, j)),
+                              checkpoint=checkpoint)
+                for j, method in enumerate(self._step)]
 
     def collect(self, refs):
         summaries = self.ray.get([r[0] for r in refs])

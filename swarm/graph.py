@@ -166,10 +166,9 @@ def read_edgelist(
     path = os.fspath(path)
     if not os.path.exists(path):
         raise GraphError(f"edge list not found: {path}")
-    if path.endswith((".parquet", ".pq")):
-        src, dst = _read_parquet_edges(path)
-    else:
-        src, dst = _read_text_edges(path)
+    from swarm.edgelist import read_all
+
+    src, dst = read_all(path)
     if src.size and min(src.min(), dst.min()) < 0:
         raise GraphError(f"{path}: node ids must be non-negative integers")
     top = int(max(src.max(), dst.max())) + 1 if src.size else 0
@@ -185,71 +184,6 @@ def read_edgelist(
     if check is not None:
         check(n, src.shape[0] * (1 if directed else 2))
     return from_edges(src, dst, n, directed=directed)
-
-
-def _read_parquet_edges(path: str) -> tuple[np.ndarray, np.ndarray]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise GraphError(f"{path}: not a readable Parquet file ({exc})") from exc
-    names = table.column_names
-    if {"src", "dst"} <= set(names):
-        cols = ["src", "dst"]
-    elif len(names) >= 2:
-        cols = names[:2]
-    else:
-        raise GraphError(f"{path}: a Parquet edge list needs columns 'src' and 'dst'; got {names}")
-    out = []
-    for c in cols:
-        col = table.column(c)
-        if not pa.types.is_integer(col.type):
-            raise GraphError(f"{path}: column {c!r} must hold integer node ids; got {col.type}")
-        if col.null_count:
-            raise GraphError(f"{path}: column {c!r} has {col.null_count} null node ids")
-        out.append(col.to_numpy().astype(np.int64))
-    return out[0], out[1]
-
-
-def _read_text_edges(path: str) -> tuple[np.ndarray, np.ndarray]:
-    # Fast path: numpy's C parser. On any failure, rescan in Python to name
-    # the first bad line, which numpy's message does not always do.
-    import warnings
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # "empty input file" is a warning in numpy
-            arr = np.loadtxt(path, dtype=np.float64, comments="#", ndmin=2)
-        ids = arr[:, :2]
-        if arr.shape[1] in (2, 3) and np.all(ids == np.round(ids)) and np.all(np.abs(ids) < 2**53):
-            return arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64)
-    except (ValueError, IndexError, UserWarning):
-        pass
-    src, dst = [], []
-    with open(path) as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            parts = line.replace(",", " ").split()
-            try:
-                if len(parts) < 2:
-                    raise ValueError
-                u, v = int(parts[0]), int(parts[1])
-                if len(parts) > 2:
-                    float(parts[2])  # an optional weight column
-                if len(parts) > 3:
-                    raise ValueError
-            except ValueError:
-                raise GraphError(
-                    f"{path}, line {lineno}: expected 'src dst' (two integer node ids, "
-                    f"optionally a numeric weight); got {raw.rstrip()!r}"
-                ) from None
-            src.append(u)
-            dst.append(v)
-    return np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64)
 
 
 def ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

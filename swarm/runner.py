@@ -168,7 +168,10 @@ def _graph_stats(plan: _GraphPlan, part: Partition) -> tuple[dict, dict]:
         "build_seconds": round(plan.seconds + max(
             s["draw_seconds"] + s["assemble_seconds"] + s["finish_seconds"] for s in stats), 4),
         "built_by": "driver" if plan.held is not None else "shards",
+        # Edges drawn or listed twice merge into one; self-loops are dropped (an edge
+        # list's, a rewired ring edge's); both counted here, directed edges.
         "merged_edges": sum(s.get("merged_edges", 0) for s in stats),
+        "self_loops_dropped": sum(s.get("self_loops", 0) for s in stats),
         "graph_bytes_per_shard": [s["graph_bytes"] for s in stats],
         # Each shard's build: draw, merge into rows, in-degrees and tables; its memory then.
         "shard_build": [{k: s[k] for k in ("draw_seconds", "assemble_seconds",

@@ -32,7 +32,7 @@ from swarm.rng import KeyedRNG
 from swarm.shardgraph import Edges, GraphSource, SliceBuilder
 from swarm.storage import RunStore
 
-__all__ = ["Shard", "ShardSpec", "build_shards", "is_quiescent"]
+__all__ = ["Shard", "ShardSpec", "build_shards", "inbound", "is_quiescent"]
 
 Messages = dict[str, np.ndarray]
 #: What one shard sends another in a step: {"direct": Messages, "broadcast": Messages}.
@@ -483,15 +483,19 @@ class Shard:
                 "peak_rss_mib": _peak_rss_mib()}
 
 
+def inbound(parts: list, j: int) -> list:
+    """What shard ``j`` receives: ``parts[i][j]`` from every other shard ``i``, in order."""
+    return [parts[i][j] for i in range(len(parts)) if i != j]
+
+
 def build_shards(specs: list[ShardSpec], restore_step: int | None = None,
                  restore_files: tuple[str, ...] = ()) -> tuple[list[Shard], list[dict]]:
     """Shards in this process, their slices built through the same three calls as on Ray."""
     shards = [Shard(s, restore_step, restore_files) for s in specs]
-    k = len(shards)
     drawn = [s.draw() for s in shards]
-    sent = [s.assemble(*[drawn[i][j] for i in range(k) if i != j]) for j, s in enumerate(shards)]
+    sent = [s.assemble(*inbound(drawn, j)) for j, s in enumerate(shards)]
     del drawn
-    stats = [s.finish(*[sent[i][j] for i in range(k) if i != j]) for j, s in enumerate(shards)]
+    stats = [s.finish(*inbound(sent, j)) for j, s in enumerate(shards)]
     return shards, stats
 
 

@@ -120,8 +120,10 @@ class SliceBuilder:
             self._pieces = drawn.pieces  # complete rows of this shard: kept as they come
         else:
             loose.extend(drawn.pieces)  # rows of another partition: routed like the rest
+        loops = 0
         for s, d in loose:
             keep = s != d
+            loops += int(keep.shape[0] - np.count_nonzero(keep))
             s, d = s[keep], d[keep]
             owner = self.partition.shard_of(s)
             order = np.argsort(owner, kind="stable")
@@ -137,6 +139,7 @@ class SliceBuilder:
                     prev = out[j]
                     out[j] = part if prev is None else (np.concatenate([prev[0], part[0]]),
                                                         np.concatenate([prev[1], part[1]]))
+        self.stats["self_loops"] = loops
         self.stats["draw_seconds"] = time.perf_counter() - t0
         return out
 

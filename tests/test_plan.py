@@ -90,3 +90,17 @@ def test_graph_partition_writes_shard_files_that_run_like_the_original(tmp_path)
     assert a.manifest["graph"]["directed_edges"] == b.manifest["graph"]["directed_edges"]
     assert a.manifest["graph"]["built_by"] == "shards"
     assert sorted_events(a).equals(sorted_events(b))
+
+
+def test_self_loops_and_repeated_edges_of_an_edge_list_are_counted(tmp_path):
+    path = tmp_path / "e.txt"
+    path.write_text("0 1\n1 2\n2 2\n1 0\n3 4\n3 4\n")
+    cfg = validate_config({"seed": 1, "steps": 2, "shards": 2,
+                           "graph": {"kind": "edgelist", "path": str(path)},
+                           "env": {"kind": "cascade", "model": "independent_cascade",
+                                   "p": 0.5}})
+    g = swarm.run(cfg, tmp_path / "r", backend="local").manifest["graph"]
+    # Undirected: each line is two directed edges. (2, 2) twice is dropped; (0, 1) and
+    # (1, 0) are one edge listed twice, (3, 4) too: 4 directed repeats merge.
+    assert g["self_loops_dropped"] == 2 and g["merged_edges"] == 4
+    assert g["directed_edges"] == 6 and g["n"] == 5
