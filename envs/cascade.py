@@ -121,7 +121,7 @@ class Cascade(Env):
     """Independent cascade, linear threshold (weights 1/in-degree) or SIR.
 
     IC and SIR decide at the sender: the policy draws per out-edge of each
-    newly active (IC) or infectious (SIR) agent, keyed by the global edge id,
+    newly active (IC) or infectious (SIR) agent, keyed by the edge (its two ends),
     and only transmissions travel, as point-to-point messages. LT exposes every
     out-neighbour, so newly active agents broadcast their root: the engine
     ships a broadcast once to each shard and fans it out there, where the

@@ -1,5 +1,6 @@
 """Where shards run: in this process, or as Ray actors. The only part of the engine that
-starts actors or passes Ray object refs; the driver sees the same calls either way.
+starts shard actors or passes their object refs; the driver sees the same calls either
+way (policy servers, `swarm.policy_server`, are actors of their own).
 
 Both build the shards' slices (draw, assemble, finish: ``swarm.shardgraph``) with
 edges going shard to shard, then step them. On Ray, messages move from shard to

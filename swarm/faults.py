@@ -112,7 +112,7 @@ class Faults:
         """Which messages from ``src`` to ``dst`` sent at step ``sent`` never arrive.
 
         ``key`` identifies each message for the drop draw (a broadcast copy's
-        edge id); default the (src, dst) pair.
+        edge key); default the (src, dst) pair.
         """
         cfg = self.config
         lost = np.zeros(src.shape[0], dtype=bool)

@@ -41,8 +41,9 @@ class CSRGraph:
     """Out-edges in compressed sparse row form.
 
     ``indices[indptr[v]:indptr[v + 1]]`` are the agents ``v`` sends to, sorted.
-    The position of an edge in ``indices`` is its global edge id, which keyed
-    randomness uses, so it does not depend on how the graph is partitioned.
+    Keyed randomness identifies an edge by its two ends
+    (``swarm.graphgen.edge_key``), never by its position, so nothing depends on
+    how the graph is partitioned.
     """
 
     indptr: np.ndarray
