@@ -8,6 +8,25 @@ import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+#: A run small enough for a job or a cluster test: 2,000 agents, 2 shards.
+TINY_CONFIG = """\
+seed: 11
+steps: 50
+shards: 2
+graph: {kind: barabasi_albert, n: 2000, m: 3}
+env: {kind: cascade, model: independent_cascade, p: 0.1, seed_fraction: 0.01}
+log: {flush_every: 5}
+"""
+
+
+@pytest.fixture
+def tiny_work(tmp_path):
+    """A folder holding only the tiny config (a job's whole upload)."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "tiny.yaml").write_text(TINY_CONFIG)
+    return folder
+
 
 @pytest.fixture(scope="session")
 def ray_session():

@@ -23,19 +23,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: `ray` and `swarm` live here
-
-TINY_CONFIG = """\
-seed: 11
-steps: 50
-shards: 2
-graph: {kind: barabasi_albert, n: 2000, m: 3}
-env: {kind: cascade, model: independent_cascade, p: 0.1, seed_fraction: 0.01}
-log: {flush_every: 5}
-"""
-
 
 def free_ports(k: int) -> list[int]:
     """k TCP ports free on 127.0.0.1 right now (held together so they differ)."""

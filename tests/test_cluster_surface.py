@@ -27,7 +27,7 @@ import textwrap
 import time
 
 import pytest
-from test_address import TINY_CONFIG, RayNode, cluster_env, swarm_cli
+from test_address import RayNode, cluster_env, swarm_cli
 
 # Starts the embedded Ray the way `swarm run` does, puts one actor on it (a
 # worker process with its own gRPC server) that starts a child process of its
@@ -220,14 +220,6 @@ def token_head():
     finally:
         head.stop()
         shutil.rmtree(head.temp_dir, ignore_errors=True)
-
-
-@pytest.fixture
-def tiny_work(tmp_path):
-    folder = tmp_path / "work"
-    folder.mkdir()
-    (folder / "tiny.yaml").write_text(TINY_CONFIG)
-    return folder
 
 
 def no_token_env(tmp_path, **extra):

@@ -13,7 +13,7 @@ import shutil
 import time
 
 import pytest
-from test_address import TINY_CONFIG, RayNode, cluster_env, sorted_events, swarm_cli
+from test_address import RayNode, cluster_env, sorted_events, swarm_cli
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +29,6 @@ def jobs_head():
         shutil.rmtree(head.temp_dir, ignore_errors=True)
 
 
-@pytest.fixture
-def work(tmp_path):
-    """A folder holding only the tiny config: the job's whole upload."""
-    folder = tmp_path / "work"
-    folder.mkdir()
-    (folder / "tiny.yaml").write_text(TINY_CONFIG)
-    return folder
-
-
 def wait_done(job_id: str, address: str, timeout: float = 90) -> str:
     from swarm.cluster.jobs import job_status
 
@@ -50,13 +41,13 @@ def wait_done(job_id: str, address: str, timeout: float = 90) -> str:
     raise TimeoutError(f"job {job_id} not done after {timeout} s")
 
 
-def test_submit_then_status_then_logs(jobs_head, work, tmp_path):
+def test_submit_then_status_then_logs(jobs_head, tiny_work, tmp_path):
     import swarm
 
     out = tmp_path / "cluster-run"
     address = jobs_head.dashboard_url
     proc = swarm_cli("submit", "tiny.yaml", "--out", out, "--address", address,
-                     "--shards", "2", "--set", "env.p=0.12", cwd=work)
+                     "--shards", "2", "--set", "env.p=0.12", cwd=tiny_work)
     assert proc.returncode == 0, proc.stderr
     match = re.search(r"^submitted job (\S+) to (\S+)$", proc.stdout, re.M)
     assert match and match.group(2) == address, proc.stdout
@@ -73,7 +64,7 @@ def test_submit_then_status_then_logs(jobs_head, work, tmp_path):
     assert manifest["status"] == "completed" and manifest["partition"]["shards"] == 2
     assert manifest["config"]["env"]["p"] == 0.12  # the --set reached the cluster
     # The same config run here with no Ray leaves the same events.
-    cfg = swarm.load_config(str(work / "tiny.yaml"), ["env.p=0.12"])
+    cfg = swarm.load_config(str(tiny_work / "tiny.yaml"), ["env.p=0.12"])
     swarm.run(cfg, str(tmp_path / "local"), backend="local", progress=False)
     assert sorted_events(out) == sorted_events(tmp_path / "local")
 
@@ -86,7 +77,7 @@ def test_submit_then_status_then_logs(jobs_head, work, tmp_path):
     assert followed.returncode == 0 and f"run directory: {out}" in followed.stdout
 
 
-def test_unknown_job_and_bad_input_exit_2(jobs_head, work, monkeypatch):
+def test_unknown_job_and_bad_input_exit_2(jobs_head, tiny_work, monkeypatch):
     from typer.testing import CliRunner
 
     from swarm.cli import app
@@ -96,10 +87,10 @@ def test_unknown_job_and_bad_input_exit_2(jobs_head, work, monkeypatch):
     result = runner.invoke(app, ["status", "no-such-job", "--address", address])
     assert result.exit_code == 2 and "no job 'no-such-job'" in result.output
     # The job sees only the uploaded folder (the current one), so the config must be in it.
-    result = runner.invoke(app, ["submit", str(work / "tiny.yaml"), "--out", "/x",
+    result = runner.invoke(app, ["submit", str(tiny_work / "tiny.yaml"), "--out", "/x",
                                  "--address", address])
     assert result.exit_code == 2 and "is outside the folder" in result.output
-    monkeypatch.chdir(work)
+    monkeypatch.chdir(tiny_work)
     # A relative run directory would land in the job's throw-away working copy.
     result = runner.invoke(app, ["submit", "tiny.yaml", "--out", "runs/x", "--address", address])
     assert result.exit_code == 2 and "is relative" in result.output
@@ -112,10 +103,10 @@ def test_unknown_job_and_bad_input_exit_2(jobs_head, work, monkeypatch):
     assert result.exit_code == 2 and "is not a Ray dashboard" in result.output
 
 
-def test_submit_to_an_unreachable_address_fails_fast(work, tmp_path):
+def test_submit_to_an_unreachable_address_fails_fast(tiny_work, tmp_path):
     t0 = time.monotonic()
     proc = swarm_cli("submit", "tiny.yaml", "--out", tmp_path / "r", "--address",
-                     "http://127.0.0.1:1", cwd=work, timeout=60)
+                     "http://127.0.0.1:1", cwd=tiny_work, timeout=60)
     elapsed = time.monotonic() - t0
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
