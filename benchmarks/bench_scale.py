@@ -18,7 +18,8 @@ Baselines, measured in the same run:
   scipy COO -> CSR conversion, symmetrized, then the frontier IC loop of
   ``benchmarks.baselines.bare_numpy_ic``. What a user writes by hand.
 * ``bare``: the same IC loop on a graph built by the fastest vectorized numpy we
-  have (one int64 sort of the edge keys, no scipy): the floor.
+  have (``baselines.random_symmetric_csr``: one int64 sort of the edge keys, no
+  scipy): the floor.
 
 Scenarios (``--only`` picks some; ``--quick`` divides every n by 10):
 
@@ -154,23 +155,6 @@ def naive_build(n: int, c: float, seed: int):
     return a.indptr, a.indices
 
 
-def bare_build(n: int, c: float, seed: int):
-    """The fastest vectorized numpy G(n, p): one int64 sort of the edge keys."""
-    rng = np.random.default_rng(seed)
-    m = int(rng.binomial(n * (n - 1) // 2, c / (n - 1)))
-    u = rng.integers(0, n, m)
-    v = rng.integers(0, n, m)
-    keep = u != v
-    key = np.concatenate([u[keep] * n + v[keep], v[keep] * n + u[keep]])
-    del u, v, keep
-    key.sort()
-    src, dst = np.divmod(key, n)
-    del key
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
-    return indptr, dst.astype(np.int32)
-
-
 def measure_twice(cmd: list[str], what: str, env: dict | None = None) -> dict:
     """``cmd`` timed with nothing watching it, and its peak PSS from a second, sampled run."""
     mem = measure(cmd, env=env)
@@ -183,10 +167,13 @@ def measure_twice(cmd: list[str], what: str, env: dict | None = None) -> dict:
 
 
 def _baseline(kind: str, n: int, c: float, p: float, seed_fraction: float) -> None:
-    from benchmarks.baselines import bare_numpy_ic
+    from benchmarks.baselines import bare_numpy_ic, random_symmetric_csr
 
     t0 = time.perf_counter()
-    indptr, indices = (naive_build if kind == "naive" else bare_build)(n, c, 1)
+    if kind == "naive":
+        indptr, indices = naive_build(n, c, 1)
+    else:
+        indptr, indices = random_symmetric_csr(n, c, np.random.default_rng(1))
     t1 = time.perf_counter()
     seeds = np.random.default_rng(2).choice(n, max(1, int(n * seed_fraction)), replace=False)
     res = bare_numpy_ic(indptr, indices, seeds, p, 3)

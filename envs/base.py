@@ -344,6 +344,9 @@ class Env:
     state_attrs: ClassVar[tuple[str, ...]] = ()
     #: Bytes of state per agent (for the memory guard's estimate before a run).
     state_bytes_per_agent: ClassVar[int] = 16
+    #: The share of a shard's agents (and their edges) the busiest step works on, for
+    #: the same estimate: 1 where every agent acts every step.
+    peak_active_share: ClassVar[float] = 1.0
     #: A small raw run config (graph, env, steps, ...) that exercises the env in a
     #: few seconds: what ``swarm.envs.testing`` checks it with.
     smoke_config: ClassVar[dict] = {}

@@ -200,8 +200,9 @@ def graph_partition(
     `graph: {kind: edgelist, path: OUT, directed: true}` (both directions are written)."""
     from swarm.edgelist import partition_edgelist
 
-    if os.path.exists(out) and os.listdir(out):
-        _fail(ConfigError(f"{out} is not empty; choose a new folder for the shard files"))
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        _fail(ConfigError(f"{out} exists and is not an empty folder; choose a new folder "
+                          "for the shard files"))
     try:
         report = partition_edgelist(edges, shards, out, directed=directed, n=n)
     except SwarmError as exc:

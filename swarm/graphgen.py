@@ -36,6 +36,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from swarm.errors import GraphError
+from swarm.graph import ragged_arange
 from swarm.rng import KeyedRNG, mix64
 
 __all__ = ["GeneratedSlice", "graph_size", "generate", "generation_ranges", "block_bounds",
@@ -239,8 +240,7 @@ class _Cells:
         height, width = self.size[ci], self.size[cj]
         cells = height * width
         cell = np.repeat(np.arange(ci.shape[0], dtype=np.int64), cells)
-        flat = np.arange(cell.shape[0], dtype=np.int64) - np.repeat(np.cumsum(cells) - cells,
-                                                                    cells)
+        flat = ragged_arange(np.zeros_like(cells), cells)
         a, b = np.divmod(flat, width[cell])
         keep = (ci != cj)[cell] | (a < b)
         u = self.bounds[ci][cell[keep]] + a[keep]
@@ -259,7 +259,7 @@ class _Cells:
             e = np.empty(0, dtype=np.int64)
             return e, e
         cell = np.repeat(np.arange(ci.shape[0], dtype=np.int64), counts)
-        index = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        index = ragged_arange(np.zeros_like(counts), counts)
         cid = (ci * self.c + cj)[cell]
         width = self.size[cj][cell]
         height = self.size[ci][cell]

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 from swarm.errors import ClusterError
+from swarm.partition import ID_KINDS
 
 __all__ = ["MemoryEstimate", "estimate_memory", "estimate_from_config", "estimate_for",
            "expected_edges", "check_memory", "available_memory"]
@@ -140,14 +141,14 @@ def estimate_for(n: int, edges: int, config, env_cls, held: bool | None = None,
     """
     k = config.shards
     if held is None:
-        held = config.partition not in ("contiguous", "hash")
+        held = config.partition not in ID_KINDS
     idx = 4 if n < 2**31 else 8
     n_k, e_k = math.ceil(n / k), math.ceil(edges / k)
     graph = 8 * (n_k + 1) + idx * e_k + 8 * n_k + 4 * n_k  # indptr, indices, ids, in-degree
     broadcasts = env_cls.uses_broadcasts(config.env) and k > 1
     fanout = FANOUT_BYTES_PER_EDGE * e_k if broadcasts else 0
     # The busiest step: the share of agents acting (and of edges used) at once.
-    active = step_activity(config)
+    active = env_cls.peak_active_share
     state = n_k * (env_cls.state_bytes_per_agent + active * EVENT_BYTES_PER_AGENT)
     run = PROCESS_BYTES + graph + fanout + state + active * e_k * MESSAGE_BYTES_PER_EDGE
     pieces = config.graph.kind in ("erdos_renyi", "sbm") and config.partition == "contiguous"
@@ -170,8 +171,8 @@ def estimate_for(n: int, edges: int, config, env_cls, held: bool | None = None,
         store = int(16 * edges * foreign * (k - 1) / k) if k > 1 else 0
     build_peak = PROCESS_BYTES + build + (FANOUT_BUILD_BYTES_PER_EDGE * e_k if broadcasts
                                           else 0)
-    per_shard = int(max(run, build_peak)) + (n if config.partition not in
-                                             ("contiguous", "hash") else 0)
+    # A graph-aware partition gives every shard the whole assignment (1 B per agent).
+    per_shard = int(max(run, build_peak)) + (n if config.partition not in ID_KINDS else 0)
     cut = (k - 1) / k  # a random graph under any id-blind partition
     exchange = int(WIRE_BYTES_PER_MESSAGE * edges * cut)
     if backend == "local":
@@ -181,18 +182,6 @@ def estimate_for(n: int, edges: int, config, env_cls, held: bool | None = None,
     return MemoryEstimate(driver=driver, object_store=store,
                           per_shard=per_shard, shards=k, graph_per_shard=graph,
                           exchange_per_step=exchange, shard_local=not held)
-
-
-#: The busiest step of a cascade (IC, SIR, linear threshold) acts on its frontier, not on
-#: every agent. Measured: IC p=0.3 on ER c=4 at 1e8 peaked at 1.5M new actives (1.5% of
-#: agents) in one step; 0.1 leaves room for denser graphs and faster cascades (an upper
-#: figure, not a fit). Other envs act with every agent every step.
-CASCADE_PEAK_ACTIVITY = 0.1
-
-
-def step_activity(config) -> float:
-    """The share of a shard's agents (and edges) its busiest step works on."""
-    return CASCADE_PEAK_ACTIVITY if config.env.kind == "cascade" else 1.0
 
 
 def available_memory(backend: str) -> tuple[int, int]:

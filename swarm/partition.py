@@ -20,12 +20,15 @@ from swarm.errors import ConfigError, GraphError
 from swarm.graph import CSRGraph, ragged_arange
 from swarm.rng import mix64, stream_id
 
-__all__ = ["Partition", "PARTITION_KINDS"]
+__all__ = ["Partition", "PARTITION_KINDS", "ID_KINDS"]
 
 PARTITION_KINDS = ("contiguous", "hash", "metis", "label_propagation")
 """The strategy names ``Partition`` (and ``RunConfig.partition``) accept."""
 
 _GRAPH_KINDS = ("metis", "label_propagation")
+#: The kinds that need no graph (an agent's shard follows from its id): under them the
+#: shards build their own slices and the driver never holds the graph.
+ID_KINDS = ("contiguous", "hash")
 
 
 class Partition:
@@ -83,7 +86,7 @@ class Partition:
                     f"[0, {num_shards}); got shape {a.shape}"
                 )
             self.kind, self._assignment = "explicit", a.astype(dtype)
-        elif kind in ("contiguous", "hash"):
+        elif kind in ID_KINDS:
             self.kind = kind
         elif kind in _GRAPH_KINDS:
             if graph is None:

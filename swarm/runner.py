@@ -44,7 +44,7 @@ from swarm.graphgen import graph_size, whole_graph
 from swarm.lease import Lease
 from swarm.memory import check_memory, estimate_for, estimate_from_config, estimate_memory
 from swarm.metrics import metric_columns, write_metrics
-from swarm.partition import Partition
+from swarm.partition import ID_KINDS, Partition
 from swarm.policy_server import PolicyServers
 from swarm.population import check_population, load_personas
 from swarm.rng import KeyedRNG
@@ -108,7 +108,7 @@ def _plan_graph(config: RunConfig, graph, partition, check) -> _GraphPlan:
     if graph is not None:
         held = graph if isinstance(graph, CSRGraph) else graphs.from_networkx(graph)[0]
         return _GraphPlan(held.n, held.directed, "argument", held, time.perf_counter() - t0)
-    if partition is not None or config.partition not in SHARD_LOCAL_PARTITIONS:
+    if partition is not None or config.partition not in ID_KINDS:
         held = build_graph(config, check=check)
         return _GraphPlan(held.n, held.directed, "config", held, time.perf_counter() - t0)
     if gc.kind == "edgelist":
@@ -121,10 +121,6 @@ def _plan_graph(config: RunConfig, graph, partition, check) -> _GraphPlan:
             check(n, rows * (1 if gc.directed else 2))
         return _GraphPlan(n, gc.directed, "config", None, time.perf_counter() - t0)
     return _GraphPlan(graph_size(gc), False, "config", None, time.perf_counter() - t0)
-
-
-#: Partitions under which shards build their own slices (the others read the whole graph).
-SHARD_LOCAL_PARTITIONS = ("contiguous", "hash")
 
 
 def _shard_specs(config: RunConfig, plan: _GraphPlan, part: Partition, setup: dict,
@@ -284,7 +280,7 @@ def run(
             _keep(manifest, ckpt.write_arrays(store, GRAPH_FILE, {"indptr": plan.held.indptr,
                                                                   "indices": plan.held.indices},
                                               {"directed": plan.held.directed}))
-        if part.kind not in ("contiguous", "hash"):
+        if part.kind not in ID_KINDS:
             _keep(manifest, ckpt.write_arrays(
                 store, PARTITION_FILE, {"shard": part.shard_of(np.arange(plan.n,
                                                                          dtype=np.int64))}))

@@ -29,7 +29,7 @@ from swarm.graph import ragged_arange
 from swarm.partition import Partition
 from swarm.population import Population, PopulationConfig
 from swarm.rng import KeyedRNG
-from swarm.shardgraph import Edges, GraphSource, SliceBuilder
+from swarm.shardgraph import Edges, GraphSource, SliceBuilder, split_by_shard
 from swarm.storage import RunStore
 
 __all__ = ["Shard", "ShardSpec", "build_shards", "inbound", "is_quiescent"]
@@ -380,14 +380,7 @@ class Shard:
 
     def _split(self, cols: Messages, dest: np.ndarray) -> list[Messages | None]:
         """``cols`` cut into one part per destination shard (None where nothing goes)."""
-        order = np.argsort(dest, kind="stable")
-        bounds = np.searchsorted(dest[order], np.arange(self.num_shards + 1))
-        parts: list[Messages | None] = [None] * self.num_shards
-        for k in range(self.num_shards):
-            if bounds[k + 1] > bounds[k]:
-                sel = order[bounds[k]:bounds[k + 1]]
-                parts[k] = {name: col[sel] for name, col in cols.items()}
-        return parts
+        return split_by_shard(cols, dest, self.num_shards)
 
     def _slots(self, sender: int, part: Messages | None) -> Messages | None:
         """A broadcast part from shard ``sender`` with its slots made rows of this shard's

@@ -27,7 +27,7 @@ import numpy as np
 from swarm.graphgen import edge_key, generate, generation_ranges
 from swarm.partition import Partition
 
-__all__ = ["Fanout", "GraphSource", "SliceBuilder", "index_dtype"]
+__all__ = ["Fanout", "GraphSource", "SliceBuilder", "index_dtype", "split_by_shard"]
 
 Edges = tuple[np.ndarray, np.ndarray]
 
@@ -35,6 +35,20 @@ Edges = tuple[np.ndarray, np.ndarray]
 def index_dtype(n: int):
     """int32 CSR indices where every agent id fits, else int64."""
     return np.int32 if n < 2**31 else np.int64
+
+
+def split_by_shard(cols: dict[str, np.ndarray], dest: np.ndarray, k: int
+                   ) -> list[dict[str, np.ndarray] | None]:
+    """Equal-length ``cols`` cut into one part per destination shard (``dest`` per row),
+    rows kept in order within a part; None where nothing goes."""
+    order = np.argsort(dest, kind="stable")
+    bounds = np.searchsorted(dest[order], np.arange(k + 1))
+    parts: list[dict[str, np.ndarray] | None] = [None] * k
+    for j in range(k):
+        if bounds[j + 1] > bounds[j]:
+            sel = order[bounds[j]:bounds[j + 1]]
+            parts[j] = {name: col[sel] for name, col in cols.items()}
+    return parts
 
 
 @dataclass
@@ -91,6 +105,7 @@ class SliceBuilder:
         self.lo = partition.contiguous_start(shard)
         self._pieces = None
         self._own: list[Edges] = []
+        self._own_in: Edges | None = None
         self.indptr = self.indices = None
         self.stats: dict[str, Any] = {"draw_seconds": 0.0, "assemble_seconds": 0.0,
                                       "finish_seconds": 0.0}
@@ -125,14 +140,11 @@ class SliceBuilder:
             keep = s != d
             loops += int(keep.shape[0] - np.count_nonzero(keep))
             s, d = s[keep], d[keep]
-            owner = self.partition.shard_of(s)
-            order = np.argsort(owner, kind="stable")
-            cut = np.searchsorted(owner[order], np.arange(self.k + 1))
-            for j in range(self.k):
-                sel = order[cut[j]:cut[j + 1]]
-                if not sel.size:
+            for j, cols in enumerate(split_by_shard({"src": s, "dst": d},
+                                                    self.partition.shard_of(s), self.k)):
+                if cols is None:
                     continue
-                part = (s[sel], d[sel])
+                part = (cols["src"], cols["dst"])
                 if j == self.shard:
                     self._own.append(part)
                 else:
@@ -215,14 +227,17 @@ class SliceBuilder:
             self.indices = (np.concatenate(parts) if len(parts) != 1 else parts[0]) if parts \
                 else np.empty(0, dtype=idx_dtype)
         out: list[Edges | None] = [None] * self.k
-        if self.source.directed and self.k > 1:
-            srcs = np.repeat(self.agents, np.diff(self.indptr))
-            owner = self.partition.shard_of(self.indices)
-            for j in range(self.k):
-                if j != self.shard:
-                    sel = np.flatnonzero(owner == j)
-                    if sel.size:
-                        out[j] = (srcs[sel], self.indices[sel].astype(np.int64))
+        if self.source.directed:
+            # Every edge goes to the shard of its target, this one's own edges included
+            # (kept here): in-degrees and in-edge tables are built from them in finish.
+            parts = split_by_shard({"src": np.repeat(self.agents, np.diff(self.indptr)),
+                                    "dst": self.indices.astype(np.int64)},
+                                   self.partition.shard_of(self.indices), self.k)
+            for j, cols in enumerate(parts):
+                if cols is not None:
+                    out[j] = (cols["src"], cols["dst"])
+            self._own_in = out[self.shard]
+            out[self.shard] = None
         self.stats["assemble_seconds"] = time.perf_counter() - t0
         return out
 
@@ -247,18 +262,12 @@ class SliceBuilder:
         t0 = time.perf_counter()
         n_local = self.agents.shape[0]
         if self.source.directed:
-            # In-edges: those of this shard's own rows, and those received.
-            srcs = [np.repeat(self.agents, np.diff(self.indptr))]
-            dsts = [self.indices.astype(np.int64)]
-            if self.k > 1:
-                mine = self.partition.shard_of(dsts[0]) == self.shard
-                srcs[0], dsts[0] = srcs[0][mine], dsts[0][mine]
-            for e in received:
-                if e is not None:
-                    srcs.append(e[0])
-                    dsts.append(e[1])
-            in_src = np.concatenate(srcs)
-            in_row = self._local_rows(np.concatenate(dsts))
+            # In-edges: those of this shard's own rows (kept in assemble) and those received.
+            ins = [e for e in (self._own_in, *received) if e is not None]
+            self._own_in = None
+            in_src = np.concatenate([e[0] for e in ins]) if ins else np.empty(0, np.int64)
+            in_row = self._local_rows(np.concatenate([e[1] for e in ins]) if ins
+                                      else np.empty(0, np.int64))
         else:
             in_src = in_row = None  # an in-edge is an out-edge reversed
         if in_row is None:

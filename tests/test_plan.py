@@ -76,7 +76,10 @@ def test_graph_partition_writes_shard_files_that_run_like_the_original(tmp_path)
     assert files == ["shard=0.parquet", "shard=1.parquet", "shard=2.parquet"]
     assert sum(pq.read_metadata(tmp_path / "parts" / f).num_rows for f in files) == 24000
     again = cli("graph", "partition", edges, "--shards", 3, "--out", tmp_path / "parts")
-    assert again.exit_code == 2 and "not empty" in again.stderr
+    assert again.exit_code == 2 and "not an empty folder" in again.stderr
+    (tmp_path / "a_file").write_text("keep me")
+    onto_file = cli("graph", "partition", edges, "--shards", 3, "--out", tmp_path / "a_file")
+    assert onto_file.exit_code == 2 and (tmp_path / "a_file").read_text() == "keep me"
 
     def config(graph):
         return validate_config({"seed": 2, "steps": 6, "shards": 3, "graph": graph,
