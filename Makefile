@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench bench-scale bench-policy bench-envs bench-analysis clean
+.PHONY: install demo check test test-slow test-all lint bench bench-scale bench-policy bench-envs bench-analysis clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,15 +22,32 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/swarm run examples/cascade.yaml --out runs/demo --overwrite
 
+# Test tiers (README, "Tests"; markers in pyproject.toml and tests/conftest.py).
+# The edit loop, under a minute: unit and small in-process engine tests.
+check: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not slow and not integration"
+
+# What CI runs (.ci/run), under 5 minutes: everything but `slow`.
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
-# Large-n checks (1e6 agents) kept out of the default run.
+# Only what `make test` leaves out: large n (1e6 agents), the three-node cluster,
+# the CLI run of every example env.
 test-slow: $(STAMP)
 	$(VENV)/bin/pytest -q -m slow
 
+# Both: `make test` and `make test-slow` in one run.
+test-all: $(STAMP)
+	$(VENV)/bin/pytest -q -m "slow or not slow"
+
+# ruff, then the layers of DESIGN.md as import-linter contracts (pyproject.toml). grimp
+# reads packages from one folder, so the mapped folders (envs/ -> swarm/envs, ...) are
+# copied into build/layers first, as an install lays them out.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	rm -rf build/layers && mkdir -p build/layers && cp -r swarm build/layers/swarm
+	for d in envs policies analysis cluster; do cp -r $$d build/layers/swarm/$$d; done
+	cd build/layers && PYTHONPATH=. ../../$(VENV)/bin/lint-imports ../../pyproject.toml
 
 # Speed harness: swarm vs a bare numpy floor, NDlib and Mesa (installs their requirements).
 bench: $(STAMP)

@@ -3,7 +3,9 @@
 A cascade is the tree of adoptions that grew from one root: every node names
 its parent (null or -1 at the root) and its root. What a node is depends on
 the env: an agent in the ``cascade`` env (``activate`` events), an item in
-the ``feed`` (``post`` and ``repost`` events). Everything is vectorized over
+the ``feed`` (``post`` and ``repost`` events). A cascade's size counts
+people: the distinct agents among its nodes (the feed lets an agent share a
+cascade once, but older logs may hold repeats). Everything is vectorized over
 numpy columns: depths by pointer jumping, subtree sizes level by level from
 the leaves, groups by a sort; no Python object per node.
 
@@ -84,7 +86,7 @@ def _depths(up: np.ndarray) -> np.ndarray:
 
 
 def cascade_table(node: np.ndarray, parent: np.ndarray, root: np.ndarray,
-                  step: np.ndarray) -> pa.Table:
+                  step: np.ndarray, agent: np.ndarray | None = None) -> pa.Table:
     """One row per cascade (root): its size, depth, breadth, virality and timing.
 
     Parameters
@@ -93,15 +95,21 @@ def cascade_table(node: np.ndarray, parent: np.ndarray, root: np.ndarray,
         One entry per node (unique ``node`` ids); ``parent`` is -1 at roots.
         A node whose parent is not among the nodes starts its own tree (a
         partial log, say); ``root`` is then ignored in favour of the tree found.
+    agent : array of the same length, optional
+        Who made each node, where nodes are not agents (the feed's items): the
+        size then counts distinct agents, so an agent that shared a cascade
+        twice (a log of an older feed) counts once. Default: each node is an agent.
 
     Returns
     -------
     pyarrow.Table
-        ``root``, ``size``, ``depth`` (longest root-to-node path), ``max_breadth``
-        (most nodes at one depth), ``structural_virality`` (NaN for size 1),
-        ``start_step``, ``half_steps`` (steps from the root until half the nodes
-        had joined), ``duration`` (steps from the root to the last node), sorted
-        by ``root``.
+        ``root``, ``size`` (distinct agents), ``nodes`` (tree nodes: ``size`` where
+        each agent joins once), ``depth`` (longest root-to-node path),
+        ``max_breadth`` (most nodes at one depth), ``structural_virality`` (of the
+        tree of nodes; NaN for a single node), ``start_step``, ``half_steps``
+        (steps from the root until half the agents had joined, each at its first
+        node), ``duration`` (steps from the root to the last node), sorted by
+        ``root``.
     """
     node = np.asarray(node, dtype=np.int64)
     parent = np.asarray(parent, dtype=np.int64)
@@ -147,10 +155,20 @@ def cascade_table(node: np.ndarray, parent: np.ndarray, root: np.ndarray,
     pairs = size.astype(np.float64) * (size - 1) / 2.0
     with np.errstate(invalid="ignore", divide="ignore"):
         virality = np.where(size > 1, paths / pairs, np.nan)
-    # Timing: steps from the root until half the nodes (rounded up) had joined.
+    nodes = size
+    # People, not nodes: each (tree, agent) pair once, at its first step.
+    j_tree, j_step = tree, step
+    if agent is not None and n:
+        agent = np.asarray(agent, dtype=np.int64)
+        o = np.lexsort((step, agent, tree))
+        first_join = np.ones(n, dtype=bool)
+        first_join[1:] = (tree[o][1:] != tree[o][:-1]) | (agent[o][1:] != agent[o][:-1])
+        j_tree, j_step = tree[o][first_join], step[o][first_join]
+        size = np.bincount(j_tree, minlength=k)
+    # Timing: steps from the root until half the agents (rounded up) had joined.
     start = step[roots]
-    o = np.lexsort((step, tree))
-    t_sorted, s_sorted = tree[o], step[o]
+    o = np.lexsort((j_step, j_tree))
+    t_sorted, s_sorted = j_tree[o], j_step[o]
     first = np.searchsorted(t_sorted, np.arange(k))
     half_at = first + (size + 1) // 2 - 1
     half_steps = s_sorted[half_at] - start if n else np.zeros(0, np.int64)
@@ -159,6 +177,7 @@ def cascade_table(node: np.ndarray, parent: np.ndarray, root: np.ndarray,
     return pa.table({
         "root": pa.array(node[roots]),
         "size": pa.array(size.astype(np.int64)),
+        "nodes": pa.array(nodes.astype(np.int64)),
         "depth": pa.array(max_depth),
         "max_breadth": pa.array(breadth.astype(np.int64)),
         "structural_virality": pa.array(virality.astype(np.float64)),
@@ -169,10 +188,11 @@ def cascade_table(node: np.ndarray, parent: np.ndarray, root: np.ndarray,
 
 
 def cascade_nodes(events: pa.Table) -> dict[str, np.ndarray]:
-    """The cascade nodes of a run's events: ``node``, ``parent``, ``root``, ``step``.
+    """The cascade nodes of a run's events: ``node``, ``parent``, ``root``, ``step``, ``agent``.
 
-    Items in a feed run (``post`` and ``repost`` events: a node is an item);
-    agents otherwise (``activate`` events of the cascade env: a node is an agent).
+    Items in a feed run (``post`` and ``repost`` events: a node is an item, made
+    by ``agent``); agents otherwise (``activate`` events of the cascade env: a
+    node is an agent).
     """
     kinds = set(events.column("event").cast(pa.string()).unique().to_pylist())
     if {"post", "repost"} & kinds:
@@ -189,6 +209,7 @@ def cascade_nodes(events: pa.Table) -> dict[str, np.ndarray]:
         "parent": np.asarray(t.column("parent").fill_null(-1)),
         "root": np.asarray(t.column("root").fill_null(-1)),
         "step": np.asarray(t.column("step")).astype(np.int64),
+        "agent": np.asarray(t.column("agent")).astype(np.int64),
     }
 
 

@@ -214,7 +214,7 @@ def exposure_table(events: pa.Table, graph: Any = None, *, end_step: int | None 
     elif "activate" in kinds:
         if graph is None:
             raise ValueError("the cascade env does not log exposures: pass the run's graph "
-                             "(swarm.runner.build_graph(config), or (indptr, indices))")
+                             "(swarm.graphgen.build_graph(config), or (indptr, indices))")
         imp, adopt, per_agent_stop, in_degree = _cascade_exposures(events, graph, end)
         excluded = None
     else:

@@ -75,12 +75,10 @@ def _overview(run, events: pa.Table, metrics: pa.Table) -> dict:
 
 
 def _metrics_over_time(run, metrics: pa.Table) -> dict | None:
-    from swarm.envs import ENV_REGISTRY
-
-    env_cls = ENV_REGISTRY.get(run.manifest["env"]["kind"])
-    names = [c for c in (getattr(env_cls, "summary_metrics", ()) or
-                         getattr(env_cls, "derived_metric_names", ()) or
-                         getattr(env_cls, "metric_names", ())) if c in metrics.column_names]
+    env = run.manifest.get("env", {})
+    # The run recorded what to show first; a run from before that shows its env's metrics.
+    names = [c for c in (env.get("summary_metrics") or env.get("metrics") or ())
+             if c in metrics.column_names]
     names = [c for c in names if "seconds" not in c][:6]
     if not names or metrics.num_rows == 0:
         return None
@@ -111,7 +109,8 @@ def _cascades(events: pa.Table) -> dict | None:
     size = np.asarray(t.column("size"))
     vir = np.asarray(t.column("structural_virality"))
     numbers: dict[str, Any] = {
-        "cascades": t.num_rows, "nodes": int(size.sum()), "mean_size": float(size.mean()),
+        "cascades": t.num_rows, "nodes": int(np.asarray(t.column("nodes")).sum()),
+        "mean_size": float(size.mean()),
         "max_size": int(size.max()), "median_size": float(np.median(size)),
         "max_depth": int(np.asarray(t.column("depth")).max()),
         "mean_structural_virality": float(np.nanmean(vir)) if np.isfinite(vir).any() else None,
@@ -166,10 +165,9 @@ def _socialization(run, events: pa.Table, window: int) -> dict | None:
              f"Windows of {window} steps. The action mix does not settle (total variation "
              "stays above 0.05)."]
     try:
-        from swarm.config import validate_config
-        from swarm.runner import build_graph
+        from swarm.config import run_graph
 
-        graph = build_graph(validate_config(run.manifest["config"]))
+        graph = run_graph(run.manifest["config"])
         src = np.repeat(np.arange(graph.n), np.diff(graph.indptr))
         inert = so.individual_inertia(step, agent, code, src, graph.indices, graph.n, window)
         numbers["mean_self_similarity"] = _mean(inert, "self_similarity")
@@ -215,10 +213,9 @@ def _exposure(run, events: pa.Table, metrics: pa.Table) -> dict | None:
     if env == "cascade":
         if cfg["env"].get("model") != "linear_threshold":
             return None
-        from swarm.config import validate_config
-        from swarm.runner import build_graph
+        from swarm.config import run_graph
 
-        graph = build_graph(validate_config(cfg))
+        graph = run_graph(cfg)
     elif env != "feed":
         return None
     end = int(np.asarray(metrics.column("step")).max()) if metrics.num_rows else None

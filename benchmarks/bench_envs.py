@@ -84,7 +84,7 @@ def _measure(label: str, cfg, out: Path, backend: str) -> dict:
 
     _log(f"{label}: n={cfg.graph.n:,}, {cfg.steps} steps, {cfg.shards} shard(s), {backend}")
     run = swarm.run(cfg, out, backend=backend, progress=False)
-    m = run.metrics()
+    m = run.timings()
     loop = run.manifest["timings"]["run_seconds"]
     steps = m.num_rows
     total = {c: float(np.sum(m[c])) for c in m.column_names if "seconds" in c}

@@ -127,7 +127,7 @@ def _one(args, name: str, model_dir: str, personas: str, work: Path, steps: int,
                         backend="local", progress=False)
     finally:
         llm.make_backend = make
-    m = run.metrics().to_pydict()
+    m = run.timings().to_pydict()
     decide, seconds = sum(m["decide_seconds"]), sum(m["seconds"])
     result = {
         "mode": name, "steps": len(m["step"]),

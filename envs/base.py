@@ -19,14 +19,40 @@ import numpy as np
 import pyarrow as pa
 
 from swarm.config_base import StrictModel
+from swarm.contract import ChoiceSpec
+from swarm.eventlog import COMMON_EVENT_COLUMNS, make_events
 from swarm.graph import ragged_arange
 from swarm.graphgen import row_key as _row_key
+from swarm.reductions import (
+    Count,
+    Gini,
+    Histogram,
+    Max,
+    Mean,
+    Min,
+    Reduction,
+    Share,
+    Sum,
+    Variance,
+)
+from swarm.registry import ENVS
 from swarm.rng import KeyedRNG
 
 __all__ = [
     "ENV_REGISTRY",
     "COMMON_EVENT_COLUMNS",
     "ChoiceSpec",
+    "Column",
+    "Count",
+    "Gini",
+    "Histogram",
+    "Max",
+    "Mean",
+    "Min",
+    "Reduction",
+    "Share",
+    "Sum",
+    "Variance",
     "Env",
     "EnvConfig",
     "FannedOut",
@@ -37,21 +63,24 @@ __all__ = [
     "register_env",
 ]
 
-# The columns every event carries (DESIGN.md, "Event log"). ``step`` and
-# ``shard`` are added by the engine; -1 (ints) and NaN (value) mean null.
-COMMON_EVENT_COLUMNS: dict[str, pa.DataType] = {
-    "step": pa.int32(),
-    "shard": pa.int32(),
-    "agent": pa.int64(),
-    "event": pa.dictionary(pa.int8(), pa.string()),
-    "target": pa.int64(),
-    "item": pa.int64(),
-    "root": pa.int64(),
-    "parent": pa.int64(),
-    "value": pa.float32(),
-}
+@dataclass(frozen=True)
+class Column:
+    """One per-agent state column: its dtype, trailing shape and initial value.
 
-_NULLABLE_INT = ("target", "item", "root", "parent")
+    ``shape`` entries are ints or names of config fields (``("dims",)``). The env
+    gets the column as an attribute (rows: the shard's agents), and checkpoints,
+    memory estimates and crash faults follow from the declaration.
+    """
+
+    dtype: Any
+    fill: Any = 0
+    shape: tuple[int | str, ...] = ()
+
+    def trailing(self, config: Any) -> tuple[int, ...]:
+        return tuple(getattr(config, d) if isinstance(d, str) else int(d) for d in self.shape)
+
+    def nbytes_per_agent(self, config: Any) -> int:
+        return int(np.dtype(self.dtype).itemsize * int(np.prod(self.trailing(config))))
 
 
 class EnvConfig(StrictModel):
@@ -77,11 +106,20 @@ class ShardView:
     in_degree: np.ndarray
     rng: KeyedRNG
     contiguous_start: int | None = None
-    #: The run's injected faults (``swarm.faults.Faults``), None in a run without
-    #: any: an env whose crashed agents should stop acting asks ``faults.crashed``.
+    #: The run's injected faults (``swarm.faults.Faults``), None in a run without any.
+    #: The engine already keeps crashed agents from acting; an env asks ``faults.crashed``
+    #: only for metrics that leave them out (a protocol's correct agents).
     faults: Any = None
     #: Set by the shard: returns the edges into its agents (see ``in_edges``).
     in_edges_fn: Any = None
+    #: The run's configured number of steps (None where unknown): periodic logging
+    #: also logs the last step, ``steps - 1`` (see ``log_due``).
+    steps: int | None = None
+
+    def log_due(self, step: int, every: int) -> bool:
+        """Whether periodic events are logged at ``step``: every ``every``-th step and the
+        run's last one, so a log always ends with the final state."""
+        return step % every == 0 or (self.steps is not None and step == self.steps - 1)
 
     @property
     def n_local(self) -> int:
@@ -131,33 +169,6 @@ class ShardView:
             self.contiguous_start = int(a[0])
 
 
-@dataclass(frozen=True)
-class ChoiceSpec:
-    """How LLM-style policies act in an env: one discrete choice per batch row.
-
-    The policy returns ``actions[action]`` as the index of the chosen label
-    (an int tensor); for two labels the env may read it as a boolean. A
-    failed model call gives the ``idle`` label (``on_error: idle``).
-    ``fields`` are the batch columns a prompt template may name, besides
-    ``persona``, ``memory`` and ``actions``.
-    """
-
-    action: str
-    labels: tuple[str, ...]
-    fields: tuple[str, ...] = ()
-    idle: int = 0
-    #: The action key for free text (a list of strings, None where no text);
-    #: empty when the env has nowhere to put text.
-    text: str = ""
-    #: The prompt template used when the policy config gives none.
-    template: str = ""
-    #: The prompt for free text, rendered after the choice (``{choice}`` is its label).
-    text_template: str = ""
-    #: Where an agent has several rows in a batch (one per feed item, say): the
-    #: int column that tells them apart, keyed with the agent for sampling.
-    row_key: str = ""
-
-
 @dataclass
 class StepResult:
     """What ``Env.apply`` hands back to the engine for one step.
@@ -181,6 +192,10 @@ class StepResult:
     #: fixed point). Return the same keys every step. Totals alone do not keep a
     #: run going: it stops when ``active`` is 0 and no message was sent.
     totals: dict[str, int] | None = None
+    #: Per-step arrays the env's declared ``metrics`` reduce (besides its state
+    #: columns): the step's harvests, payoffs, moves. Any length; a reduction with
+    #: ``where`` needs a boolean array of the same length.
+    values: dict[str, np.ndarray] = field(default_factory=dict)
     #: A small table every shard sees at the next step (an all-gather): equal-length
     #: columns, concatenated over the shards into ``Inbox.shared`` in no fixed order,
     #: so sort it by a key before use. For population-wide rankings (the feed's
@@ -293,19 +308,6 @@ class Inbox:
     shared: dict[str, np.ndarray] | None = None
 
 
-def make_events(event: np.ndarray, agent: np.ndarray, **columns: np.ndarray) -> dict:
-    """Event columns with the common nullable ones filled with nulls where not given."""
-    n = agent.shape[0]
-    out = {"event": np.asarray(event, dtype=np.int8), "agent": np.asarray(agent, dtype=np.int64)}
-    for name in _NULLABLE_INT:
-        col = columns.pop(name, None)
-        out[name] = np.full(n, -1, dtype=np.int64) if col is None else col.astype(np.int64)
-    value = columns.pop("value", None)
-    out["value"] = np.full(n, np.nan, np.float32) if value is None else value.astype(np.float32)
-    out.update(columns)
-    return out
-
-
 class Env:
     """Base class of every interaction model.
 
@@ -326,8 +328,19 @@ class Env:
     #: Extra nullable event columns beyond COMMON_EVENT_COLUMNS. As in the common
     #: ones, NaN (floats) and negative values (ints) are logged as null.
     event_columns: ClassVar[dict[str, pa.DataType]] = {}
+    #: Per-agent state columns (name -> ``Column``): allocated as attributes before
+    #: ``setup``, saved in checkpoints, counted by the memory estimate, and held still
+    #: by the engine for crashed agents.
+    state: ClassVar[dict[str, Column]] = {}
+    #: Per-step metrics as reductions (name -> ``Mean("opinion")``, ...) of state
+    #: columns or ``StepResult.values``; the engine computes them exactly, the same for
+    #: any shard count (see ``swarm.reductions``).
+    metrics: ClassVar[dict[str, Reduction]] = {}
     #: Per-step counters summed over shards into the metrics table.
     metric_names: ClassVar[tuple[str, ...]] = ()
+    #: Wall-clock metrics of the env's own (seconds spent in a recommender, say): summed
+    #: over shards into ``timings.arrow``, never into the deterministic metrics.
+    timing_metrics: ClassVar[tuple[str, ...]] = ()
     #: Per-step metrics computed from the summed counters by ``derive_metrics``
     #: (a variance from counts, sums and sums of squares, say).
     derived_metric_names: ClassVar[tuple[str, ...]] = ()
@@ -342,6 +355,10 @@ class Env:
     #: Attributes that make up the env's state on a shard (numpy arrays or
     #: scalars): what ``state_dict`` saves in a checkpoint and restores.
     state_attrs: ClassVar[tuple[str, ...]] = ()
+    #: The arrays (rows: local agents) the engine keeps unchanged for a crashed agent
+    #: (default: every per-agent array among ``state_attrs``). A crashed agent neither
+    #: decides, sends nor changes state, in every env: the engine sees to it.
+    agent_state: ClassVar[tuple[str, ...]] = ()
     #: Bytes of state per agent (for the memory guard's estimate before a run).
     state_bytes_per_agent: ClassVar[int] = 16
     #: The share of a shard's agents (and their edges) the busiest step works on, for
@@ -355,6 +372,18 @@ class Env:
         self.config = config
         self.view = view
         self.setup = setup
+        for name, col in self.state.items():
+            setattr(self, name, np.full((view.n_local, *col.trailing(config)), col.fill,
+                                        dtype=col.dtype))
+
+    @classmethod
+    def bytes_per_agent(cls, config: EnvConfig) -> int:
+        """State bytes per agent for the memory guard: the declared columns, or
+        ``state_bytes_per_agent`` for an env without them."""
+        if not cls.state:
+            return cls.state_bytes_per_agent
+        return sum(c.nbytes_per_agent(config) for c in cls.state.values()) + \
+            (cls.state_bytes_per_agent if cls.state_attrs else 0)
 
     @classmethod
     def prepare(cls, config: EnvConfig, n: int, rng: KeyedRNG) -> dict[str, np.ndarray]:
@@ -403,29 +432,35 @@ class Env:
         Called between steps, never between ``observe`` and ``apply``. Envs
         whose state is not plain attributes override this and ``load_state_dict``.
         """
-        return {name: np.asarray(getattr(self, name)) for name in self.state_attrs
+        return {name: np.asarray(getattr(self, name)) for name in (*self.state, *self.state_attrs)
                 if getattr(self, name, None) is not None}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore what ``state_dict`` returned (0-d arrays become Python scalars)."""
-        unknown = set(state) - set(self.state_attrs)
+        unknown = set(state) - set(self.state) - set(self.state_attrs)
         if unknown:
             raise ValueError(f"checkpoint holds state {sorted(unknown)} that env {self.name!r} "
-                             f"does not declare; its state_attrs are {list(self.state_attrs)}")
+                             f"does not declare; its state is {[*self.state, *self.state_attrs]}")
         for name, value in state.items():
-            setattr(self, name, value.item() if value.ndim == 0 else value)
+            if name in self.state:  # a copy: restored arrays may be read-only views
+                getattr(self, name)[...] = np.asarray(value).reshape(getattr(self, name).shape)
+            else:
+                setattr(self, name, value.item() if value.ndim == 0 else value)
 
     @classmethod
     def event_code(cls, name: str) -> int:
         return cls.event_types.index(name)
 
 
-ENV_REGISTRY: dict[str, type[Env]] = {}
+#: Envs by ``env.kind`` (``swarm.registry.ENVS``: entry points of group ``swarm.envs``,
+#: loaded when first named, plus classes registered with ``register_env``).
+ENV_REGISTRY = ENVS
 
 
 def register_env(cls: type[Env]) -> type[Env]:
-    """Class decorator: make an env available to configs as ``env.kind: <cls.name>``."""
-    if cls.name in ENV_REGISTRY and ENV_REGISTRY[cls.name] is not cls:
-        raise ValueError(f"an env named {cls.name!r} is already registered")
-    ENV_REGISTRY[cls.name] = cls
+    """Class decorator: make an env available to configs as ``env.kind: <cls.name>``.
+
+    A package's envs are found without importing it first when it declares them as
+    entry points (group ``swarm.envs``, ``name = "module:Class"``)."""
+    ENVS.register(cls.name, cls)
     return cls

@@ -7,6 +7,18 @@ When several neighbours activate an agent in the same step, the parent is the
 one with the smallest keyed hash of (receiver, sender): unbiased, and the
 same whatever order messages arrive in or however agents are sharded.
 
+SIR timing. An agent infected at step t (its ``activate`` event; seeds at
+step 0) is infectious from that step on: it tries every out-edge at step t
+(each transmits with probability ``beta``, an independent keyed draw per edge
+and step) and then, at the end of the step, recovers with probability
+``gamma`` (its ``recover`` event at that step). So it transmits in k >= 1
+steps, k geometric on 1, 2, ... with mean 1 / gamma, and an edge from it
+transmits with probability ``T = beta / (1 - (1 - beta) (1 - gamma))``
+over its infection; the neighbour it reaches becomes infected at step t + 1.
+On a sparse random graph of mean degree c the final share ever infected S
+then solves ``S = 1 - (1 - rho) exp(-c T S)`` (rho: the seeds' share), the
+bond-percolation limit (tested on Erdos-Renyi graphs).
+
 With ``inject`` (linear threshold only), a keyed random subset of agents gets
 extra exposures at one step, each logged as an ``inject`` event: a randomized
 test of exposure response (``swarm.analysis.exposure.injection_effect``).
@@ -22,6 +34,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from swarm.config_base import StrictModel
+from swarm.contract import as_numpy
 from swarm.envs.base import (
     ChoiceSpec,
     Env,
@@ -32,8 +45,6 @@ from swarm.envs.base import (
     make_events,
     register_env,
 )
-from swarm.policies.base import as_numpy
-from swarm.policies.cascade import EdgeTransmission, LinearThreshold
 from swarm.rng import KeyedRNG
 
 __all__ = ["Cascade", "CascadeConfig", "InjectConfig"]
@@ -76,9 +87,12 @@ class CascadeConfig(EnvConfig):
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     """linear_threshold: one threshold for all agents; unset draws one per agent from U(0, 1)."""
     beta: float = Field(0.05, ge=0.0, le=1.0)
-    """sir: per-step probability that an infected agent infects an out-neighbour."""
+    """sir: per-step probability that an infected agent infects an out-neighbour, from the
+    step it was infected in (it transmits in that step already)."""
     gamma: float = Field(0.2, ge=0.0, le=1.0)
-    """sir: per-step probability that an infected agent recovers."""
+    """sir: probability that an infected agent recovers at the end of each step it was
+    infectious in, its first included: it transmits in 1, 2, ... steps (geometric, mean
+    1 / gamma); 0 never recovers."""
     seed_fraction: float | None = Field(None, gt=0.0, le=1.0)
     """Fraction of agents active at step 0 (rounded, at least 1). Default 0.01."""
     seed_count: int | None = Field(None, ge=1)
@@ -137,6 +151,7 @@ class Cascade(Env):
     Config = CascadeConfig
     # New types go at the end: the codes of the existing ones must not change.
     event_types = ("activate", "recover", "inject")
+    agent_state = ("status", "root", "exposures")
     # What an LLM-style agent wrote when it shared (null for rule-based agents).
     event_columns = {"text": pa.string()}
     metric_names = ("new_active", "recovered", "ever_active")
@@ -224,10 +239,10 @@ class Cascade(Env):
 
     def default_policy(self):
         if self.config.model == "independent_cascade":
-            return EdgeTransmission(self.config.p, once=True)
+            return "edge_transmission", {"p": self.config.p, "once": True}
         if self.config.model == "sir":
-            return EdgeTransmission(self.config.beta, once=False)
-        return LinearThreshold()
+            return "edge_transmission", {"p": self.config.beta, "once": False}
+        return "linear_threshold", {}
 
     # -- checkpoints -----------------------------------------------------------
 

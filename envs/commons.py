@@ -9,7 +9,7 @@ so every shard computes bit-identical stocks whatever the shard count)::
 
 with ``K = capacity * n`` (the capacity scales with the population, so a
 config means the same at any n) and ``r = growth``. The default policy
-(``swarm.policies.commons.HarvestNorm``) decides each agent's request;
+(the policy ``harvest_norm``, ``swarm.policies.commons.HarvestNorm``) decides each agent's request;
 ``apply`` turns requests into harvests, logs them and, with ``talk``,
 broadcasts each agent's harvest to its out-neighbours, whose norms move
 toward it at the next round.
@@ -39,11 +39,15 @@ Metrics (one row per step; population-wide scalars are contributed by shard
 0 alone so the sum over shards is the value): ``stock`` (at the start of the
 round), ``total_harvest``, ``gini`` of the round's harvests, ``collapsed``
 (0/1), ``rounds_survived`` (rounds so far that started with a live stock).
-The Gini coefficient comes from a 64-bin histogram of harvests whose counts
-add over shards: bin 0 holds zero harvests, bins 1..63 split ``(0, (1 +
-greed) * base]`` (no harvest can exceed that) into equal widths, each at its
-midpoint. Equal harvests give 0 and a single harvester ``1 - 1/n`` exactly;
-otherwise the error is at most about one bin width over the mean harvest.
+
+Harvest units. A harvest is a whole number of units of ``base / 64`` (1/64 of
+an agent's base request; the scaled request rounded to the nearest unit), so
+the harvests of a round have an exact histogram of 129 bins, bin b the agents
+that took b units: no default-rule harvest exceeds ``(1 + greed) * base < 128``
+units (a custom rule's larger ones would count in the top bin). Its counts add
+over shards, and the ``gini`` metric is computed from them in exact integer
+arithmetic: ``sum_i sum_j |x_i - x_j| / (2 n^2 mean)`` of the logged harvests,
+whatever the shard count.
 """
 
 from __future__ import annotations
@@ -54,17 +58,18 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from swarm.contract import as_numpy
 from swarm.envs.base import Env, EnvConfig, Inbox, ShardView, StepResult, make_events, register_env
-from swarm.policies.base import as_numpy
-from swarm.policies.commons import HarvestNorm
 
-__all__ = ["GINI_BINS", "Commons", "CommonsConfig", "gini_from_histogram", "next_stock",
-           "rounds_survived"]
+__all__ = ["GINI_BINS", "UNITS_PER_BASE", "Commons", "CommonsConfig", "gini_from_histogram",
+           "next_stock", "rounds_survived"]
 
-#: Bins of the harvest histogram behind the ``gini`` metric.
-GINI_BINS = 64
+#: Harvest units per base request (a harvest is a whole number of them).
+UNITS_PER_BASE = 64
+#: Bins of the harvest histogram behind the ``gini`` metric: 0 .. 2 * UNITS_PER_BASE units.
+GINI_BINS = 2 * UNITS_PER_BASE + 1
 _FIXED = float(2**20)  # fixed-point scale of harvests, requests and the stock
-_BIN_NAMES = tuple(f"gini_bin{b:02d}" for b in range(GINI_BINS))
+_BIN_NAMES = tuple(f"gini_bin{b:03d}" for b in range(GINI_BINS))
 
 
 class CommonsConfig(EnvConfig):
@@ -94,7 +99,8 @@ class CommonsConfig(EnvConfig):
     """Stock level (fraction of K) below which agents cut their requests in proportion:
     ``request = norm * min(1, (S / K) / scarcity_response)``. 0: no response."""
     log_every: int = Field(10, ge=1)
-    """Log a ``harvest`` event for every agent at steps 0, log_every, 2*log_every, ..."""
+    """Log a ``harvest`` event for every agent at steps 0, log_every, 2*log_every, ... and
+    at the run's last step (``steps - 1``)."""
 
     @model_validator(mode="after")
     def _check(self) -> CommonsConfig:
@@ -124,10 +130,12 @@ def next_stock(stock: float, capacity: float, growth: float, harvest: float) -> 
 
 
 def gini_from_histogram(counts: Any) -> float:
-    """Gini coefficient of values binned as in the commons metrics (bin 0: zeros).
+    """Gini coefficient of integer values given as a histogram (``counts[b]`` values equal b).
 
-    Bin ``b >= 1`` stands for the value ``b - 0.5`` (the Gini is scale-free, so
-    bin widths cancel); 0 when every value is 0.
+    ``sum_i sum_j |x_i - x_j| / (2 n^2 mean)``, in exact integer arithmetic:
+    the pairs straddling each threshold t give ``sum_{t >= 1} 2 F(t) (n - F(t))``
+    with ``F(t)`` the count of values below t, so the result is the Gini of the
+    values themselves, rounded once to a float; 0 when every value is 0.
 
     Examples
     --------
@@ -135,14 +143,19 @@ def gini_from_histogram(counts: Any) -> float:
     0.0
     >>> gini_from_histogram([3, 1])
     0.75
+    >>> gini_from_histogram([0, 1, 0, 1])  # values 1 and 3: |1 - 3| * 2 / (2 * 4 * 2)
+    0.25
     """
-    c = np.asarray(counts, dtype=np.float64)
-    v = np.maximum(np.arange(c.shape[0]) - 0.5, 0.0)
-    n, total = c.sum(), (c * v).sum()
+    c = [int(x) for x in np.asarray(counts).reshape(-1)]
+    n = sum(c)
+    total = sum(b * x for b, x in enumerate(c))
     if n == 0 or total == 0:
         return 0.0
-    pair = np.abs(v[:, None] - v[None, :])
-    return float(c @ pair @ c / (2.0 * n * total))
+    below, pairs = 0, 0
+    for x in c[:-1]:  # Python ints: n^2 * bins may pass int64
+        below += x
+        pairs += below * (n - below)
+    return float(pairs / (n * total))
 
 
 def rounds_survived(metrics: Any) -> int:
@@ -156,6 +169,14 @@ def rounds_survived(metrics: Any) -> int:
     cols = metrics.to_pydict() if hasattr(metrics, "to_pydict") else metrics
     values = cols["rounds_survived"]
     return int(values[-1]) if len(values) else 0
+
+
+def _log_due(view: ShardView, step: int, every: int) -> bool:
+    """Whether periodic events are logged at ``step``: every ``every``-th step, and the run's
+    last (``ShardView.steps - 1``, where the engine gives the configured steps), so a log
+    always ends with the final state."""
+    steps = getattr(view, "steps", None)
+    return step % every == 0 or (steps is not None and step == steps - 1)
 
 
 @register_env
@@ -182,6 +203,8 @@ class Commons(Env):
         self.n_total = int(np.asarray(setup["n"]))
         self.capacity = config.capacity * self.n_total
         self.base = config.base_request()
+        # A harvest unit in fixed point (at least the fixed point's own unit).
+        self.unit_fx = max(1, int(round(self.base / UNITS_PER_BASE * _FIXED)))
         greed = 1.0 + config.greed * (2.0 * view.rng.uniform("commons_greed", view.agents) - 1.0)
         self.norm = self.base * greed
         self.stock = config.initial * self.capacity
@@ -199,7 +222,8 @@ class Commons(Env):
 
     def default_policy(self):
         cfg = self.config
-        return HarvestNorm(cfg.conformity if cfg.talk else 0.0, cfg.scarcity_response)
+        return "harvest_norm", {"conformity": cfg.conformity if cfg.talk else 0.0,
+                                "scarcity_level": cfg.scarcity_response}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         super().load_state_dict(state)
@@ -244,12 +268,14 @@ class Commons(Env):
         request = np.maximum(np.asarray(as_numpy(actions["request"]), dtype=np.float64), 0.0)
         self.norm = np.asarray(as_numpy(actions["norm"]), dtype=np.float64).copy()
         request_fx = np.rint(request * _FIXED).astype(np.int64)
-        harvest_fx = np.rint(request * self._scale * _FIXED).astype(np.int64)
+        # Whole harvest units: an exact histogram of them gives the exact Gini.
+        units = np.rint(request * self._scale * _FIXED / self.unit_fx).astype(np.int64)
+        harvest_fx = units * self.unit_fx
         harvest = harvest_fx / _FIXED
         alive = not self.collapsed
 
         codes, agents, values = [], [], []
-        if alive and step % cfg.log_every == 0:
+        if alive and _log_due(view, step, cfg.log_every):
             codes.append(np.zeros(n, np.int8))
             agents.append(view.agents)
             values.append(harvest)
@@ -268,18 +294,11 @@ class Commons(Env):
                   "request_fx": int(request_fx.sum()) if alive else 0}
         return StepResult(events=events, messages=None, broadcasts=broadcasts,
                           active=n if alive else 0, totals=totals,
-                          metrics=self._metrics(step, harvest, harvest_fx, totals))
+                          metrics=self._metrics(step, units, totals))
 
-    def _metrics(self, step: int, harvest: np.ndarray, harvest_fx: np.ndarray,
-                 totals: dict[str, int]) -> dict[str, int]:
-        top = (1.0 + self.config.greed) * self.base
-        bins = np.zeros(harvest.shape[0], dtype=np.int64)
-        if top > 0:
-            width = top / (GINI_BINS - 1)
-            bins = np.clip(np.ceil(harvest / width), 1, GINI_BINS - 1).astype(np.int64)
-        bins[harvest_fx == 0] = 0
-        counts = np.bincount(bins, minlength=GINI_BINS)
-        out = {"agents": int(harvest.shape[0]), **totals}
+    def _metrics(self, step: int, units: np.ndarray, totals: dict[str, int]) -> dict[str, int]:
+        counts = np.bincount(np.minimum(units, GINI_BINS - 1), minlength=GINI_BINS)
+        out = {"agents": int(units.shape[0]), **totals}
         # Global scalars: shard 0 reports them, the others add 0.
         first = self.view.shard == 0
         survived = self.collapse_step if self.collapsed else step + 1

@@ -139,15 +139,11 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from swarm.config_base import StrictModel
+from swarm.contract import as_numpy
 from swarm.envs.base import Env, EnvConfig, Inbox, ShardView, StepResult, make_events, register_env
-from swarm.policies.base import as_numpy
-from swarm.policies.consensus import (
-    UNAVAILABLE,
-    ContractNetBid,
-    GossipAverage,
-    LeaderCommitVote,
-    MajorityVote,
-)
+
+#: "No bid" in contract-net cost tables: above every real cost (the rule's value too).
+UNAVAILABLE = 2**63 - 1
 
 __all__ = ["MAX_CONTROLLERS", "MAX_TASKS", "MAX_VALUES", "Consensus", "ConsensusConfig",
            "SybilConfig", "agreement_step", "epoch_leader"]
@@ -194,7 +190,8 @@ class ConsensusConfig(EnvConfig):
     for agreement (lower it under message loss or partitions: an agent that never heard from a
     neighbour does not decide)."""
     log_every: int = Field(10, ge=1)
-    """gossip: log a ``value`` event for every agent at steps 0, log_every, ..."""
+    """gossip: log a ``value`` event for every agent at steps 0, log_every, ... and at the
+    run's last step (``steps - 1``)."""
     tasks: int = Field(8, ge=1, le=MAX_TASKS)
     """contract_net: number of tasks to allocate (each with a keyed manager)."""
 
@@ -359,6 +356,14 @@ def _first_per(key: np.ndarray, *order_by: np.ndarray) -> np.ndarray:
     return order[first]
 
 
+def _log_due(view: ShardView, step: int, every: int) -> bool:
+    """Whether periodic events are logged at ``step``: every ``every``-th step, and the run's
+    last (``ShardView.steps - 1``, where the engine gives the configured steps), so a log
+    always ends with the final state."""
+    steps = getattr(view, "steps", None)
+    return step % every == 0 or (steps is not None and step == steps - 1)
+
+
 @register_env
 class Consensus(Env):
     """Agreement protocols under Byzantine and Sybil agents and engine faults (module docstring)."""
@@ -445,9 +450,8 @@ class Consensus(Env):
         return config.protocol != "contract_net"
 
     def default_policy(self):
-        return {"gossip": GossipAverage, "majority": MajorityVote,
-                "leader_commit": LeaderCommitVote,
-                "contract_net": ContractNetBid}[self.config.protocol]()
+        # Each protocol's rule is registered under the protocol's name.
+        return self.config.protocol, {}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         super().load_state_dict(state)
@@ -609,7 +613,7 @@ class Consensus(Env):
         new = np.where(self._down, self.value, new)  # crashed agents are frozen
         settled = np.abs(new - self.value) <= cfg.tolerance
         self.value = new
-        if step % cfg.log_every == 0:
+        if _log_due(view, step, cfg.log_every):
             events = make_events(np.ones(view.n_local, np.int8), view.agents, value=new)
         else:
             events = make_events(np.empty(0, np.int8), np.empty(0, np.int64))

@@ -30,6 +30,13 @@ A step, for each shard:
   each active agent's own row with post or not. New items go to the author's
   followers by broadcast; reposts carry ``root`` and ``parent`` (the item the
   reposter saw), so every cascade is an exact tree of items.
+* **Once each.** An agent shares a cascade at most once (its author, by posting it;
+  anyone else, by one repost of any of its items) and likes an item at most once, so
+  a cascade's size counts people. The env keeps what each agent shared and liked
+  (``shared_roots``, ``liked``: sorted keys, saved in checkpoints) and marks such
+  impressions in the batch (``reposted``, ``liked``); a repost or like of one is an
+  invalid action, and of two items of one cascade in a feed only the better ranked
+  is reposted.
 
 Agents have a fixed interest vector of ``TOPIC_DIMS`` dimensions (keyed
 draws); an original post's topic is its author's interest plus keyed noise
@@ -76,6 +83,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from swarm.config_base import StrictModel
+from swarm.contract import as_numpy
 from swarm.envs.base import (
     ChoiceSpec,
     Env,
@@ -87,19 +95,32 @@ from swarm.envs.base import (
     register_env,
 )
 from swarm.graph import ragged_arange
-from swarm.policies.base import as_numpy
-from swarm.policies.feed import (
-    ACTIONS,
-    COMMENT,
-    FOLLOW,
-    IGNORE,
-    LIKE,
-    POST,
-    REPOST,
-    UNFOLLOW,
-    FeedRules,
-    FeedRulesConfig,
-)
+
+#: The feed's action codes, in order (the LLM-style labels too).
+ACTIONS = ("ignore", "like", "repost", "comment", "follow", "unfollow", "post")
+IGNORE, LIKE, REPOST, COMMENT, FOLLOW, UNFOLLOW, POST = range(len(ACTIONS))
+
+
+class FeedRulesConfig(StrictModel):
+    """Propensities of the heuristic feed agents (logit scale unless said otherwise)."""
+
+    post: float = 0.05
+    """Probability that an active agent writes an original post in a step."""
+    like: float = -2.5
+    """Logit of a like at similarity 0 without social proof."""
+    repost: float = -4.0
+    """Logit of a repost at similarity 0 without social proof."""
+    comment: float = -5.0
+    """Logit of a comment at similarity 0 without social proof."""
+    follow: float = -4.0
+    """Logit of following the author of an item from someone not followed."""
+    unfollow: float = -5.0
+    """Logit of unfollowing the author of an item from someone followed."""
+    interest: float = 3.0
+    """Weight of the interest similarity (the unfollow logit falls with it)."""
+    proof: float = 1.0
+    """Weight of log1p(social proof)."""
+
 
 __all__ = ["Feed", "FeedConfig", "RecommenderConfig", "TOPIC_DIMS", "pack_topics",
            "unpack_topics"]
@@ -190,6 +211,14 @@ def _merge(keys: np.ndarray, add: np.ndarray, remove: np.ndarray) -> np.ndarray:
     return keys
 
 
+def _insert_keys(keys: np.ndarray, add: np.ndarray) -> np.ndarray:
+    """The sorted key set ``keys`` with ``add`` added: an insert at sorted positions,
+    linear in the set, for sets that only grow (a sort of the whole set per step is not)."""
+    add = np.unique(add)
+    add = add[~_member(keys, add)]
+    return np.insert(keys, np.searchsorted(keys, add), add) if add.shape[0] else keys
+
+
 def _dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Dot products over the last axis, summed in a fixed order.
 
@@ -237,15 +266,18 @@ class Feed(Env):
     event_types = ("post", "repost", "like", "comment", "follow", "unfollow", "view")
     event_columns = {"text": pa.string(), "source": pa.int8()}
     metric_names = ("active_agents", "posts", "reposts", "likes", "comments", "follows",
-                    "unfollows", "views", "invalid_actions", "live_items",
-                    "recommend_seconds")
+                    "unfollows", "views", "invalid_actions", "live_items")
+    timing_metrics = ("recommend_seconds",)
     summary_metrics = ("posts", "reposts", "likes", "follows", "unfollows")
     message_fields = {"src": np.int64, "kind": np.int8, "item": np.int64, "root": np.int64,
                       "topic": np.int64}
     broadcast_fields = {"item": np.int64, "root": np.int64, "topic": np.int64}
     state_attrs = ("tl_item", "tl_root", "tl_topic", "tl_head", "seen", "seen_head", "own_item",
                    "own_root", "own_topic", "own_likes", "own_reposts", "own_comments",
-                   "follow_add", "follow_mute", "fan_add")
+                   "follow_add", "follow_mute", "fan_add", "shared_roots", "liked")
+    # The rest are tables of items and sorted key sets, whose length may equal the
+    # shard's agent count by chance: they are not rows of agents.
+    agent_state = ("tl_item", "tl_root", "tl_topic", "tl_head", "seen", "seen_head")
     state_bytes_per_agent = 24 * 8 + 8 * 8 + TOPIC_DIMS * 4
     smoke_config = {
         "graph": {"kind": "barabasi_albert", "n": 400, "m": 3},
@@ -272,6 +304,10 @@ class Feed(Env):
         self.own_reposts = np.empty(0, np.int32)
         self.own_comments = np.empty(0, np.int32)
         self.follow_add, self.follow_mute, self.fan_add = empty.copy(), empty.copy(), empty.copy()
+        # What each agent did once and never again (sorted keys ``id * n_local + row``, see
+        # ``_done_key``): the cascades it shared (posted or reposted; by root) and the
+        # items it liked. A cascade's size then counts people, not shares.
+        self.shared_roots, self.liked = empty.copy(), empty.copy()
         src, row = view.in_edges()
         self.in_keys = np.sort(row * self.n + src)  # the graph's follows, by follower row
         self._turn: dict | None = None
@@ -285,7 +321,7 @@ class Feed(Env):
     def choice_spec(cls, config: FeedConfig) -> ChoiceSpec:
         return ChoiceSpec(
             action="act", labels=ACTIONS, idle=IGNORE, text="text", row_key="slot",
-            fields=("sim", "proof", "hot", "followed", "own", "topic"),
+            fields=("sim", "proof", "hot", "followed", "own", "topic", "reposted", "liked"),
             template=("You are {persona}.\nYour feed shows a post on topic {topic} "
                       "(how close to your interests, -1 to 1: {sim:.1f}; shared by {proof} "
                       "people you follow; popularity {hot:.0f}; from someone you follow: "
@@ -303,7 +339,7 @@ class Feed(Env):
             setattr(self, name, np.asarray(getattr(self, name)).reshape(self.view.n_local, w))
 
     def default_policy(self):
-        return FeedRules(self.config.rules)
+        return "feed_rules", self.config.rules.model_dump()
 
     def interests(self, agents: np.ndarray) -> np.ndarray:
         """Unit interest vectors of ``agents`` (keyed: the same on every shard)."""
@@ -317,6 +353,20 @@ class Feed(Env):
 
     def _item_step(self, item: np.ndarray) -> np.ndarray:
         return item // (self.k1 * self.n)
+
+    def _done_key(self, rows: np.ndarray, ids: np.ndarray, roots: bool = False) -> np.ndarray:
+        """Keys of (local row, item or root) pairs for ``shared_roots`` and ``liked``.
+
+        Id-major (``id * n_local + row``): ids grow with the step, rows are bounded. A
+        root is an original post, whose id is ``(step * n + author) * k1 + feed_size``, so
+        roots are keyed by ``root // k1`` (k1 times further from overflowing).
+        """
+        ids = ids // self.k1 if roots else ids
+        n_local = max(self.view.n_local, 1)
+        if ids.shape[0] and int(ids.max()) >= (2**63 - 1) // n_local - 1:
+            raise OverflowError("feed: item ids times agents per shard no longer fit in int64 "
+                                "(run with more shards or fewer steps)")
+        return ids * n_local + rows
 
     # -- delivery --------------------------------------------------------------
 
@@ -387,8 +437,6 @@ class Feed(Env):
         pool = self._pool(inbox.shared)
         active = np.flatnonzero(view.rng.bernoulli("feed_active", view.agents, p=cfg.activity,
                                                    step=step))
-        if view.faults is not None:  # crash-stopped agents no longer open their feed
-            active = active[~view.faults.crashed(view.agents[active], step)]
         t0 = time.perf_counter()
         batch = self._recommend(step, active, pool)
         self._recommend_seconds = time.perf_counter() - t0
@@ -454,10 +502,14 @@ class Feed(Env):
         authors = self._author(s_item)
         # Timeline items may outlive an unfollow: ask the follow state, not the source.
         followed = self.follows(rows, authors)
+        # Shown, but not to be shared or liked again (the rules skip them; see apply).
+        shared = _member(self.shared_roots, self._done_key(rows, s_root, roots=True))
+        liked = _member(self.liked, self._done_key(rows, s_item))
         own_topic = interest.argmax(axis=1).astype(np.int64)
         n_imp = rows.shape[0]
         self._turn = {"rows": rows, "slot": cc.astype(np.int64), "item": s_item, "root": s_root,
                       "topic": s_topic, "author": authors, "followed": followed,
+                      "shared": shared, "liked": liked,
                       "sim": s_sim.astype(np.float32), "from_timeline": s_tl, "active": active}
         return {
             "agent": np.concatenate([view.agents[rows], agents]),
@@ -467,6 +519,8 @@ class Feed(Env):
             "proof": np.concatenate([proof, np.zeros(a, np.int32)]),
             "hot": np.concatenate([s_hot, np.zeros(a)]).astype(np.float32),
             "followed": np.concatenate([followed.astype(np.int8), np.zeros(a, np.int8)]),
+            "reposted": np.concatenate([shared.astype(np.int8), np.zeros(a, np.int8)]),
+            "liked": np.concatenate([liked.astype(np.int8), np.zeros(a, np.int8)]),
             "topic": np.concatenate([unpack_topics(s_topic).argmax(axis=1), own_topic]),
         }
 
@@ -512,15 +566,21 @@ class Feed(Env):
         followed = t["followed"]
         me = view.agents[rows]
         # What an LLM-style agent may answer but cannot do is ignored and counted.
-        invalid = ((imp == POST) | ((imp == FOLLOW) & followed) | ((imp == UNFOLLOW) & ~followed))
+        # So is sharing a cascade twice, or liking an item twice (the rules never do).
+        invalid = ((imp == POST) | ((imp == FOLLOW) & followed) | ((imp == UNFOLLOW) & ~followed)
+                   | ((imp == REPOST) & t["shared"]) | ((imp == LIKE) & t["liked"]))
         n_invalid = int(invalid.sum()) + int(((own != IGNORE) & (own != POST)).sum())
         imp = np.where(invalid, IGNORE, imp)
-        # Two items of one author in a feed: one follow (or unfollow) of them, not two.
-        ff = np.flatnonzero((imp == FOLLOW) | (imp == UNFOLLOW))
-        if ff.shape[0] > 1:
-            key = rows[ff] * n + author[ff]
-            o = np.argsort(key, kind="stable")
-            imp[ff[o[1:][key[o][1:] == key[o][:-1]]]] = IGNORE
+        # Two items of one author in a feed: one follow (or unfollow) of them, not two;
+        # two items of one cascade: one repost (of the better ranked); likes likewise.
+        for acts, key in (((FOLLOW, UNFOLLOW), rows * n + author),
+                          ((REPOST,), self._done_key(rows, root, roots=True)),
+                          ((LIKE,), self._done_key(rows, item))):
+            ff = np.flatnonzero(np.isin(imp, acts))
+            if ff.shape[0] > 1:
+                o = np.argsort(key[ff], kind="stable")
+                sk = key[ff][o]
+                imp[ff[o[1:][sk[1:] == sk[:-1]]]] = IGNORE
 
         # New items: original posts (own rows) and reposts (impressions).
         poster = active[own == POST]
@@ -537,6 +597,11 @@ class Feed(Env):
 
         # Point to point: notices to authors, follows, and items to followers beyond the graph.
         lk, cm = np.flatnonzero(imp == LIKE), np.flatnonzero(imp == COMMENT)
+        # An author has shared its own cascade: it may not repost it either.
+        self.shared_roots = _insert_keys(self.shared_roots, np.concatenate([
+            self._done_key(poster, post_item, roots=True),
+            self._done_key(rows[rp], root[rp], roots=True)]))
+        self.liked = _insert_keys(self.liked, self._done_key(rows[lk], item[lk]))
         notice = np.concatenate([lk, rp, cm])
         notice_kind = np.concatenate([np.full(lk.shape[0], _LIKE), np.full(rp.shape[0], _REPOST),
                                       np.full(cm.shape[0], _COMMENT)]).astype(np.int8)

@@ -1,14 +1,21 @@
 """Repeated 2x2 games between graph neighbours: who cooperates, and which strategies spread.
 
-Every step is a round. Each agent makes one move (C or D) that it plays
-against all its neighbours, and broadcasts it, with its strategy and its
-latest settled payoff, to its out-neighbours. The moves arrive at the next
-step's ``observe``, which settles the round: an agent's payoff is the sum,
-over the in-neighbours whose moves arrived, of its row payoff
-``payoffs[my_move][their_move]`` (on an undirected graph each pair plays once
-and each side gets its row payoff), minus punishment. The policy then picks
-the next strategy (imitation) and move. Payoffs are computed from counts of
-C and D received, so they do not depend on the order messages arrive in.
+Every step is a round, and step t's events and metrics row hold round t: its
+moves and their payoffs. Each agent makes one move (C or D) per round that it
+plays against all its neighbours. A round's moves are chosen one step ahead:
+at step t ``observe`` settles round t, whose moves arrived from the
+in-neighbours at the end of step t-1 (an agent's payoff is the sum, over the
+in-neighbours whose moves arrived, of its row payoff
+``payoffs[my_move][their_move]``; on an undirected graph each pair plays once
+and each side gets its row payoff; minus punishment); the policy then picks,
+from round t's outcome, the strategy (imitation) and move of round t+1, which
+``apply`` broadcasts with the agent's strategy and round t's payoff. Round 0
+is the opening, which needs no decision: always_defect opens with D, every
+other strategy with C (as ``swarm.policies.games`` plays them), and every shard
+knows its in-neighbours' openings from their keyed strategy draws, as if they
+had been sent at step -1 (the faults of that step apply). Payoffs are computed
+from counts of C and D received, so they do not depend on the order messages
+arrive in.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from swarm.config_base import StrictModel
+from swarm.contract import as_numpy
 from swarm.envs.base import Env, EnvConfig, Inbox, ShardView, StepResult, make_events, register_env
-from swarm.policies.base import as_numpy
-from swarm.policies.games import STRATEGIES, GameStrategies
+
+#: The strategies of the repeated game, in code order (``strategy`` columns hold the index).
+STRATEGIES = ("always_cooperate", "always_defect", "tit_for_tat", "win_stay_lose_shift")
 
 __all__ = ["GAME_PAYOFFS", "Games", "GamesConfig", "PunishmentConfig"]
 
@@ -78,7 +87,8 @@ class GamesConfig(EnvConfig):
     """tit_for_tat judges neighbours by reputation (good standing: cooperated in at least half
     of their moves so far) instead of their last move."""
     log_every: int = Field(1, ge=1)
-    """Log ``payoff`` events for every k-th round only (``switch`` events always)."""
+    """Log ``payoff`` events for rounds 0, k, 2k, ... and the run's last only (``switch``
+    events always)."""
 
     @field_validator("payoffs")
     @classmethod
@@ -109,18 +119,29 @@ class GamesConfig(EnvConfig):
                           dtype=np.float64)
 
 
+def _log_due(view: ShardView, step: int, every: int) -> bool:
+    """Whether periodic events are logged at ``step``: every ``every``-th step, and the run's
+    last (``ShardView.steps - 1``, where the engine gives the configured steps), so a log
+    always ends with the final state."""
+    steps = getattr(view, "steps", None)
+    return step % every == 0 or (steps is not None and step == steps - 1)
+
+
 @register_env
 class Games(Env):
     """Repeated 2x2 games with per-agent moves, strategy imitation and punishment.
 
-    Rounds and lags: the moves of step t are settled (payoffs, events) at step
-    t+1. Events: ``payoff`` at step t reports round t-1 of an agent that
-    received moves (``item`` its move, 0 = C, 1 = D; ``value`` its payoff;
-    ``strategy`` the one it played), every ``log_every`` rounds; ``switch``
-    at step t when imitation changed an agent's strategy (``target`` the
+    Rounds and lags: step t settles round t (moves chosen at step t-1; round 0's
+    are the openings) and chooses round t+1. Events: ``payoff`` at step t
+    reports round t of an agent that received moves (``item`` its move, 0 = C,
+    1 = D; ``value`` its payoff; ``strategy`` the one it played), at steps 0,
+    ``log_every``, 2 ``log_every``, ... and the run's last; ``switch`` at step t
+    when imitation changed an agent's strategy from round t+1 on (``target`` the
     neighbour imitated, ``value`` that neighbour's score, ``strategy`` the new
-    one). Metrics at step t: moves of round t, strategies held at round t,
-    standing after round t, payoffs and punishments of round t-1.
+    one). Metrics at step t: round t's moves, strategies, games, payoffs and
+    punishments, the standing after it, and the switches chosen at step t.
+    Imitation compares scores of round t-1 (a neighbour's arrives with its move
+    of round t).
 
     Reputation (``reputation: true``) is image scoring without gossip: each
     agent broadcasts whether it is in good standing (cooperated in at least
@@ -152,26 +173,48 @@ class Games(Env):
         super().__init__(config, view, setup)
         n = view.n_local
         self.matrix = config.payoff_matrix()
-        # In STRATEGIES order, so the order of the config's keys changes nothing.
-        names = [s for s in STRATEGIES if s in config.strategies]
-        shares = np.array([config.strategies[s] for s in names], dtype=np.float64)
-        codes = np.array([STRATEGIES.index(s) for s in names], dtype=np.int8)
-        # A keyed draw per agent: the same assignment whatever the sharding.
-        u = view.rng.uniform("strategy", view.agents)
-        cum = np.cumsum(shares / shares.sum())
-        pick = np.minimum(np.searchsorted(cum, u, side="right"), len(names) - 1)
-        self.strategy = codes[pick]
-        self.action = np.full(n, -1, dtype=np.int8)  # this round's move; -1 before the first
+        self.strategy = self.initial_strategy(view.agents)
+        # The move of the round the next observe settles: round 0's is the opening.
+        self.action = self.opening(self.strategy)
         self.payoff = np.zeros(n, dtype=np.float64)  # the latest settled round's payoff
-        # Reputation: the agent's own moves so far and how many were C.
-        self.moves = np.zeros(n, dtype=np.int32)
-        self.coop_moves = np.zeros(n, dtype=np.int32)
+        # Reputation: the agent's own moves so far (the opening included), how many were C.
+        self.moves = np.ones(n, dtype=np.int32)
+        self.coop_moves = (self.action == 0).astype(np.int32)
         self._pending: dict[str, np.ndarray] = {}
 
-    def default_policy(self) -> GameStrategies:
+    def initial_strategy(self, agents: np.ndarray) -> np.ndarray:
+        """The strategy codes ``agents`` (global ids) start with: a keyed draw per agent,
+        so the same assignment whatever the sharding, and known to every shard."""
+        cfg = self.config
+        # In STRATEGIES order, so the order of the config's keys changes nothing.
+        names = [s for s in STRATEGIES if s in cfg.strategies]
+        shares = np.array([cfg.strategies[s] for s in names], dtype=np.float64)
+        codes = np.array([STRATEGIES.index(s) for s in names], dtype=np.int8)
+        u = self.view.rng.uniform("strategy", agents)
+        cum = np.cumsum(shares / shares.sum())
+        return codes[np.minimum(np.searchsorted(cum, u, side="right"), len(names) - 1)]
+
+    @staticmethod
+    def opening(strategy: np.ndarray) -> np.ndarray:
+        """Round 0's move of each strategy code: D (1) for always_defect, C (0) otherwise."""
+        return (strategy == STRATEGIES.index("always_defect")).astype(np.int8)
+
+    def _openings(self) -> dict[str, np.ndarray]:
+        """Round 0's moves of this shard's in-neighbours, as a step -1 broadcast would bring
+        them (``row``, ``src``, ``action``, ``good``; no score: no round was played before)."""
+        view = self.view
+        src, row = view.in_edges()
+        if view.faults is not None:
+            keep = ~view.faults.lost(src, view.agents[row], -1)
+            src, row = src[keep], row[keep]
+        move = self.opening(self.initial_strategy(src))
+        return {"row": row, "src": src, "action": move, "good": (move == 0).astype(np.int8)}
+
+    def default_policy(self) -> tuple[str, dict]:
         c = self.config
         aspiration = float(self.matrix.mean()) if c.aspiration is None else c.aspiration
-        return GameStrategies(aspiration, c.tft_threshold, c.imitation, c.reputation)
+        return "game_strategies", {"aspiration": aspiration, "tft_threshold": c.tft_threshold,
+                                   "imitation": c.imitation, "reputation": c.reputation}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         # Copies: restored arrays may be read-only views of the checkpoint, and
@@ -189,13 +232,13 @@ class Games(Env):
         best_strategy = np.full(n, -1, dtype=np.int8)
         best_src = np.full(n, -1, dtype=np.int64)
         b = inbox.broadcast
-        if b is not None and len(b):
-            got = b.take()
+        got = b.take() if b is not None and len(b) else self._openings() if step == 0 else None
+        if got is not None:
             rows, move = got["row"], got["action"]
             coop = np.bincount(rows[move == 0], minlength=n)
             defect = np.bincount(rows[move == 1], minlength=n)
             good = np.bincount(rows[got["good"] == 1], minlength=n)
-            if self.config.imitation > 0:
+            if self.config.imitation > 0 and "score" in got:
                 # Best neighbour: highest score, ties by the smallest sender id;
                 # sorting makes it independent of arrival order.
                 order = np.lexsort((got["src"], -got["score"], rows))
@@ -207,8 +250,8 @@ class Games(Env):
                 best_strategy[rows[win]] = got["strategy"][win]
                 best_src[rows[win]] = got["src"][win]
         neighbours = coop + defect
-        # Settle the round played last step: counts times payoffs, exact and order-free.
-        own_score = self.payoff.copy()  # the round the neighbours' scores belong to
+        # Settle this step's round: counts times payoffs, exact and order-free.
+        own_score = self.payoff.copy()  # last round's: the round the neighbours' scores are of
         played = (self.action >= 0) & (neighbours > 0)
         a = np.maximum(self.action, 0)
         payoff = coop * self.matrix[a, 0] + defect * self.matrix[a, 1]
@@ -220,8 +263,7 @@ class Games(Env):
             punishments = int(defect[cooperated & played].sum())
         self.payoff = np.where(played, payoff, 0.0)
         self._pending = {"played": played, "best_src": best_src,
-                         "games": int(neighbours[played].sum()), "punishments": punishments,
-                         "last_strategy": self.strategy.copy(), "last_action": self.action.copy()}
+                         "games": int(neighbours[played].sum()), "punishments": punishments}
         return {
             # A copy: the shard's id array may be read-only (Ray's object store),
             # which torch warns about when it wraps it.
@@ -242,18 +284,14 @@ class Games(Env):
         names = np.array(STRATEGIES, dtype=object)
         new_strategy = as_numpy(actions["strategy"]).astype(np.int8)
         switched = np.flatnonzero(new_strategy != self.strategy)
-        self.strategy = new_strategy
-        self.action = as_numpy(actions["action"]).astype(np.int8)
-        self.moves += 1
-        self.coop_moves += self.action == 0
-        good = (2 * self.coop_moves >= self.moves).astype(np.int8)  # ties are good standing
         parts = []
-        if step >= 1 and (step - 1) % self.config.log_every == 0:
+        # This step's round (its moves, strategies and payoffs), before the next is chosen.
+        if _log_due(view, step, self.config.log_every):
             rows = np.flatnonzero(pend["played"])
             parts.append(make_events(
                 np.full(rows.shape[0], self.event_code("payoff"), np.int8), view.agents[rows],
-                item=pend["last_action"][rows].astype(np.int64), value=self.payoff[rows],
-                strategy=names[pend["last_strategy"][rows]]))
+                item=self.action[rows].astype(np.int64), value=self.payoff[rows],
+                strategy=names[self.strategy[rows]]))
         if switched.shape[0]:
             parts.append(make_events(
                 np.full(switched.shape[0], self.event_code("switch"), np.int8),
@@ -274,10 +312,17 @@ class Games(Env):
             "payoff_units": int(units.sum()),
             "punishments": pend["punishments"],
             "switches": int(switched.shape[0]),
-            "good_standing": int(good.sum()),
+            # Standing after this round's move (ties are good standing).
+            "good_standing": int((2 * self.coop_moves >= self.moves).sum()),
             **{f"count_{s}": int(c) for s, c in zip(STRATEGIES, counts, strict=True)},
         }
         self._pending = {}
+        # The next round: the policy's strategy and move, sent with this round's payoff.
+        self.strategy = new_strategy
+        self.action = as_numpy(actions["action"]).astype(np.int8)
+        self.moves += 1
+        self.coop_moves += self.action == 0
+        good = (2 * self.coop_moves >= self.moves).astype(np.int8)
         return StepResult(
             events=events, messages=None, active=view.n_local, metrics=metrics,
             broadcasts={"src": view.agents, "action": self.action, "strategy": self.strategy,

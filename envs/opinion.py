@@ -57,9 +57,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
+from swarm.contract import as_numpy
 from swarm.envs.base import Env, EnvConfig, Inbox, ShardView, StepResult, make_events, register_env
-from swarm.policies.base import as_numpy
-from swarm.policies.opinion import BoundedConfidenceAverage, DeffuantUpdate, DeGrootUpdate
 
 __all__ = ["MAX_DIMS", "Opinion", "OpinionConfig", "consensus_step"]
 
@@ -103,7 +102,8 @@ class OpinionConfig(EnvConfig):
     """Consensus when the population standard deviation is below this; an agent
     is active in a step when its opinion moved by more than this."""
     log_every: int = Field(10, ge=1)
-    """Log an ``opinion`` event for every agent at steps 0, log_every, 2*log_every, ..."""
+    """Log an ``opinion`` event for every agent at steps 0, log_every, 2*log_every, ... and
+    at the run's last step (``steps - 1``), so the log always ends with the final opinions."""
 
     @model_validator(mode="after")
     def _check(self) -> OpinionConfig:
@@ -147,6 +147,14 @@ def consensus_step(metrics: Any) -> int | None:
         if reached == 1:
             return int(step)
     return None
+
+
+def _log_due(view: ShardView, step: int, every: int) -> bool:
+    """Whether periodic events are logged at ``step``: every ``every``-th step, and the run's
+    last (``ShardView.steps - 1``, where the engine gives the configured steps), so a log
+    always ends with the final state."""
+    steps = getattr(view, "steps", None)
+    return step % every == 0 or (steps is not None and step == steps - 1)
 
 
 @register_env
@@ -195,11 +203,11 @@ class Opinion(Env):
     def default_policy(self):
         cfg = self.config
         if cfg.model == "deffuant":
-            return DeffuantUpdate(cfg.mu)
+            return "deffuant", {"mu": cfg.mu}
         if cfg.model == "hegselmann_krause":
-            return BoundedConfidenceAverage()
+            return "hegselmann_krause", {}
         stubborn = cfg.stubbornness if cfg.model == "friedkin_johnsen" else 0.0
-        return DeGrootUpdate(cfg.self_weight, stubborn)
+        return "degroot", {"self_weight": cfg.self_weight, "stubbornness": stubborn}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         super().load_state_dict(state)
@@ -260,7 +268,7 @@ class Opinion(Env):
         moved = np.abs(new - self.opinion).max(axis=1) > cfg.tolerance if new.size else \
             np.zeros(new.shape[0], dtype=bool)
         self.opinion = new
-        if step % cfg.log_every == 0:
+        if _log_due(self.view, step, cfg.log_every):
             extra = {f"op{d}": new[:, d].astype(np.float32) for d in range(1, cfg.dims)}
             events = make_events(np.zeros(view.n_local, np.int8), view.agents,
                                  value=new[:, 0], **extra)

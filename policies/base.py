@@ -11,63 +11,19 @@ and draw randomness only through the keyed RNG in the context.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
-from swarm.policies.device import resolve_device
-from swarm.rng import KeyedRNG
+from swarm.contract import PolicyContext, PolicyStats, as_numpy, as_tensor, resolve_device
+from swarm.registry import POLICIES
 
-__all__ = ["Batch", "Policy", "PolicyContext", "PolicyStats", "as_numpy", "as_tensor"]
+__all__ = ["Batch", "Policy", "PolicyContext", "PolicyStats", "as_numpy", "as_tensor",
+           "register_policy"]
 
 #: A batch: equal-length columns, tensors (numpy arrays are accepted and
 #: converted) plus, for LLM-style policies, lists of strings.
 Batch = Mapping[str, Any]
-
-
-@dataclass
-class PolicyStats:
-    """What a policy reports about one decide call (summed into the step's metrics).
-
-    ``decisions``: agents (rows) decided by a model; ``calls``: prompts the
-    model chose actions for (after deduplication); ``fallbacks``: rows that
-    got the idle action, or no text, because the backend failed
-    (``on_error: idle``).
-    """
-
-    decisions: int = 0
-    calls: int = 0
-    fallbacks: int = 0
-    #: Prompts the model generated free text for (not part of ``calls``).
-    text_calls: int = 0
-
-
-@dataclass
-class PolicyContext:
-    """The step being decided, the run's keyed RNG, and where stats go."""
-
-    step: int
-    rng: KeyedRNG
-    stats: PolicyStats = field(default_factory=PolicyStats)
-
-
-def as_tensor(value: Any, device: torch.device) -> Any:
-    """A column as a tensor on ``device`` (numpy arrays zero-copy on the CPU); lists pass."""
-    if isinstance(value, torch.Tensor):
-        return value if value.device == device else value.to(device)
-    if isinstance(value, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(value))
-        return t if device.type == "cpu" else t.to(device)
-    return value
-
-
-def as_numpy(value: Any) -> np.ndarray:
-    """A column as a numpy array (a CPU tensor without a copy)."""
-    if isinstance(value, torch.Tensor):
-        return value.numpy(force=True) if value.device.type != "cpu" else value.numpy()
-    return np.asarray(value)
 
 
 def _batch_len(batch: Batch) -> int:
@@ -90,6 +46,9 @@ class Policy:
     """
 
     name: str = "policy"
+    #: The labels of the codes the rule returns, where it returns codes of the env's
+    #: choice (the population checks them against the env's ``choice_spec``).
+    labels: tuple[str, ...] | None = None
 
     def __init__(self, device: str = "cpu"):
         self.device = resolve_device(device)
@@ -119,3 +78,11 @@ class Policy:
 
     def close(self) -> None:
         """Release models or connections."""
+
+
+def register_policy(cls: type[Policy]) -> type[Policy]:
+    """Class decorator: make a rule known by its ``name``, the key an env's
+    ``default_policy`` returns. A package's rules are found without importing it first
+    when it declares them as entry points (group ``swarm.policies``)."""
+    POLICIES.register(cls.name, cls)
+    return cls

@@ -10,44 +10,28 @@ follows) or ignores it. Each action has a logistic propensity
 
 where ``sim`` is the cosine of the agent's interest and the item's topic and
 ``proof_count`` the number of agents it follows that shared the item's root
-(social proof). Unfollowing falls with similarity instead. One keyed uniform
+(social proof). Unfollowing falls with similarity instead. An item the agent
+already liked (``liked``) is not liked again, nor is a cascade it already shared
+(``reposted``: it posted the root or reposted one of its items) reposted again.
+One keyed uniform
 per row picks at most one action (inverse CDF over the propensities, scaled
 down when they sum past 1), so the draws repeat exactly on any shard count.
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
-from swarm.config_base import StrictModel
 from swarm.policies.base import Policy, PolicyContext
 
-__all__ = ["ACTIONS", "FeedRules", "FeedRulesConfig"]
+__all__ = ["ACTIONS", "FeedRules"]
 
-#: The feed's action codes, in order (the LLM-style labels too).
+#: The feed's action codes this rule returns, in order: the env's labels (checked when the
+#: population is built).
 ACTIONS = ("ignore", "like", "repost", "comment", "follow", "unfollow", "post")
 IGNORE, LIKE, REPOST, COMMENT, FOLLOW, UNFOLLOW, POST = range(len(ACTIONS))
-
-
-class FeedRulesConfig(StrictModel):
-    """Propensities of the heuristic feed agents (logit scale unless said otherwise)."""
-
-    post: float = 0.05
-    """Probability that an active agent writes an original post in a step."""
-    like: float = -2.5
-    """Logit of a like at similarity 0 without social proof."""
-    repost: float = -4.0
-    """Logit of a repost at similarity 0 without social proof."""
-    comment: float = -5.0
-    """Logit of a comment at similarity 0 without social proof."""
-    follow: float = -4.0
-    """Logit of following the author of an item from someone not followed."""
-    unfollow: float = -5.0
-    """Logit of unfollowing the author of an item from someone followed."""
-    interest: float = 3.0
-    """Weight of the interest similarity (the unfollow logit falls with it)."""
-    proof: float = 1.0
-    """Weight of log1p(social proof)."""
 
 
 class FeedRules(Policy):
@@ -55,9 +39,16 @@ class FeedRules(Policy):
 
     name = "feed_rules"
 
-    def __init__(self, config: FeedRulesConfig, device: str = "cpu"):
+    labels = ACTIONS
+
+    def __init__(self, *, post: float, like: float, repost: float, comment: float,
+                 follow: float, unfollow: float, interest: float, proof: float,
+                 device: str = "cpu"):
+        """The propensities of the env's ``rules`` (``FeedRulesConfig``)."""
         super().__init__(device)
-        self.config = config
+        self.config = SimpleNamespace(post=post, like=like, repost=repost, comment=comment,
+                                      follow=follow, unfollow=unfollow, interest=interest,
+                                      proof=proof)
 
     def _forward(self, batch: dict[str, torch.Tensor], ctx: PolicyContext) -> dict:
         c = self.config
@@ -65,9 +56,13 @@ class FeedRules(Policy):
         z = c.interest * sim + c.proof * torch.log1p(batch["proof"].to(torch.float64))
         followed = batch["followed"].bool()
         zero = torch.zeros_like(sim)
+        # Once each: no second like of an item, no second share of a cascade (a batch
+        # without these columns marks nothing).
+        liked = batch["liked"].bool() if "liked" in batch else torch.zeros_like(followed)
+        shared = batch["reposted"].bool() if "reposted" in batch else torch.zeros_like(followed)
         p = torch.stack([
-            torch.sigmoid(c.like + z),
-            torch.sigmoid(c.repost + z),
+            torch.where(liked, zero, torch.sigmoid(c.like + z)),
+            torch.where(shared, zero, torch.sigmoid(c.repost + z)),
             torch.sigmoid(c.comment + z),
             torch.where(followed, zero, torch.sigmoid(c.follow + c.interest * sim)),
             torch.where(followed, torch.sigmoid(c.unfollow - c.interest * sim), zero),

@@ -2,9 +2,11 @@
 
 One call decides, for every agent of a shard, first whether it imitates its
 best-scoring neighbour (a keyed draw per agent and step), then the one move
-(0 = C, 1 = D) it plays against all its neighbours this round under the
-strategy it now holds. The rules read only the batch the env built from last
-round's moves, so they run unchanged on the policy's device.
+(0 = C, 1 = D) it plays against all its neighbours in the next round under the
+strategy it now holds. The rules read only the batch the env built from the
+round just settled, so they run unchanged on the policy's device. The env plays
+round 0 itself, with the openings these rules would choose (tit_for_tat and
+win_stay_lose_shift open with C, having seen no moves).
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ import torch
 
 from swarm.policies.base import Policy, PolicyContext
 
-__all__ = ["STRATEGIES", "GameStrategies"]
+__all__ = ["GameStrategies"]
 
-#: Strategy names; a strategy's code is its index here.
-STRATEGIES = ("always_cooperate", "always_defect", "tit_for_tat", "win_stay_lose_shift")
+#: Strategy codes: their index in the games env's ``STRATEGIES``.
 ALLC, ALLD, TFT, WSLS = range(4)
 COOPERATE, DEFECT = 0, 1
 

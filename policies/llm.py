@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -30,20 +31,25 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from swarm.config_base import StrictModel
-from swarm.envs.base import ChoiceSpec
-from swarm.errors import PolicyError
+from swarm.contract import ChoiceSpec
+from swarm.errors import ConfigError, PolicyError
 from swarm.policies.backends.base import Backend, BackendError, PromptError
 from swarm.policies.base import Policy, PolicyContext, as_numpy
-from swarm.policies.endpoints import check_api_key_env, check_key_transport
+from swarm.policies.endpoints import (
+    check_api_key_env,
+    check_endpoints_trusted,
+    check_key_transport,
+)
 from swarm.policies.templates import (
     Persona,
     TemplateFormatter,
     check_template_syntax,
+    render_template,
     template_fields,
 )
 
 __all__ = ["LLMPolicy", "LLMPolicyConfig", "Persona", "TextConfig", "make_backend",
-           "template_fields"]
+           "persona_objects", "template_fields"]
 
 log = logging.getLogger(__name__)
 
@@ -220,11 +226,16 @@ class LLMPolicy(Policy):
     """
 
     name = "llm"
+    #: A population group's ``policy: {kind: llm, ...}``.
+    Config = LLMPolicyConfig
+    #: The batch gets each row's persona index (``persona``).
+    uses_persona = True
 
     def __init__(self, config: LLMPolicyConfig, spec: ChoiceSpec, backend: Backend,
-                 personas: list[Persona] | None = None):
+                 personas: list[Persona] | None = None, owns_backend: bool = False):
         super().__init__("cpu")  # the batch is bookkeeping; the model lives in the backend
         self.config, self.spec, self.backend = config, spec, backend
+        self._owns_backend = owns_backend
         self.personas = personas or [_NO_PERSONA]
         self.template = config.template or spec.template
         self.labels = spec.labels
@@ -237,6 +248,95 @@ class LLMPolicy(Policy):
                                               extra=("choice",))
             self.text_when = np.array([lb in config.text.when for lb in self.labels])
         self.uses_memory = "memory" in {*self.fields, *self.text_fields}
+
+    @property
+    def memory_k(self) -> int:
+        """How many of its agents' last actions the population keeps for this policy."""
+        return self.config.memory if self.uses_memory else 0
+
+    def close(self) -> None:
+        if self._owns_backend:
+            self.backend.close()
+
+    @classmethod
+    def from_config(cls, config: LLMPolicyConfig, spec: ChoiceSpec | None, *,
+                    personas=None, backend: Backend | None = None, shards: int = 1) -> LLMPolicy:
+        """The policy of one shard: ``backend`` when the runner serves the model (policy
+        servers), else its own, loaded here and closed with the policy."""
+        rows = persona_objects(personas) if personas is not None else None
+        owns = backend is None
+        if owns:
+            backend = make_backend(config, shards=shards)
+        return cls(config, spec, backend, rows, owns_backend=owns)
+
+    # -- shared models (``server: true``; started by swarm.policy_actors) ----------------
+
+    @staticmethod
+    def server_class() -> type:
+        """The plain class a policy-server actor holds: one model for every shard."""
+        from swarm.policies.shared_model import PolicyServer
+
+        return PolicyServer
+
+    @staticmethod
+    def wants_gpu(cfg: LLMPolicyConfig) -> bool:
+        """Whether a server of ``cfg`` should get a GPU where the cluster has one."""
+        return cfg.device != "cpu" and cfg.backend == "transformers"
+
+    @staticmethod
+    def server_backend(handle) -> Backend:
+        """The backend a shard's policy uses to reach its server through ``handle``."""
+        from swarm.policies.shared_model import ServerBackend
+
+        return ServerBackend(handle)
+
+    @staticmethod
+    def check_resumed_run(config, store, trust: bool) -> None:
+        """Another user's run that calls endpoints resumes only with ``trust``
+        (``swarm resume --trust-endpoint``; see ``check_endpoints_trusted``)."""
+        check_endpoints_trusted(config, store, trust)
+
+    @classmethod
+    def check_config(cls, cfg: LLMPolicyConfig, spec: ChoiceSpec | None, personas,
+                     where: str, env: str) -> None:
+        """What the driver can check before a run: the env has a choice, templates render
+        for every persona row, the model directory or the endpoint is there."""
+        if spec is None:
+            raise ConfigError(f"{where.removesuffix('.policy')}: env {env!r} with this config "
+                              "has no choice for LLM-style agents (e.g. cascade decides per edge "
+                              "except with model: linear_threshold)")
+        try:
+            check_template(cfg.template or spec.template, spec, f"{where}.template")
+            if cfg.text is not None:
+                if not spec.text:
+                    raise ValueError(f"env {env!r} has nowhere to put text")
+                unknown = set(cfg.text.when) - set(spec.labels)
+                if unknown:
+                    raise ValueError(f"text.when names {sorted(unknown)}; the allowed "
+                                     f"actions are {list(spec.labels)}")
+                check_template(cfg.text.template or spec.text_template, spec,
+                               "text.template", extra=("choice",))
+            if cfg.actions is not None and set(cfg.actions) != set(spec.labels):
+                raise ValueError(f"actions must give a text for each of {list(spec.labels)};"
+                                 f" got {sorted(cfg.actions)}")
+            unknown = set(cfg.bucket) - set(spec.fields)
+            if unknown:
+                raise ValueError(f"bucket names {sorted(unknown)}; numeric fields here: "
+                                 f"{list(spec.fields)}")
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        _check_renders(cfg, spec, personas, where)
+        if cfg.backend == "transformers":
+            _check_model_dir(cfg.model, f"{where}.model")
+        else:
+            _check_endpoint(cfg, where)
+        if cfg.dtype in ("float32", "float16", "bfloat16") or (
+                cfg.dtype == "auto" and cfg.backend == "transformers"
+                and cfg.device.startswith("cuda")):
+            log.warning("%s: dtype %s scores in reduced precision, so an agent whose "
+                        "actions nearly tie may choose differently with another shard count "
+                        "or batching; dtype: float64 makes actions exactly reproducible",
+                        where, cfg.dtype)
 
     # -- the hook ----------------------------------------------------------------
 
@@ -535,3 +635,72 @@ def _sample(scores: np.ndarray, keys: tuple[np.ndarray, ...], ctx: PolicyContext
     u = ctx.rng.uniform("llm_choice", *keys, step=ctx.step) * cdf[:, -1]
     choice = (cdf <= u[:, None]).sum(axis=1)
     return np.minimum(choice, scores.shape[1] - 1).astype(np.int64)
+
+
+# -- checks on the driver (LLMPolicy.check_config) ---------------------------------
+
+
+def _check_renders(cfg: LLMPolicyConfig, spec: ChoiceSpec, personas,
+                   key: str) -> None:
+    """Render the templates once per persona row (up to 1,000) with sample values, so a
+    missing persona column or a bad format spec fails now, not at step 1."""
+    rows = persona_objects(personas) if personas is not None else [_NO_PERSONA]
+    templates = [("template", cfg.template or spec.template)]
+    if cfg.text is not None:
+        templates.append(("text.template", cfg.text.template or spec.text_template))
+    sample = {f: 1 for f in spec.fields}
+    sample.update(memory="none yet", actions=" or ".join(spec.labels), step=0,
+                  choice=spec.labels[0])
+    for name, template in templates:
+        for persona in rows[:1000] + rows[-1:]:
+            try:
+                render_template(template, persona=persona, **sample)
+            except (AttributeError, KeyError, ValueError, IndexError, TypeError) as exc:
+                columns = [] if personas is None else personas.column_names
+                raise ConfigError(f"{key}.{name} cannot be rendered ({type(exc).__name__}: "
+                                  f"{exc}); persona columns: {columns}; fields take numbers, so "
+                                  "use format specs like {influence:.2f}") from None
+
+
+def persona_objects(personas) -> list[Persona]:
+    """The table's rows as Persona objects; with an ``agent`` column, plus a last default
+    row (every column None, the default description) for agents without a row."""
+    rows = [Persona(r) for r in personas.to_pylist()]
+    if "agent" in personas.column_names:
+        default = dict.fromkeys(personas.column_names)
+        default["description"] = DEFAULT_PERSONA_DESCRIPTION
+        rows.append(Persona(default))
+    return rows
+
+
+def _check_endpoint(cfg: LLMPolicyConfig, where: str) -> None:
+    """An endpoint that is down or does not serve the model fails the run before step 0
+    (``on_error: idle`` only warns: its agents then fall back, counted, every step)."""
+    backend = make_backend(cfg)
+    try:
+        backend.check()
+    except BackendError as exc:
+        if cfg.on_error == "raise":
+            raise ConfigError(f"{where}: {exc}") from None
+        log.warning("%s: %s; on_error is idle, so its agents will fall back", where, exc)
+    finally:
+        backend.close()
+
+
+def _check_model_dir(path: str, key: str) -> None:
+    if not os.path.isdir(path):
+        raise ConfigError(f"{key}: model directory not found: {path}. Give a local checkpoint "
+                          "directory (config.json, weights, tokenizer), e.g. one saved with "
+                          "save_pretrained; nothing is downloaded")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise ConfigError(f"{key}: {path} has no config.json, so it is not a transformers "
+                          "checkpoint directory")
+    names = os.listdir(path)
+    if not any(n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+               for n in names):
+        raise ConfigError(f"{key}: {path} has no tokenizer files (tokenizer.json or "
+                          "tokenizer_config.json); save the tokenizer with save_pretrained "
+                          "into the same directory")
+    if not any(n.endswith((".safetensors", ".bin")) or n.endswith(".index.json")
+               for n in names):
+        raise ConfigError(f"{key}: {path} has no weights (*.safetensors or pytorch_model*.bin)")

@@ -103,7 +103,7 @@ def _print_summary(result) -> None:
     where = result.store.child_uri
     typer.echo(f"run directory: {result.path}")
     typer.echo(f"  events:   {where('events')}  ({m['events']:,} rows)")
-    typer.echo(f"  metrics:  {where('metrics.arrow')}")
+    typer.echo(f"  metrics:  {where('metrics.arrow')}  (timings: {where('timings.arrow')})")
     typer.echo(f"  manifest: {where('manifest.json')}")
     typer.echo(f"graph: n={g['n']:,}, directed edges={g['directed_edges']:,} "
                f"(built in {g['build_seconds']:.2f} s); shards={m['partition']['shards']} "
@@ -113,21 +113,18 @@ def _print_summary(result) -> None:
                f"({rate:,.0f} agent-steps/s; setup {t['setup_seconds']:.2f} s)")
     if metrics.num_rows:
         last = metrics.slice(metrics.num_rows - 1).to_pylist()[0]
-        from swarm.envs import ENV_REGISTRY
-
-        env_cls = ENV_REGISTRY.get(m["env"]["kind"])
-        # Envs with derived metrics report those; their additive parts are bookkeeping.
-        names = m["env"]["metrics"]
-        if env_cls is not None:
-            names = env_cls.summary_metrics or env_cls.derived_metric_names or names
+        # What the env declared worth a reader's time (its additive parts are bookkeeping).
+        names = m["env"].get("summary_metrics") or m["env"]["metrics"]
         env_metrics = ", ".join(f"{k}={last[k]:,.4g}" if isinstance(last.get(k), float)
                                 else f"{k}={last[k]:,}" for k in names if k in last)
         typer.echo(f"last step ({m['env']['kind']}): {env_metrics}")
         cols = metrics.column_names
         if "policy_decisions" in cols and sum(metrics["policy_decisions"].to_pylist()):
+            timings = result.timings()
             total = {c: sum(metrics[c].to_pylist()) for c in
                      ("policy_decisions", "policy_calls", "policy_calls_saved",
-                      "policy_fallbacks", "decide_seconds", "seconds")}
+                      "policy_fallbacks")}
+            total.update({c: sum(timings[c].to_pylist()) for c in ("decide_seconds", "seconds")})
             typer.echo(f"models: {total['policy_decisions']:,} decisions, "
                        f"{total['policy_calls']:,} model calls "
                        f"({total['policy_calls_saved']:,} saved by dedup), "
@@ -464,7 +461,7 @@ def serve_policy(
     that raises it.
     """
     from swarm.policies.backends.base import BackendError
-    from swarm.policies.serve import ServeLimits, serve
+    from swarm.policies.http_server import ServeLimits, serve
 
     try:
         limits = ServeLimits(max_body_bytes=max_body_bytes, max_prompts=max_prompts,

@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from swarm.config_base import StrictModel
 from swarm.config_file import parse_yaml, read_yaml, shorten
-from swarm.envs import ENV_REGISTRY, EnvConfig
+from swarm.envs.base import ENV_REGISTRY, EnvConfig
 from swarm.errors import ConfigError
 from swarm.faults import FaultsConfig
 from swarm.graph import MAX_AGENTS
@@ -29,6 +29,7 @@ __all__ = [
     "FaultToleranceConfig",
     "load_config",
     "validate_config",
+    "run_graph",
     "apply_overrides",
     "MAX_AGENTS",
     "MAX_STEPS",
@@ -288,6 +289,24 @@ def _graph_allowed(raw_graph: dict) -> list[str]:
         if cls.model_fields["kind"].annotation == Literal[raw_graph.get("kind")]:
             return sorted(cls.model_fields)
     return []
+
+
+def run_graph(raw: dict):
+    """The whole graph (``CSRGraph``) of a run's config as its manifest holds it.
+
+    Only ``graph`` and ``seed`` are read, so a run of an env that is not installed
+    here still gives its graph (what analysis needs)."""
+    from types import SimpleNamespace
+
+    from pydantic import TypeAdapter
+
+    from swarm.graphgen import build_graph
+
+    try:
+        graph = TypeAdapter(GraphConfig).validate_python(raw["graph"])
+    except (KeyError, TypeError, ValidationError) as exc:
+        raise ConfigError(f"the run's config has no valid graph: {exc}") from None
+    return build_graph(SimpleNamespace(graph=graph, seed=raw.get("seed", 0)))
 
 
 def validate_config(raw: dict) -> RunConfig:

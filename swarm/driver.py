@@ -26,8 +26,8 @@ from swarm.errors import RunInterrupted, ShardFailure
 from swarm.eventlog import chunk_number
 from swarm.executors import is_recoverable, make_shards, put_specs
 from swarm.lease import Lease
-from swarm.metrics import metric_columns, record, row, write_metrics
-from swarm.rundir import METRICS, STATE, write_manifest
+from swarm.metrics import metric_columns, record, row, timing_columns, write_metrics
+from swarm.rundir import METRICS, STATE, TIMINGS, write_manifest
 from swarm.shard import is_quiescent
 from swarm.storage import RunStore
 
@@ -79,6 +79,7 @@ class Driver:
         self.show = sys.stderr.isatty() if progress is None else progress
         self.every = config.checkpoint.every
         self.derive = ENV_REGISTRY[config.env.kind].derive_metrics
+        self.reductions = ENV_REGISTRY[config.env.kind].metrics
         self.restarts = 0
         self.prior_restarts = manifest.get("restarts", 0)  # from before a resume
         self.checkpoint_driver_seconds = 0.0
@@ -175,7 +176,8 @@ class Driver:
             batch = self.shards.run_steps(step, steps - step, self.every)
             for s in batch:
                 self.absorb([s])
-                done = self._emit(row(s["step"], [s], s["seconds"], self.derive), bar)
+                done = self._emit(row(s["step"], [s], s["seconds"], self.derive,
+                                      self.reductions), bar)
                 if "checkpoint" in s:
                     self._checkpoint_complete(s["step"])
                 if done:
@@ -201,7 +203,7 @@ class Driver:
             summaries, outs = self.shards.collect(handle)
             self.absorb(summaries)
             now = time.perf_counter()
-            done = self._emit(row(step, summaries, now - t_prev, self.derive), bar)
+            done = self._emit(row(step, summaries, now - t_prev, self.derive, self.reductions), bar)
             if "checkpoint" in summaries[0]:
                 self._checkpoint_complete(step)
             if done:
@@ -217,7 +219,7 @@ class Driver:
                     summaries, _ = self.shards.collect(ahead)
                     self.absorb(summaries)
                     done = self._emit(row(step, summaries, time.perf_counter() - t_prev,
-                                           self.derive), bar)
+                                           self.derive, self.reductions), bar)
                     if "checkpoint" in summaries[0]:
                         self._checkpoint_complete(step)
                     if done:
@@ -238,7 +240,8 @@ class Driver:
         t0 = time.perf_counter()
         snapshot = write_metrics(self.store, f"{ckpt.step_dir(step)}/metrics.arrow",
                                   self.rows[: step + 1],
-                                  metric_columns(ENV_REGISTRY[self.config.env.kind]))
+                                  metric_columns(ENV_REGISTRY[self.config.env.kind]),
+                                  timing_columns(ENV_REGISTRY[self.config.env.kind]))
         pending = self._pending.pop(step, {"files": {}, "log": {}})
         self._pending = {k: v for k, v in self._pending.items() if k > step}
         pending["files"][snapshot["path"]] = record(snapshot)
@@ -323,6 +326,7 @@ def drop_chunks_after(files: dict[str, dict], log: dict) -> None:
     for rel in [rel for rel in files if not kept(rel, log)]:
         del files[rel]
     files.pop(METRICS, None)  # rewritten when the run completes
+    files.pop(TIMINGS, None)
 
 
 class Progress:

@@ -18,10 +18,38 @@ import re
 import numpy as np
 import pyarrow as pa
 
-from swarm.envs.base import COMMON_EVENT_COLUMNS
 from swarm.storage import RunStore
 
-__all__ = ["EventLog", "event_schema", "chunk_number"]
+__all__ = ["COMMON_EVENT_COLUMNS", "EventLog", "event_schema", "chunk_number", "make_events"]
+
+# The columns every event carries (DESIGN.md, "Event log"). ``step`` and
+# ``shard`` are added by the engine; -1 (ints) and NaN (value) mean null.
+COMMON_EVENT_COLUMNS: dict[str, pa.DataType] = {
+    "step": pa.int32(),
+    "shard": pa.int32(),
+    "agent": pa.int64(),
+    "event": pa.dictionary(pa.int8(), pa.string()),
+    "target": pa.int64(),
+    "item": pa.int64(),
+    "root": pa.int64(),
+    "parent": pa.int64(),
+    "value": pa.float32(),
+}
+
+_NULLABLE_INT = ("target", "item", "root", "parent")
+
+
+def make_events(event: np.ndarray, agent: np.ndarray, **columns: np.ndarray) -> dict:
+    """Event columns with the common nullable ones filled with nulls where not given."""
+    n = agent.shape[0]
+    out = {"event": np.asarray(event, dtype=np.int8), "agent": np.asarray(agent, dtype=np.int64)}
+    for name in _NULLABLE_INT:
+        col = columns.pop(name, None)
+        out[name] = np.full(n, -1, dtype=np.int64) if col is None else col.astype(np.int64)
+    value = columns.pop("value", None)
+    out["value"] = np.full(n, np.nan, np.float32) if value is None else value.astype(np.float32)
+    out.update(columns)
+    return out
 
 _PART = re.compile(r"part-(\d+)\.arrow$")
 

@@ -1,6 +1,6 @@
 """Where shards run: in this process, or as Ray actors. The only part of the engine that
 starts shard actors or passes their object refs; the driver sees the same calls either
-way (policy servers, `swarm.policy_server`, are actors of their own).
+way (policy servers, `swarm.policy_actors`, are actors of their own).
 
 Both build the shards' slices (draw, assemble, finish: ``swarm.shardgraph``) with
 edges going shard to shard, then step them. On Ray, messages move from shard to
@@ -222,3 +222,11 @@ def put_specs(backend: str, specs) -> list:
     import ray
 
     return [ray.put(s) for s in specs]
+
+
+def node_memory() -> list[int]:
+    """Bytes of memory plus object store of each live node of the connected Ray."""
+    import ray
+
+    return [int(nd["Resources"].get("memory", 0) + nd["Resources"].get("object_store_memory", 0))
+            for nd in ray.nodes() if nd.get("Alive")]

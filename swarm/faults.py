@@ -12,8 +12,10 @@ sent at ``s`` is delivered at ``s + 1``):
   side A and the rest are lost for ``start <= s < end``;
 * ``crash``: a keyed ``fraction`` of agents crash-stops at ``at_step``: from
   then on nothing they send arrives and nothing delivered to them from that
-  step on arrives. They stay in the env (crash-stop isolates an agent; an env
-  that should also freeze its state asks ``Faults.crashed``);
+  step on arrives. The shard also freezes them, the same way in every env
+  (``Shard.step``): from their crash step a crashed agent does not decide, its
+  events and outgoing messages are dropped, and its per-agent state
+  (``Env.agent_state``) is restored after each step;
 * ``delay``: a keyed ``fraction`` of the messages that are not lost arrive
   ``steps`` steps late (held by the receiving shard, and checkpointed with it).
 
@@ -22,8 +24,8 @@ Their drop and delay draws are keyed by (sender, receiver, sending step): two
 messages between the same pair in the same step share their fate, which is a
 link failing for a step; a broadcast copy is keyed by its edge.
 
-Envs see the run's ``Faults`` as ``ShardView.faults`` (None without faults), so
-one whose crashed agents should also stop deciding can ask ``crashed``.
+Envs see the run's ``Faults`` as ``ShardView.faults`` (None without faults), for
+metrics that need it (a protocol's correct agents leave out the crashed ones).
 """
 
 from __future__ import annotations

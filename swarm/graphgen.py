@@ -31,7 +31,8 @@ CSR rows (duplicates and self-loops merge away).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,8 +40,11 @@ from swarm.errors import GraphError
 from swarm.graph import ragged_arange
 from swarm.rng import KeyedRNG, mix64
 
+if TYPE_CHECKING:
+    from swarm.graph import CSRGraph
+
 __all__ = ["GeneratedSlice", "graph_size", "generate", "generation_ranges", "block_bounds",
-           "edge_key", "row_key", "whole_graph", "SHARD_LOCAL_KINDS"]
+           "edge_key", "row_key", "whole_graph", "build_graph", "graph_seed", "SHARD_LOCAL_KINDS"]
 
 #: Graph kinds a shard generates (or reads) itself.
 SHARD_LOCAL_KINDS = ("erdos_renyi", "sbm", "watts_strogatz", "barabasi_albert",
@@ -502,3 +506,27 @@ def whole_graph(gc, seed: int):
     dst = np.concatenate(dsts) if dsts else np.empty(0, np.int64)
     g = from_edges(src, dst, n, directed=True)  # both directions are drawn already
     return CSRGraph(g.indptr, g.indices, directed=False)
+
+
+# -- whole graphs of a run config ------------------------------------------------
+
+
+def graph_seed(config) -> int:
+    """The graph generators' seed, derived from the run seed."""
+    return int(KeyedRNG(config.seed).bits("graph", np.zeros(1, np.int64))[0] >> np.uint64(1))
+
+
+def build_graph(config, check: Callable[[int, int], None] | None = None) -> CSRGraph:
+    """The whole graph a run config (``swarm.config.RunConfig``) names, in this process:
+    the same graph the shards of a run build slice by slice, for any shard count (for
+    analysis, tests and METIS).
+
+    ``check(n, directed_edges)`` runs on an edge list's sizes before its arrays
+    are allocated (the memory guard; generators are checked from the config).
+    """
+    g = config.graph
+    if g.kind == "edgelist":
+        from swarm.graph import read_edgelist
+
+        return read_edgelist(g.path, directed=g.directed, n=g.n, check=check)
+    return whole_graph(g, graph_seed(config))

@@ -149,7 +149,7 @@ def estimate_for(n: int, edges: int, config, env_cls, held: bool | None = None,
     fanout = FANOUT_BYTES_PER_EDGE * e_k if broadcasts else 0
     # The busiest step: the share of agents acting (and of edges used) at once.
     active = env_cls.peak_active_share
-    state = n_k * (env_cls.state_bytes_per_agent + active * EVENT_BYTES_PER_AGENT)
+    state = n_k * (env_cls.bytes_per_agent(config.env) + active * EVENT_BYTES_PER_AGENT)
     run = PROCESS_BYTES + graph + fanout + state + active * e_k * MESSAGE_BYTES_PER_EDGE
     pieces = config.graph.kind in ("erdos_renyi", "sbm") and config.partition == "contiguous"
     if held:
@@ -187,11 +187,9 @@ def estimate_for(n: int, edges: int, config, env_cls, held: bool | None = None,
 def available_memory(backend: str) -> tuple[int, int]:
     """(total bytes available to the run, bytes of the largest node)."""
     if backend == "ray":
-        import ray
+        from swarm.executors import node_memory
 
-        nodes = [nd for nd in ray.nodes() if nd.get("Alive")]
-        sizes = [int(nd["Resources"].get("memory", 0) + nd["Resources"].get(
-            "object_store_memory", 0)) for nd in nodes]
+        sizes = node_memory()
         if sizes and max(sizes) > 0:
             return sum(sizes), max(sizes)
     avail = _meminfo_available()

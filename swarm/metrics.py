@@ -1,22 +1,38 @@
-"""One metrics row per step, from the shards' summaries, and the metrics table."""
+"""One metrics row per step, from the shards' summaries, and the metrics tables.
+
+A run's metrics are two tables. ``metrics.arrow`` holds what the run computes:
+counts and the env's declared metrics, equal for equal configs and seeds on
+any shard count (what the determinism kit compares). ``timings.arrow`` holds
+wall-clock seconds (each stage of the slowest shard, the env's declared
+``timing_metrics``), which differ from run to run and never enter the first.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 import pyarrow as pa
 
 from swarm.population import POLICY_METRICS
+from swarm.reductions import Histogram, Reduction, finish_all, merge_all
 from swarm.storage import RunStore
 
-__all__ = ["STAGES", "row", "record", "metric_columns", "write_metrics"]
+__all__ = ["STAGES", "ENGINE_TIMINGS", "row", "record", "metric_columns", "timing_columns",
+           "write_metrics"]
 
 
 #: The shard's stages timed in every step besides decide (metrics ``<stage>_seconds``).
 STAGES = ("deliver", "observe", "apply", "log", "route")
+#: The engine's wall-clock columns (``timings.arrow``).
+ENGINE_TIMINGS = ("seconds", "shard_seconds_max", "checkpoint_seconds", "decide_seconds",
+                  *(f"{stage}_seconds" for stage in STAGES))
 
 
-def row(step: int, summaries: list[dict], seconds: float, derive=None) -> dict:
-    """One metrics row from the shards' summaries of one step."""
+def row(step: int, summaries: list[dict], seconds: float, derive=None,
+        reductions: Mapping[str, Reduction] | None = None) -> dict:
+    """One metrics row from the shards' summaries of one step: counters summed, the env's
+    declared reductions merged and finished, then its derived metrics."""
     row = {
         "step": step,
         "active": sum(s["active"] for s in summaries),
@@ -40,6 +56,10 @@ def row(step: int, summaries: list[dict], seconds: float, derive=None) -> dict:
         row[name] = sum(s["policy"][name] for s in summaries)
     totals = {name: sum(s["metrics"][name] for s in summaries) for name in summaries[0]["metrics"]}
     row.update(totals)
+    if reductions:
+        parts = [s["reduced"] for s in summaries if s.get("reduced") is not None]
+        totals.update(finish_all(reductions, merge_all(reductions, parts)))
+        row.update(totals)
     if derive is not None:
         row.update(derive(totals))
     return row
@@ -51,17 +71,38 @@ def record(file: dict) -> dict:
 
 
 def metric_columns(env_cls) -> tuple[str, ...]:
-    return (*env_cls.metric_names, *env_cls.derived_metric_names)
+    """The env's deterministic metric columns: counters, declared reductions (a histogram's
+    bins each), derived metrics."""
+    reduced = []
+    for name, r in getattr(env_cls, "metrics", {}).items():
+        if isinstance(r, Histogram):
+            reduced.extend(f"{name}_{i}" for i in range(len(r.edges) - 1))
+        else:
+            reduced.append(name)
+    return (*env_cls.metric_names, *reduced, *env_cls.derived_metric_names)
 
 
-def write_metrics(store: RunStore, rel: str, rows: list[dict], metric_names) -> dict:
-    """Write the metrics table; returns its file record (with ``path``)."""
-    floats = ("seconds", "shard_seconds_max", "checkpoint_seconds", "decide_seconds",
-              *(f"{stage}_seconds" for stage in STAGES))
-    cols = ["step", "active", "events", "messages", "cross_shard_messages", "cross_shard_bytes",
-            "dropped_messages", "held_messages", *floats, *POLICY_METRICS, *metric_names]
+def timing_columns(env_cls) -> tuple[str, ...]:
+    """The wall-clock columns of a run of ``env_cls``: the engine's and the env's."""
+    return (*ENGINE_TIMINGS, *getattr(env_cls, "timing_metrics", ()))
+
+
+def write_metrics(store: RunStore, rel: str, rows: list[dict], metric_names,
+                  timing_names: tuple[str, ...] = ENGINE_TIMINGS) -> dict:
+    """Write one metrics table of the columns named; returns its file record (with ``path``).
+
+    ``metric_names`` are the env's; ``timing_names`` the wall-clock columns to include
+    (none for ``metrics.arrow``, only those for ``timings.arrow``: pass
+    ``metric_names=None``)."""
+    floats = tuple(timing_names)
+    if metric_names is None:
+        cols = ["step", *floats]
+    else:
+        cols = ["step", "active", "events", "messages", "cross_shard_messages",
+                "cross_shard_bytes", "dropped_messages", "held_messages", *floats,
+                *POLICY_METRICS, *metric_names]
     types = {"step": pa.int32(), **{c: pa.float64() for c in floats}}
-    for c in metric_names:  # env metrics: float64 when any step's value is a float
+    for c in metric_names or ():  # env metrics: float64 when any step's value is a float
         if any(isinstance(r.get(c), (float, np.floating)) for r in rows):
             types[c] = pa.float64()
     table = pa.table({c: pa.array([r.get(c, 0) for r in rows], type=types.get(c, pa.int64()))

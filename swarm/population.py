@@ -15,32 +15,32 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import torch
-from pydantic import Field, model_validator
+from pydantic import Field, SerializeAsAny, model_validator
 
 from swarm.config_base import StrictModel
-from swarm.envs.base import ChoiceSpec, Env, EnvConfig, ShardView
-from swarm.errors import ConfigError
-from swarm.policies.backends.base import Backend
-from swarm.policies.base import Policy, PolicyContext, PolicyStats, as_numpy
-from swarm.policies.device import resolve_device
-from swarm.policies.llm import (
-    DEFAULT_PERSONA_DESCRIPTION,
-    LLMPolicy,
-    LLMPolicyConfig,
-    Persona,
-    check_template,
+from swarm.contract import (
+    ChoiceSpec,
+    PolicyContext,
+    PolicyStats,
+    as_numpy,
+    is_tensor,
+    resolve_device,
 )
-from swarm.policies.templates import render_template
+from swarm.errors import ConfigError
+from swarm.registry import POLICIES
+
+if TYPE_CHECKING:
+    from swarm.envs.base import Env, EnvConfig, ShardView
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DefaultPolicyConfig",
+    "PolicyConfig",
     "POLICY_METRICS",
     "Population",
     "PopulationConfig",
@@ -53,16 +53,37 @@ POLICY_METRICS = ("policy_decisions", "policy_calls", "policy_calls_saved", "pol
                   "policy_text_calls")
 
 
-class DefaultPolicyConfig(StrictModel):
+class PolicyConfig(StrictModel):
+    """A group's policy: ``kind`` is ``default`` (the env's own rule) or the key of a
+    registered policy with a ``Config`` of its own (``llm``: LLM-style agents).
+
+    Validating this base class validates the config of the kind named, so a config
+    reaches policies without the engine importing any of them.
+    """
+
+    kind: str
+    device: str = "cpu"
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _by_kind(cls, data: Any, handler):
+        if cls is not PolicyConfig or not isinstance(data, dict):
+            return handler(data)
+        kind = data.get("kind", "default")
+        if kind == "default":
+            return DefaultPolicyConfig.model_validate(data)
+        if kind not in POLICIES or getattr(POLICIES[kind], "Config", None) is None:
+            configurable = ["default", *(k for k in POLICIES if k == "llm")]
+            raise ValueError(f"unknown policy kind {kind!r}; allowed: {', '.join(configurable)}")
+        return POLICIES[kind].Config.model_validate(data)
+
+
+class DefaultPolicyConfig(PolicyConfig):
     """The env's own heuristic rule (independent cascade, threshold, ...)."""
 
     kind: Literal["default"] = "default"
     device: str = Field("cpu", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     """Where its tensors live: cpu (the env's state is numpy), auto, cuda or cuda:i."""
-
-
-PolicyConfig = Annotated[Union[DefaultPolicyConfig, LLMPolicyConfig],  # noqa: UP007
-                         Field(discriminator="kind")]
 
 
 class PolicyGroup(StrictModel):
@@ -71,7 +92,7 @@ class PolicyGroup(StrictModel):
 
     name: str | None = None
     """A label for the group (default: its policy kind and position)."""
-    policy: PolicyConfig = DefaultPolicyConfig()
+    policy: SerializeAsAny[PolicyConfig] = DefaultPolicyConfig()
     fraction: float | None = Field(None, gt=0.0, le=1.0)
     """Share of the agents no `where` group claims (the fractions must sum to 1)."""
     where: dict[str, list[Any]] | None = None
@@ -107,10 +128,6 @@ class PopulationConfig(StrictModel):
             raise ValueError("`where` groups match persona columns: give population.personas")
         return self
 
-    @property
-    def uses_llm(self) -> bool:
-        return any(isinstance(g.policy, LLMPolicyConfig) for g in self.groups)
-
 
 def load_personas(path: str) -> pa.Table:
     """Read a persona table (Parquet or CSV) with a clear error for a missing or bad file."""
@@ -142,49 +159,18 @@ def load_personas(path: str) -> pa.Table:
 
 def check_population(config: PopulationConfig, env_cls: type[Env], env_config: EnvConfig,
                      personas: pa.Table | None, n: int, backend: str = "ray") -> None:
-    """Everything about the mix that can be checked on the driver before a run starts."""
+    """Everything about the mix that can be checked on the driver before a run starts.
+
+    A group's own policy kind checks its config (``check_config``: templates, model
+    files, endpoints for LLM-style agents); the env's default rule is looked up.
+    """
     spec = env_cls.choice_spec(env_config)
     for i, group in enumerate(config.groups):
         where = f"population.groups[{i}]"
         _check_device(group.policy.device, f"{where}.policy.device", backend)
-        if isinstance(group.policy, LLMPolicyConfig):
-            cfg = group.policy
-            if spec is None:
-                raise ConfigError(f"{where}: env {env_cls.name!r} with this config has no "
-                                  "choice for LLM-style agents (e.g. cascade decides per edge "
-                                  "except with model: linear_threshold)")
-            try:
-                check_template(cfg.template or spec.template, spec, f"{where}.policy.template")
-                if cfg.text is not None:
-                    if not spec.text:
-                        raise ValueError(f"env {env_cls.name!r} has nowhere to put text")
-                    unknown = set(cfg.text.when) - set(spec.labels)
-                    if unknown:
-                        raise ValueError(f"text.when names {sorted(unknown)}; the allowed "
-                                         f"actions are {list(spec.labels)}")
-                    check_template(cfg.text.template or spec.text_template, spec,
-                                   "text.template", extra=("choice",))
-                if cfg.actions is not None and set(cfg.actions) != set(spec.labels):
-                    raise ValueError(f"actions must give a text for each of {list(spec.labels)};"
-                                     f" got {sorted(cfg.actions)}")
-                unknown = set(cfg.bucket) - set(spec.fields)
-                if unknown:
-                    raise ValueError(f"bucket names {sorted(unknown)}; numeric fields here: "
-                                     f"{list(spec.fields)}")
-            except ValueError as exc:
-                raise ConfigError(f"{where}.policy: {exc}") from None
-            _check_renders(cfg, spec, personas, f"{where}.policy")
-            if cfg.backend == "transformers":
-                _check_model_dir(cfg.model, f"{where}.policy.model")
-            else:
-                _check_endpoint(cfg, where)
-            if cfg.dtype in ("float32", "float16", "bfloat16") or (
-                    cfg.dtype == "auto" and cfg.backend == "transformers"
-                    and cfg.device.startswith("cuda")):
-                log.warning("%s.policy: dtype %s scores in reduced precision, so an agent whose "
-                            "actions nearly tie may choose differently with another shard count "
-                            "or batching; dtype: float64 makes actions exactly reproducible",
-                            where, cfg.dtype)
+        if group.policy.kind != "default":
+            POLICIES[group.policy.kind].check_config(group.policy, spec, personas,
+                                                     f"{where}.policy", env_cls.name)
         if group.where is not None:
             _check_where(group.where, personas, f"{where}.where")
     if personas is not None and "agent" in personas.column_names:
@@ -225,78 +211,6 @@ def _check_where(where: dict[str, list[Any]], personas: pa.Table, key: str) -> N
         raise ConfigError(f"{key}: no persona row matches {where}; the group would be empty")
 
 
-def _check_renders(cfg: LLMPolicyConfig, spec: ChoiceSpec, personas: pa.Table | None,
-                   key: str) -> None:
-    """Render the templates once per persona row (up to 1,000) with sample values, so a
-    missing persona column or a bad format spec fails now, not at step 1."""
-    rows = _persona_objects(personas) if personas is not None else [_DEFAULT_PERSONA]
-    templates = [("template", cfg.template or spec.template)]
-    if cfg.text is not None:
-        templates.append(("text.template", cfg.text.template or spec.text_template))
-    sample = {f: 1 for f in spec.fields}
-    sample.update(memory="none yet", actions=" or ".join(spec.labels), step=0,
-                  choice=spec.labels[0])
-    for name, template in templates:
-        for persona in rows[:1000] + rows[-1:]:
-            try:
-                render_template(template, persona=persona, **sample)
-            except (AttributeError, KeyError, ValueError, IndexError, TypeError) as exc:
-                columns = [] if personas is None else personas.column_names
-                raise ConfigError(f"{key}.{name} cannot be rendered ({type(exc).__name__}: "
-                                  f"{exc}); persona columns: {columns}; fields take numbers, so "
-                                  "use format specs like {influence:.2f}") from None
-
-
-_DEFAULT_PERSONA = Persona({"description": DEFAULT_PERSONA_DESCRIPTION})
-
-
-def _persona_objects(personas: pa.Table) -> list[Persona]:
-    """The table's rows as Persona objects; with an ``agent`` column, plus a last default
-    row (every column None, the default description) for agents without a row."""
-    rows = [Persona(r) for r in personas.to_pylist()]
-    if "agent" in personas.column_names:
-        default = dict.fromkeys(personas.column_names)
-        default["description"] = DEFAULT_PERSONA_DESCRIPTION
-        rows.append(Persona(default))
-    return rows
-
-
-def _check_endpoint(cfg: LLMPolicyConfig, where: str) -> None:
-    """An endpoint that is down or does not serve the model fails the run before step 0
-    (``on_error: idle`` only warns: its agents then fall back, counted, every step)."""
-    from swarm.policies.backends.base import BackendError
-    from swarm.policies.llm import make_backend
-
-    backend = make_backend(cfg)
-    try:
-        backend.check()
-    except BackendError as exc:
-        if cfg.on_error == "raise":
-            raise ConfigError(f"{where}.policy: {exc}") from None
-        log.warning("%s.policy: %s; on_error is idle, so its agents will fall back", where, exc)
-    finally:
-        backend.close()
-
-
-def _check_model_dir(path: str, key: str) -> None:
-    if not os.path.isdir(path):
-        raise ConfigError(f"{key}: model directory not found: {path}. Give a local checkpoint "
-                          "directory (config.json, weights, tokenizer), e.g. one saved with "
-                          "save_pretrained; nothing is downloaded")
-    if not os.path.exists(os.path.join(path, "config.json")):
-        raise ConfigError(f"{key}: {path} has no config.json, so it is not a transformers "
-                          "checkpoint directory")
-    names = os.listdir(path)
-    if not any(n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-               for n in names):
-        raise ConfigError(f"{key}: {path} has no tokenizer files (tokenizer.json or "
-                          "tokenizer_config.json); save the tokenizer with save_pretrained "
-                          "into the same directory")
-    if not any(n.endswith((".safetensors", ".bin")) or n.endswith(".index.json")
-               for n in names):
-        raise ConfigError(f"{key}: {path} has no weights (*.safetensors or pytorch_model*.bin)")
-
-
 class Population:
     """The decide stage on one shard: policies, who follows which, and agent memory.
 
@@ -309,42 +223,43 @@ class Population:
         The shard's agents (global ids) and keyed RNG.
     personas : pyarrow.Table, optional
         The persona table.
-    backends : mapping of group index to Backend, optional
-        Backends made by the runner (policy-server proxies); other LLM groups
-        load their own with ``make_backend``.
+    backends : mapping of group index to a backend, optional
+        Backends made by the runner (policy-server proxies) for the groups whose
+        policy kind is served; other groups build their own.
+
+    A group's policy is the env's default rule, looked up by the key
+    ``Env.default_policy`` names, or the registered policy of its ``kind``, built by
+    ``from_config``. A policy that reads personas (``uses_persona``) gets each row's
+    persona index; one that remembers (``memory_k`` > 0) gets its agents' last actions.
     """
 
     def __init__(self, config: PopulationConfig, env: Env, view: ShardView,
                  personas: pa.Table | None = None,
-                 backends: Mapping[int, Backend] | None = None):
-        from swarm.policies.llm import make_backend
-
+                 backends: Mapping[int, Any] | None = None):
         self.config = config
         self.view = view
         n = view.n_local
         self.spec: ChoiceSpec | None = type(env).choice_spec(env.config)
-        persona_rows, self.persona = _assign_personas(personas, view)
+        self.persona = _assign_personas(personas, view)
         self.group = _assign_groups(config, personas, view, self.persona)
-        self.policies: list[Policy] = []
-        self._owned: list[Backend] = []
+        self.policies: list = []
         memory_k = 0
         for i, group in enumerate(config.groups):
             pcfg = group.policy
-            if isinstance(pcfg, LLMPolicyConfig):
-                backend = (backends or {}).get(i)
-                if backend is None:
-                    backend = make_backend(pcfg, shards=view.num_shards)
-                    self._owned.append(backend)
-                policy = LLMPolicy(pcfg, self.spec, backend, persona_rows)
-                if policy.uses_memory:
-                    memory_k = max(memory_k, pcfg.memory)
-            else:
-                policy = env.default_policy()
+            if pcfg.kind == "default":
+                key, kwargs = env.default_policy()
+                policy = POLICIES[key](**kwargs)
                 policy.device = resolve_device(pcfg.device)
+                _check_labels(policy, self.spec, key, type(env).name)
+            else:
+                policy = POLICIES[pcfg.kind].from_config(
+                    pcfg, self.spec, personas=personas, backend=(backends or {}).get(i),
+                    shards=view.num_shards)
+            memory_k = max(memory_k, getattr(policy, "memory_k", 0))
             self.policies.append(policy)
         # What LLM-style agents did in their last k decisions (label index, -1 = none).
         self.memory = np.full((n, memory_k), -1, dtype=np.int8) if memory_k else None
-        self.single = len(self.policies) == 1 and not isinstance(self.policies[0], LLMPolicy)
+        self.single = len(self.policies) == 1 and not _per_agent(self.policies[0])
 
     def decide(self, batch: dict[str, Any], step: int, rng) -> tuple[dict[str, Any], dict]:
         """Actions for the batch (in batch order) and the step's policy metrics."""
@@ -376,17 +291,20 @@ class Population:
             if sel.shape[0] == 0 and len(self.policies) > 1:
                 continue
             sub = {k: _take(v, sel) for k, v in batch.items()}
-            if isinstance(policy, LLMPolicy):
+            if getattr(policy, "uses_persona", False):
                 sub["persona"] = self.persona[rows[sel]]
-                if self.memory is not None:
-                    sub["memory"] = self.memory[rows[sel]]
+            remembers = getattr(policy, "memory_k", 0) > 0 and self.memory is not None
+            if remembers:
+                sub["memory"] = self.memory[rows[sel]]
             acts = policy.decide(sub, ctx)
             for key, value in acts.items():
                 _scatter(merged, key, value, sel, n)
-            if isinstance(policy, LLMPolicy) and self.memory is not None and sel.shape[0]:
+            if remembers and sel.shape[0]:
                 chosen = as_numpy(acts[self.spec.action]).astype(np.int8)
                 mem = self.memory[rows[sel]]
                 self.memory[rows[sel]] = np.concatenate([mem[:, 1:], chosen[:, None]], axis=1)
+        import torch
+
         return {k: torch.from_numpy(v) if v.dtype != object else v for k, v in merged.items()}
 
     # -- checkpoints -------------------------------------------------------------
@@ -399,13 +317,30 @@ class Population:
             self.memory[...] = np.asarray(state["memory"]).reshape(self.memory.shape)
 
     def close(self) -> None:
-        for backend in self._owned:
-            backend.close()
+        for policy in self.policies:
+            policy.close()
+
+
+def _per_agent(policy) -> bool:
+    """Whether the policy needs the population's per-agent columns (persona, memory)."""
+    return bool(getattr(policy, "uses_persona", False) or getattr(policy, "memory_k", 0))
+
+
+def _check_labels(policy, spec: ChoiceSpec | None, key: str, env: str) -> None:
+    """A rule that returns codes of the env's choice must know the same labels."""
+    labels = getattr(policy, "labels", None)
+    if labels is not None and spec is not None and tuple(labels) != tuple(spec.labels):
+        raise ConfigError(f"policy {key!r} returns codes of {list(labels)}, but env {env!r} "
+                          f"declares the labels {list(spec.labels)}; update one to the other")
 
 
 def _take(value: Any, sel: np.ndarray) -> Any:
-    if isinstance(value, (np.ndarray, torch.Tensor)):
-        return value[torch.from_numpy(sel)] if isinstance(value, torch.Tensor) else value[sel]
+    if is_tensor(value):
+        import torch
+
+        return value[torch.from_numpy(sel)]
+    if isinstance(value, np.ndarray):
+        return value[sel]
     return [value[i] for i in sel.tolist()]
 
 
@@ -418,18 +353,22 @@ def _scatter(merged: dict, key: str, value: Any, sel: np.ndarray, n: int) -> Non
     arr = as_numpy(value)
     col = merged.get(key)
     if col is None:
-        col = merged[key] = np.zeros(n, dtype=arr.dtype)
+        col = merged[key] = np.zeros((n, *arr.shape[1:]), dtype=arr.dtype)
     elif np.result_type(col.dtype, arr.dtype) != col.dtype:
         col = merged[key] = col.astype(np.result_type(col.dtype, arr.dtype))
     col[sel] = arr
 
 
-def _assign_personas(personas: pa.Table | None, view: ShardView):
-    """(persona rows as objects, the persona row index of each local agent)."""
+def _assign_personas(personas: pa.Table | None, view: ShardView) -> np.ndarray:
+    """The persona row index of each local agent.
+
+    With an ``agent`` column, agents without a row of their own get index
+    ``num_rows``: one past the table, the default persona (policies that read
+    personas add that row)."""
     n = view.n_local
     if personas is None:
-        return None, np.zeros(n, np.int64)
-    rows = _persona_objects(personas)
+        return np.zeros(n, np.int64)
+    rows = range(personas.num_rows + ("agent" in personas.column_names))
     if "agent" in personas.column_names:
         ids = personas.column("agent").to_numpy().astype(np.int64)
         order = np.argsort(ids, kind="stable")
@@ -437,9 +376,9 @@ def _assign_personas(personas: pa.Table | None, view: ShardView):
         pos = np.minimum(pos, max(ids.shape[0] - 1, 0))
         found = ids[order][pos] == view.agents
         # Agents without a row of their own get the default persona (the last row).
-        return rows, np.where(found, order[pos], len(rows) - 1).astype(np.int64)
+        return np.where(found, order[pos], len(rows) - 1).astype(np.int64)
     bits = view.rng.bits("persona", view.agents)
-    return rows, (bits % np.uint64(len(rows))).astype(np.int64)
+    return (bits % np.uint64(len(rows))).astype(np.int64)
 
 
 def _assign_groups(config: PopulationConfig, personas: pa.Table | None, view: ShardView,

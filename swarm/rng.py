@@ -14,9 +14,13 @@ leave its device and equal the CPU's bit for bit.
 from __future__ import annotations
 
 import hashlib
+import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["KeyedRNG", "stream_id", "mix64"]
 
@@ -55,6 +59,13 @@ def _signed(c: int) -> int:
 
 _T_GOLDEN, _T_M1, _T_M2 = (_signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9),
                            _signed(0x94D049BB133111EB))
+
+
+def _is_tensor(x) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch: a process that never
+    loaded torch holds none (``import swarm`` stays light for CPU-only rules)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _srl(x: torch.Tensor, s: int) -> torch.Tensor:
@@ -133,6 +144,8 @@ class KeyedRNG:
 
     def _torch_bits(self, stream: str, keys, step: int, draw: int) -> torch.Tensor:
         """The 64 bits of ``bits`` as int64, computed on the keys' device."""
+        import torch
+
         h = keys[0].to(torch.int64) ^ _signed(self._base(stream, step, draw))
         h = _mix64_torch(h)
         for k in keys[1:]:
@@ -141,8 +154,10 @@ class KeyedRNG:
 
     def _dispatch(self, method, stream: str, keys, kwargs) -> torch.Tensor | None:
         """Tensor keys: None for a GPU (the caller hashes there), else the numpy result."""
-        if not any(isinstance(k, torch.Tensor) for k in keys):
+        if not any(_is_tensor(k) for k in keys):
             return None
+        import torch
+
         device = next(k.device for k in keys if isinstance(k, torch.Tensor))
         if device.type != "cpu":
             return None
@@ -161,7 +176,7 @@ class KeyedRNG:
 
     def uniform(self, stream: str, *keys: np.ndarray, step: int = 0, draw: int = 0) -> np.ndarray:
         """Uniform floats in [0, 1), one per element of ``keys``."""
-        if isinstance(keys[0], torch.Tensor):
+        if _is_tensor(keys[0]):
             done = self._dispatch(self.uniform, stream, keys, {"step": step, "draw": draw})
             if done is not None:
                 return done
@@ -186,7 +201,7 @@ class KeyedRNG:
         """
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1]; got {p}")
-        if isinstance(keys[0], torch.Tensor):
+        if _is_tensor(keys[0]):
             done = self._dispatch(self.bernoulli, stream, keys,
                                   {"p": p, "step": step, "draw": draw})
             if done is not None:

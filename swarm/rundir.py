@@ -42,6 +42,9 @@ __all__ = ["Run", "open_run", "create_run_dir", "write_manifest", "versions", "c
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.arrow"
+#: Wall-clock seconds per step (stages, the env's timing metrics): apart from METRICS,
+#: whose values are the same for the same config and seed.
+TIMINGS = "timings.arrow"
 EVENTS = "events"
 STATE = "state"
 #: swarm-run/2 lists every file it wrote; readers of /1 runs fall back to the listing.
@@ -49,8 +52,9 @@ FORMAT = "swarm-run/2"
 
 
 def versions() -> dict:
+    from importlib.metadata import version
+
     import numpy
-    import ray
 
     import swarm
 
@@ -59,7 +63,7 @@ def versions() -> dict:
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "pyarrow": pa.__version__,
-        "ray": ray.__version__,
+        "ray": version("ray"),  # without importing Ray
     }
 
 
@@ -312,17 +316,27 @@ class Run:
         self.check_rows(table.num_rows if whole else None)
 
     def metrics(self) -> pa.Table:
-        if not self.store.exists(METRICS):
-            raise LogError(f"{self.path}: {METRICS} is missing (status {self.status!r})")
+        """One row per step: counts and the env's metrics (the same for the same config
+        and seed, whatever the shard count)."""
+        return self._summary_table(METRICS, "metrics table")
+
+    def timings(self) -> pa.Table:
+        """One row per step: wall-clock seconds of each stage (slowest shard) and the env's
+        timing metrics."""
+        return self._summary_table(TIMINGS, "timings table")
+
+    def _summary_table(self, rel: str, what: str) -> pa.Table:
+        if not self.store.exists(rel):
+            raise LogError(f"{self.path}: {rel} is missing (status {self.status!r})")
         if self.listed:
-            if METRICS not in self.files:  # an older run's table, from before a resume
-                raise LogError(f"{self.path}: {METRICS} is not listed in the manifest (status "
+            if rel not in self.files:  # an older run's table, from before a resume
+                raise LogError(f"{self.path}: {rel} is not listed in the manifest (status "
                                f"{self.status!r}); it is written when the run completes")
-            check_files(self.store, {METRICS: self.files[METRICS]}, "metrics table")
+            check_files(self.store, {rel: self.files[rel]}, what)
         try:
-            return self.store.read_table(METRICS)
+            return self.store.read_table(rel)
         except pa.ArrowInvalid as exc:
-            raise LogError(f"{self.store.child_uri(METRICS)} is corrupt ({exc})") from None
+            raise LogError(f"{self.store.child_uri(rel)} is corrupt ({exc})") from None
 
     def verify(self) -> list[str]:
         """Check every listed file's checksum and rows, and the ranges of ids and steps.

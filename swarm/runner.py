@@ -40,18 +40,20 @@ from swarm.errors import (
 )
 from swarm.executors import connect
 from swarm.graph import CSRGraph, ragged_arange
-from swarm.graphgen import graph_size, whole_graph
+from swarm.graphgen import build_graph, graph_seed, graph_size
 from swarm.lease import Lease
 from swarm.memory import check_memory, estimate_for, estimate_from_config, estimate_memory
-from swarm.metrics import metric_columns, write_metrics
+from swarm.metrics import metric_columns, timing_columns, write_metrics
 from swarm.partition import ID_KINDS, Partition
-from swarm.policy_server import PolicyServers
+from swarm.policy_actors import PolicyServers
 from swarm.population import check_population, load_personas
+from swarm.registry import POLICIES
 from swarm.rng import KeyedRNG
 from swarm.rundir import (
     FORMAT,
     METRICS,
     STATE,
+    TIMINGS,
     Run,
     check_files,
     create_run_dir,
@@ -65,25 +67,6 @@ from swarm.shardgraph import GraphSource, index_dtype
 from swarm.storage import RunStore, hash_file
 
 __all__ = ["run", "resume", "build_graph"]
-
-
-def graph_seed(config: RunConfig) -> int:
-    """The graph generators' seed, derived from the run seed."""
-    return int(KeyedRNG(config.seed).bits("graph", np.zeros(1, np.int64))[0] >> np.uint64(1))
-
-
-def build_graph(config: RunConfig, check: Callable[[int, int], None] | None = None
-                ) -> CSRGraph:
-    """The whole graph a config names, in this process: the same graph the shards of a
-    run build slice by slice, for any shard count (for analysis, tests and METIS).
-
-    ``check(n, directed_edges)`` runs on an edge list's sizes before its arrays
-    are allocated (the memory guard; generators are checked from the config).
-    """
-    g = config.graph
-    if g.kind == "edgelist":
-        return graphs.read_edgelist(g.path, directed=g.directed, n=g.n, check=check)
-    return whole_graph(g, graph_seed(config))
 
 
 @dataclass
@@ -145,6 +128,7 @@ def _shard_specs(config: RunConfig, plan: _GraphPlan, part: Partition, setup: di
             graph=source, env_config=config.env, env_setup=setup,
             store=store, flush_every=config.log.flush_every,
             population=config.population, personas=personas, faults=config.faults,
+            steps=config.steps,
             backends=servers.backends_for(k) if servers is not None else {},
         ))
     return specs
@@ -333,13 +317,11 @@ def resume(
         The run calls model endpoints, was written by another user, and
         ``trust_endpoint`` is False (``swarm resume --trust-endpoint``).
     """
-    from swarm.policies.endpoints import check_endpoints_trusted
-
     prior = open_run(path)
     store = prior.store
     # Before the lease, so that nothing is written for a run that is refused.
     config = validate_config(prior.manifest["config"])
-    check_endpoints_trusted(config, store, trust_endpoint)
+    _check_resume_trust(config, store, trust_endpoint)
     lease = Lease(store, attempt=prior.manifest.get("resumes", 0) + 2).acquire()
     try:
         # Read again under the lease: a driver that just finished changed it.
@@ -349,7 +331,7 @@ def resume(
         config = validate_config(manifest["config"])
         if manifest["config"] != prior.manifest["config"]:
             # The manifest was replaced since the check above: check what will run.
-            check_endpoints_trusted(config, store, trust_endpoint)
+            _check_resume_trust(config, store, trust_endpoint)
         backend = backend or manifest.get("backend", "ray")
         if backend not in ("ray", "local"):
             raise ConfigError(f"backend must be 'ray' or 'local'; got {backend!r}")
@@ -362,7 +344,11 @@ def resume(
         raise
     if "env" not in manifest:  # killed before its first full manifest
         manifest["env"] = {"kind": env_cls.name, "event_types": list(env_cls.event_types),
-                           "metrics": list(metric_columns(env_cls))}
+                           "metrics": list(metric_columns(env_cls)),
+                           # What a reader shows first (analysis never imports the env).
+                           "summary_metrics": list(env_cls.summary_metrics
+                                                   or env_cls.derived_metric_names
+                                                   or env_cls.metric_names)}
     manifest.setdefault("timings", {})
     manifest.update(status="running", error=None,
                     resumes=manifest.get("resumes", 0) + 1,
@@ -376,6 +362,16 @@ def resume(
     return _execute(config, store, manifest, plan, part, setup, personas, lease=lease,
                     backend=backend, progress=progress, on_step=on_step,
                     restore_step=restore, rows=rows, restore_files=files)
+
+
+def _check_resume_trust(config: RunConfig, store: RunStore, trust: bool) -> None:
+    """Each policy kind in the config checks a run from elsewhere before it resumes
+    (``check_resumed_run``: LLM-style agents refuse another user's endpoints unless
+    ``trust``)."""
+    for kind in sorted({g.policy.kind for g in config.population.groups} - {"default"}):
+        check = getattr(POLICIES[kind], "check_resumed_run", None)
+        if check is not None:
+            check(config, store, trust)
 
 
 def _saved_graph(config: RunConfig, store: RunStore, manifest: dict
@@ -534,7 +530,9 @@ def _execute(config: RunConfig, store: RunStore, manifest: dict, plan: _GraphPla
             driver.drop_unfinished_checkpoints()
             close_seconds = time.perf_counter() - t_close
             _keep(manifest, write_metrics(store, METRICS, driver.rows,
-                                           metric_columns(env_cls)))
+                                           metric_columns(env_cls), timing_names=()))
+            _keep(manifest, write_metrics(store, TIMINGS, driver.rows, None,
+                                           timing_columns(env_cls)))
             events = int(sum(r["rows"] for r in reports))
             listed = sum(rec["rows"] for rel, rec in manifest["files"].items()
                          if rel.startswith("events/"))

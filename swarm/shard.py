@@ -28,6 +28,7 @@ from swarm.faults import Faults, FaultsConfig
 from swarm.graph import ragged_arange
 from swarm.partition import Partition
 from swarm.population import Population, PopulationConfig
+from swarm.reductions import partials
 from swarm.rng import KeyedRNG
 from swarm.shardgraph import Edges, GraphSource, SliceBuilder, split_by_shard
 from swarm.storage import RunStore
@@ -58,6 +59,8 @@ class ShardSpec:
     #: Backends of policy-server groups (group index -> ServerBackend).
     backends: dict[int, Any] = field(default_factory=dict)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    #: The run's configured steps (its last step is ``steps - 1``); 0 when unknown.
+    steps: int = 0
 
 
 def _concat(parts: list[Messages | None]) -> Messages | None:
@@ -124,11 +127,13 @@ class Shard:
             rng=self.rng,
             contiguous_start=spec.partition.contiguous_start(spec.shard),
             faults=self.faults,
+            steps=spec.steps or None,
         )
         if self.fanout is not None or self.num_shards == 1:
             self.view.in_edges_fn = self._in_edges
         _touch(b.indptr, b.indices, in_degree)
         self.env = env_cls(spec.env_config, self.view, spec.env_setup)
+        self.reductions = env_cls.metrics
         self.population = Population(spec.population, self.env, self.view, spec.personas,
                                      spec.backends)
         self.log = EventLog(spec.store, f"events/shard={spec.shard}", spec.shard,
@@ -194,12 +199,21 @@ class Shard:
                       totals=_sum_totals([p.get("totals") for p in parts if p]),
                       shared=_concat([p.get("shared") for p in parts if p]))
         dropped = self._inject_faults(inbox, step) if self.faults is not None else 0
+        # Crashed agents neither decide, send nor change state, in every env.
+        down = self._crashed_rows(step)
+        frozen = self._freeze(down) if down is not None else None
         t1 = time.perf_counter()
         batch = self.env.observe(step, inbox)
         t2 = time.perf_counter()
-        actions, decided = self.population.decide(batch, step, self.rng)
+        if down is None:
+            actions, decided = self.population.decide(batch, step, self.rng)
+        else:
+            actions, decided = self._decide_alive(batch, step, down)
         t3 = time.perf_counter()
         result = self.env.apply(step, batch, actions)
+        if down is not None:
+            self._thaw(frozen, down)
+            self._silence(result, down)
         t4 = time.perf_counter()
         self.log.append(step, result.events)
         if not checkpoint:
@@ -224,6 +238,7 @@ class Shard:
                 if kind in ("direct", "broadcast"))),
             "cross_shard_bytes": int(sum(_nbytes(o) for o in outboxes)),
             "metrics": result.metrics,
+            "reduced": self._reduce(result) if self.reductions else None,
             "policy": decided,
             "dropped_messages": dropped,
             # Held back by the delay fault: not sent this step, but they keep a run going.
@@ -273,6 +288,94 @@ class Shard:
         fan = self.fanout
         return (np.repeat(fan.recv_src, np.diff(fan.recv_indptr)),
                 fan.recv_row.astype(np.int64))
+
+    def _reduce(self, result) -> dict:
+        """This shard's exact partial of each declared metric (see swarm.reductions)."""
+        env, values = self.env, result.values
+
+        def get(name):
+            if name == "__agents__":
+                return self.view.n_local
+            if name in values:
+                return values[name]
+            return getattr(env, name) if name in env.state else None
+
+        return partials(self.reductions, get)
+
+    # -- crash faults: the engine's, the same in every env ----------------------------
+
+    def _crashed_rows(self, step: int) -> np.ndarray | None:
+        """Local rows of the agents crashed by ``step`` (None when there are none)."""
+        if self.faults is None or self.faults.config.crash is None:
+            return None
+        if step < self.faults.config.crash.at_step:
+            return None
+        rows = np.flatnonzero(self.faults.crashed(self.view.agents, step))
+        return rows if rows.size else None
+
+    def _decide_alive(self, batch: dict, step: int, down: np.ndarray) -> tuple[dict, dict]:
+        """Decide for the rows of agents that have not crashed; a crashed agent's rows get
+        zero actions (the env's state of it is restored after apply in any case)."""
+        if "agent" not in batch:
+            return self.population.decide(batch, step, self.rng)
+        from swarm.contract import as_numpy
+
+        agents = as_numpy(batch["agent"])
+        dead = np.zeros(self.view.n_local, dtype=bool)
+        dead[down] = True
+        alive = np.flatnonzero(~dead[self.view.local_index(agents)]) if agents.size else \
+            np.empty(0, np.int64)
+        if alive.shape[0] == agents.shape[0]:
+            return self.population.decide(batch, step, self.rng)
+        from swarm.population import _scatter, _take
+
+        sub = {k: _take(v, alive) for k, v in batch.items()}
+        acts, decided = self.population.decide(sub, step, self.rng)
+        full: dict = {}
+        for key, value in acts.items():
+            _scatter(full, key, value, alive, agents.shape[0])
+        return full, decided
+
+    def _freeze(self, down: np.ndarray) -> dict[str, np.ndarray]:
+        """The rows ``down`` of every per-agent state array, before observe."""
+        return {name: arr[down].copy() for name, arr in self._agent_arrays().items()}
+
+    def _thaw(self, frozen: dict[str, np.ndarray], down: np.ndarray) -> None:
+        """Put the crashed agents' state back as it was before observe."""
+        arrays = self._agent_arrays()
+        for name, rows in frozen.items():
+            arrays[name][down] = rows
+
+    def _agent_arrays(self) -> dict[str, np.ndarray]:
+        """The env's per-agent state: arrays among its state whose rows are local agents."""
+        n = self.view.n_local
+        env = self.env
+        names = env.agent_state or (*env.state, *env.state_attrs)
+        out = {}
+        for name in names:
+            arr = getattr(env, name, None)
+            if isinstance(arr, np.ndarray) and arr.ndim and arr.shape[0] == n:
+                out[name] = arr
+        return out
+
+    def _silence(self, result, down: np.ndarray) -> None:
+        """A crashed agent sends nothing and leaves no event."""
+        dead_ids = self.view.agents[down]
+
+        def keep(ids: np.ndarray) -> np.ndarray:
+            return ~np.isin(ids, dead_ids)
+
+        ev = result.events
+        if ev["agent"].shape[0]:
+            ok = keep(ev["agent"])
+            if not ok.all():
+                result.events = {k: v[ok] for k, v in ev.items()}
+        for attr, who in (("messages", "src"), ("broadcasts", "src")):
+            cols = getattr(result, attr)
+            if cols is not None and who in cols and cols[who].shape[0]:
+                ok = keep(cols[who])
+                if not ok.all():
+                    setattr(result, attr, {k: v[ok] for k, v in cols.items()})
 
     # -- exchange ----------------------------------------------------------------
 

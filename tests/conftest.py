@@ -7,6 +7,34 @@ import os
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# One OpenMP/BLAS thread (set before numpy, scikit-learn or torch load): the tests use
+# small arrays, and when other processes hold the cores (Ray workers, a CLI subprocess,
+# a second test run) OpenMP's spin-waiting made the roles tests 3-12x slower.
+# Subprocesses and Ray workers inherit it; results do not depend on the thread count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Test tiers (README, "Tests"): `make check` leaves out `integration` and `slow`, `make
+# test` (CI) leaves out `slow`, `make test-slow` runs only `slow`. `integration` is given
+# here, by module or fixture, so a new test in these modules or on these fixtures is
+# placed without thinking about it; `slow` is written on the test itself.
+
+#: Modules whose tests start processes: the CLI as a subprocess, a Ray cluster or head,
+#: an HTTP policy server, or a model.
+INTEGRATION_MODULES = frozenset({
+    "test_address", "test_backend_openai", "test_backend_transformers", "test_cli",
+    "test_cluster_surface", "test_jobs", "test_layers", "test_lease", "test_node_failure",
+    "test_scale_out", "test_serve_limits",
+})
+#: Fixtures that start Ray or load a model: a test using one is integration too.
+INTEGRATION_FIXTURES = frozenset({"ray_session", "tiny_model"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.path.stem in INTEGRATION_MODULES or fixtures & INTEGRATION_FIXTURES:
+            item.add_marker(pytest.mark.integration)
+
 
 #: A run small enough for a job or a cluster test: 2,000 agents, 2 shards.
 TINY_CONFIG = """\
@@ -70,6 +98,19 @@ def sir_config(n=3000, shards=2, every=4, **over):
     cfg = cascade_config(n=n, shards=shards, model="sir", beta=0.15, gamma=0.1)
     update = {"checkpoint": swarm.config.CheckpointConfig(every=every), "steps": 60, **over}
     return cfg.model_copy(update=update)
+
+
+def views_know_steps(monkeypatch, steps):
+    """Make ``ShardView.steps`` (the run's configured steps, which envs read to log their
+    last step) ``steps`` where the engine does not set it yet: a class attribute, which
+    an instance's own ``steps`` field, once ShardView has one, overrides (local backend
+    only: the patch stays in this process)."""
+    import dataclasses
+
+    from swarm.envs.base import ShardView
+
+    if "steps" not in {f.name for f in dataclasses.fields(ShardView)}:
+        monkeypatch.setattr(ShardView, "steps", steps, raising=False)
 
 
 def crash_shards_at(monkeypatch, step, shard=None, message="crash"):

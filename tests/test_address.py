@@ -222,6 +222,9 @@ def local_events(tmp_path_factory):
     return work, events
 
 
+# A two-node cluster (~20 s on 2 cores). `make test` joins a running head in
+# test_cluster_surface.py and runs on two nodes in test_node_failure.py.
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["--address", "RAY_ADDRESS"])
 def test_run_joins_the_cluster_and_matches_a_local_run(two_nodes, local_events, how):
     work, reference = local_events

@@ -93,6 +93,22 @@ def test_timing_depth_and_breadth_of_a_hand_built_tree():
     assert row["structural_virality"] == pytest.approx((9 + 8 + 15) / 15)
 
 
+def test_a_cascade_counts_people_not_shares():
+    # Items 0..5 of one tree (0 -> 1 -> 2, 0 -> 3 -> 4, 3 -> 5) by agents 7, 8, 7, 9, 8, 8:
+    # agent 7 posted and reposted, agent 8 reposted three times.
+    node = np.arange(6)
+    parent = np.array([-1, 0, 1, 0, 3, 3])
+    step = np.array([0, 1, 2, 1, 3, 5])
+    agent = np.array([7, 8, 7, 9, 8, 8])
+    t = cascade_table(node, parent, np.zeros(6, np.int64), step, agent=agent)
+    row = {c: t.column(c)[0].as_py() for c in t.column_names}
+    assert row["size"] == 3 and row["nodes"] == 6
+    assert row["half_steps"] == 1  # agents 7 (step 0) and 8 (step 1) are half of three
+    assert row["depth"] == 2 and row["duration"] == 5  # the tree is still the items'
+    plain = cascade_table(node, parent, np.zeros(6, np.int64), step)
+    assert plain.column("size")[0].as_py() == 6
+
+
 def test_a_node_twice_is_an_error():
     with pytest.raises(ValueError, match="node 1 appears twice"):
         cascade_table(np.array([0, 1, 1]), np.array([-1, 0, 0]), np.zeros(3, np.int64),

@@ -58,6 +58,7 @@ def simulate_hazard(n=4000, steps=10, h0=0.3, q=0.5, seed=1):
     return exact, stepped
 
 
+@pytest.mark.integration  # two survival fits on a large table: seconds
 def test_cox_and_cloglog_recover_a_known_hazard_ratio_per_exposure():
     exact, stepped = simulate_hazard(n=2000)
     cox = exposure_cox(exact, step_lag=0.0)

@@ -51,6 +51,7 @@ def test_bad_sizes_are_named():
         fit_power_law(np.array([1, 2, 3]), alpha_range=(3, 1))
 
 
+@pytest.mark.integration  # an engine run and fits: seconds
 def test_engine_cascades_at_criticality_follow_the_branching_exponent(tmp_path):
     # Independent cascade on an Erdos-Renyi graph (Poisson degrees, mean excess
     # degree d) with p = 1/d: a critical branching process, whose total progeny

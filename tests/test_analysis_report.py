@@ -103,6 +103,7 @@ def test_a_sweep_compares_message_loss_against_the_clean_baseline(tmp_path):
 EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.yaml") if p.stem != "llm_agents")
 
 
+@pytest.mark.integration  # a run and a full analysis per example; Chromium, where installed
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_analyze_writes_a_report_for_every_example(example, tmp_path):
     cfg = load_config(ROOT / f"examples/{example}.yaml",
@@ -143,6 +144,7 @@ def _screenshot_is_not_blank(report: Path, tmp_path: Path) -> None:
     assert img.shape[0] > 100 and img[..., :3].std() > 0.05  # text and plots, not one colour
 
 
+@pytest.mark.integration  # `swarm analyze` and `swarm query` as subprocesses
 def test_swarm_analyze_on_the_cli(tmp_path):
     cfg = load_config(ROOT / "examples/cascade.yaml", ["graph.n=2000", "steps=20"])
     run = swarm.run(cfg, tmp_path / "r", backend="local", progress=False)
@@ -158,6 +160,7 @@ def test_swarm_analyze_on_the_cli(tmp_path):
     assert bad.returncode == 2 and "error:" in bad.stderr
 
 
+@pytest.mark.integration  # two runs and two full analyses: seconds
 def test_the_report_says_what_the_exposure_conclusion_rests_on(tmp_path):
     from conftest import cascade_config
 
@@ -174,6 +177,7 @@ def test_the_report_says_what_the_exposure_conclusion_rests_on(tmp_path):
             assert ex["injection"]["difference"] > 0
 
 
+@pytest.mark.integration  # `swarm query` as a subprocess
 def test_the_roles_view_gives_every_agent_a_role(tmp_path):
     cfg = load_config(ROOT / "examples/feed.yaml", ["steps=8", "graph.n=500", "shards=1"])
     run = swarm.run(cfg, tmp_path / "feed", backend="local", progress=False)

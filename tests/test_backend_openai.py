@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from contextlib import contextmanager
 
 import httpx
@@ -25,7 +24,7 @@ from aiohttp import web
 from swarm.policies.backends.base import BackendError
 from swarm.policies.backends.openai_backend import OpenAIBackend
 from swarm.policies.backends.transformers_backend import TransformersBackend
-from swarm.policies.serve import CompletionEngine, _Job, make_app
+from swarm.policies.http_server import CompletionEngine, _Job, make_app
 from swarm.policies.testing import make_tiny_model
 
 PROMPTS = [
@@ -97,11 +96,11 @@ def local(gpt2_dir):
 
 @pytest.fixture(scope="module")
 def server(gpt2_dir, tmp_path_factory):
-    """`python -m swarm.policies.serve DIR --port 0` as a subprocess; yields its base URL."""
+    """`python -m swarm.policies.http_server DIR --port 0` as a subprocess; yields its base URL."""
     err_path = tmp_path_factory.mktemp("serve") / "stderr.txt"
     with open(err_path, "w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "swarm.policies.serve", gpt2_dir, "--port", "0",
+            [sys.executable, "-m", "swarm.policies.http_server", gpt2_dir, "--port", "0",
              "--device", "cpu", "--batch-window-ms", "5"],
             stdout=subprocess.PIPE, stderr=err, text=True)
     lines: list[str] = []
@@ -414,14 +413,26 @@ def test_constructor_rejects_bad_settings():
 
 
 def test_timeout_is_retried_then_reported():
-    async def slow(request, count):
-        await asyncio.sleep(0.5)
+    # The server holds every reply until the test releases it (or 60 s pass), so the
+    # client can only raise by giving up on its own timeout: a client that waited for
+    # the reply would get "late" and not raise. No wall-clock bound, so a loaded
+    # machine cannot make this flake.
+    release = threading.Event()
+
+    async def held(request, count):
+        for _ in range(6000):
+            if release.is_set():
+                break
+            await asyncio.sleep(0.01)
         return web.json_response({"choices": [{"index": 0, "text": "late"}]})
 
-    with thread_server(fake_server(slow)) as url:
+    calls: list = []
+    with thread_server(fake_server(held, calls)) as url:
         backend = OpenAIBackend(url, "m", api_key_env=None, timeout=0.1, retries=2, backoff=0)
-        start = time.perf_counter()
-        with pytest.raises(BackendError, match=r"after 2 tries: no reply within 0.1 s"):
-            backend.generate(["a"], np.array([0]), 1)
-        assert time.perf_counter() - start < 0.45
-        backend.close()
+        try:
+            with pytest.raises(BackendError, match=r"after 2 tries: no reply within 0.1 s"):
+                backend.generate(["a"], np.array([0]), 1)
+            assert calls.count("/v1/completions") == 2  # one request per try, no more
+        finally:
+            release.set()
+            backend.close()

@@ -100,6 +100,44 @@ def test_independent_cascade_matches_mean_field_theory_on_erdos_renyi(tmp_path, 
     assert abs(np.mean(got) - expected) < 0.01, (got, expected)
 
 
+def test_sir_final_size_matches_bond_percolation_on_erdos_renyi(tmp_path):
+    # An agent transmits in the step it is infected and recovers at a step's end with
+    # probability gamma: k ~ Geometric(gamma) on 1, 2, ... steps of tries, so an edge
+    # transmits with T = beta / (1 - (1 - beta)(1 - gamma)) and the final share S
+    # solves S = 1 - (1 - rho) exp(-c T S). Here T = 0.455, S = 0.744; one standard
+    # deviation of S is about sqrt(S(1-S)/n) / (1 - c T (1-S)) = 0.0037 at n = 50,000,
+    # 0.0026 over two seeds, so 0.012 is over 4 of them, while the timings one might
+    # get wrong miss by far more: recovering before the first try (k on 0, 1, ...:
+    # S = 0.42), one more try after recovery (S = 0.86), T = beta / (beta + gamma)
+    # of continuous time (S = 0.65).
+    n, c, beta, gamma, rho = 50_000, 4.0, 0.2, 0.3, 0.01
+    t = beta / (1 - (1 - beta) * (1 - gamma))
+    expected = _ic_final_fraction(c, t, rho)
+    got, periods = [], []
+    for seed in (1, 2):
+        cfg = swarm.validate_config({
+            "seed": seed, "steps": 1000, "shards": 1,
+            "graph": {"kind": "erdos_renyi", "n": n, "mean_degree": c},
+            "env": {"kind": "cascade", "model": "sir", "beta": beta, "gamma": gamma,
+                    "seed_fraction": rho},
+        })
+        run = swarm.run(cfg, tmp_path / f"s{seed}", backend="local", progress=False)
+        assert run.manifest["stop_reason"] == "quiescent"
+        ev = run.events()
+        kind = ev["event"].cast("string")
+        act = ev.filter(pc.equal(kind, "activate")).sort_by("agent")
+        rec = ev.filter(pc.equal(kind, "recover")).sort_by("agent")
+        got.append(act.num_rows / n)
+        # Everyone infected recovered, after 1, 2, ... steps of tries (recovery step
+        # minus infection step, plus one).
+        assert rec["agent"].equals(act["agent"])
+        periods.append(np.asarray(rec["step"]) - np.asarray(act["step"]) + 1)
+    assert abs(np.mean(got) - expected) < 0.012, (got, expected)
+    k = np.concatenate(periods)
+    assert k.min() == 1 and abs(k.mean() - 1 / gamma) < 0.05, k.mean()
+    assert abs((k == 1).mean() - gamma) < 0.01
+
+
 def test_seeding_by_count_and_ids(tmp_path):
     cfg = cascade_config(n=1000, seed_count=7, p=0.0)
     ev = swarm.run(cfg, tmp_path / "c", backend="local").events()

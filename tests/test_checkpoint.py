@@ -200,10 +200,10 @@ def test_resume_from_a_checkpoint_at_the_last_step_adds_nothing(tmp_path, monkey
     ref = swarm.run(cfg, tmp_path / "ref", backend="local")
     real = runner.write_metrics
 
-    def fail_final_metrics(store, rel, *args):
+    def fail_final_metrics(store, rel, *args, **kwargs):
         if rel == "metrics.arrow":
             raise OSError("disk full")
-        return real(store, rel, *args)
+        return real(store, rel, *args, **kwargs)
 
     monkeypatch.setattr(runner, "write_metrics", fail_final_metrics)
     with pytest.raises(OSError):

@@ -82,11 +82,17 @@ def test_ctrl_c_checkpoints_then_resume_finishes(tmp_path):
     import signal
     import time
 
+    from conftest import sorted_events
+
+    import swarm
+
     out = tmp_path / "run"
-    # SIR with gamma=0 never goes quiet: the run lasts until it is stopped.
+    # SIR with gamma=0 never goes quiet: the run lasts all 2,000 steps (about 1 ms each,
+    # seconds in all) unless stopped, so the Ctrl-C after the first checkpoint (step 49)
+    # lands mid-run with time to spare.
     args = ["run", "examples/cascade.yaml", "--out", out, "--shards", "1", "--no-progress",
             "--set", "graph.n=3000", "--set", "env.model=sir", "--set", "env.p=0.05",
-            "--set", "env.beta=0.01", "--set", "env.gamma=0.0", "--set", "steps=100000",
+            "--set", "env.beta=0.01", "--set", "env.gamma=0.0", "--set", "steps=2000",
             "--set", "checkpoint.every=50"]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     proc = subprocess.Popen([*SWARM, *map(str, args)], cwd=ROOT, env=env, text=True,
@@ -96,17 +102,24 @@ def test_ctrl_c_checkpoints_then_resume_finishes(tmp_path):
     while time.time() < deadline:  # wait until the run is stepping (a checkpoint exists)
         if manifest_path.exists() and "checkpoint" in json.loads(manifest_path.read_text()):
             break
-        time.sleep(0.2)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert f"swarm resume {out}" in stderr
     manifest = json.loads(manifest_path.read_text())
     step = manifest["checkpoint"]["step"]
-    assert manifest["status"] == "interrupted" and step >= 49
+    assert manifest["status"] == "interrupted" and 49 <= step < 1999
     assert (out / "state" / f"step={step:08d}" / "shard=0.arrow").exists()
-    # Resume runs to the end of the configured steps; too long here, so check
-    # that it picks the run up (a bad directory would fail at once instead).
+    # `swarm resume` finishes the run: the same events as a run never stopped, once each.
+    done = swarm_cli("resume", out, "--no-progress")
+    assert "status: completed" in swarm_cli("info", out).stdout, done.stdout
+    resumed = swarm.open_run(out)
+    assert resumed.manifest["resumed_from"] == step and resumed.manifest["steps_run"] == 2000
+    reference = swarm.run(swarm.validate_config(resumed.manifest["config"]), tmp_path / "ref",
+                          backend="local")
+    assert resumed.manifest["events"] == reference.manifest["events"] > 0
+    assert sorted_events(resumed).equals(sorted_events(reference)) and resumed.verify() == []
     bad = swarm_cli("resume", tmp_path / "missing", check=False)
     assert bad.returncode == 2 and "run directory not found" in bad.stderr
 
@@ -122,15 +135,25 @@ def test_llm_example_runs_with_a_tiny_model_made_by_the_cli(tmp_path):
     proc = swarm_cli("run", config, "--out", tmp_path / "r", "--shards", "1",
                      "--set", "graph.n=300", "--set", "steps=4")
     assert "models:" in proc.stdout and "model calls" in proc.stdout
-    shares = swarm_cli("query", tmp_path / "r", "SELECT count(*) AS n FROM events "
-                       "WHERE text IS NOT NULL", "--format", "json")
-    assert json.loads(shares.stdout)[0]["n"] >= 0  # the text column exists and is queryable
+    shares = swarm_cli("query", tmp_path / "r", "SELECT count(*) AS n, count(text) AS t "
+                       "FROM events", "--format", "json")
+    (row,) = json.loads(shares.stdout)
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    listed = sum(rec["rows"] for rel, rec in manifest["files"].items()
+                 if rel.startswith("events/"))
+    assert row["n"] == manifest["events"] == listed > 0  # the query sees every listed row
+    # Only journalists' shares carry a comment: some rows have text, seeds and rules none.
+    assert 0 < row["t"] < row["n"]
     bad = swarm_cli("run", config, "--out", tmp_path / "r2", "--set",
                     "population.personas=missing.csv", check=False)
     assert bad.returncode == 2 and "personas: file not found: missing.csv" in bad.stderr
 
 
-@pytest.mark.parametrize("example", ["opinion", "games", "commons", "consensus", "feed"])
+# Each is a subprocess with its own Ray (~15 s on 2 cores); every example also runs in
+# process in test_analysis_report.py. `make test` keeps the feed, the most involved.
+@pytest.mark.parametrize("example", [
+    pytest.param(name, marks=pytest.mark.slow)
+    for name in ("opinion", "games", "commons", "consensus")] + ["feed"])
 def test_each_env_example_runs_on_the_cli(tmp_path, example):
     proc = swarm_cli("run", f"examples/{example}.yaml", "--out", tmp_path / "r", "--shards",
                      "1", "--set", "steps=3", "--set", "graph.n=500")

@@ -6,7 +6,13 @@ import pytest
 import swarm
 import swarm.envs.commons  # noqa: F401  (registers env.kind: commons)
 from swarm.config import validate_config
-from swarm.envs.commons import Commons, CommonsConfig, gini_from_histogram, rounds_survived
+from swarm.envs.commons import (
+    GINI_BINS,
+    Commons,
+    CommonsConfig,
+    gini_from_histogram,
+    rounds_survived,
+)
 from swarm.envs.testing import check_determinism, check_env_api
 
 _GRAPH = {"kind": "watts_strogatz", "n": 400, "k": 4, "p": 0.1}
@@ -60,17 +66,48 @@ def test_stock_update_equals_a_hand_computation(tmp_path):
 
 
 def test_gini_of_equal_and_single_harvests():
-    assert Commons.derive_metrics(_bins({40: 1000}))["gini"] == pytest.approx(0.0)
+    assert Commons.derive_metrics(_bins({40: 1000}))["gini"] == 0.0
     n = 1000
     assert Commons.derive_metrics(_bins({0: n - 1, 63: 1}))["gini"] == pytest.approx(1 - 1 / n)
-    # Uniform harvests have Gini 1/3; the histogram gets within a bin's error.
-    counts = np.bincount(np.arange(1, 64).repeat(10), minlength=64)
-    assert gini_from_histogram(counts) == pytest.approx(1 / 3, abs=0.02)
+    # The histogram holds the values themselves: 1..m has Gini (m - 1) / (3 m) exactly.
+    counts = np.bincount(np.arange(1, 64).repeat(10), minlength=GINI_BINS)
+    assert gini_from_histogram(counts) == pytest.approx(62 / 189, rel=1e-15)
+    # Counts whose squares pass int64 (a billion agents) stay exact.
+    assert gini_from_histogram([0, 3 * 10**9, 10**9]) == pytest.approx(0.15, rel=1e-15)
 
 
 def _bins(filled: dict[int, int]) -> dict[str, int]:
-    totals = {f"gini_bin{b:02d}": filled.get(b, 0) for b in range(64)}
+    totals = {f"gini_bin{b:03d}": filled.get(b, 0) for b in range(GINI_BINS)}
     return {**totals, "stock_fx": 0, "harvest_fx": 0}
+
+
+def _numpy_gini(x: np.ndarray) -> float:
+    """sum_i sum_j |x_i - x_j| / (2 n^2 mean), straight from the definition."""
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.abs(x[:, None] - x[None, :]).sum() / (2 * x.shape[0] ** 2 * x.mean()))
+
+
+def test_gini_equals_numpy_on_the_logged_harvests_on_any_shard_count(tmp_path):
+    import pyarrow.compute as pc
+
+    # Little greed and talk pull harvests close together: a Gini far below a 64-bin
+    # histogram's resolution, which used to read 0 there.
+    env = {"greed": 0.06, "talk": True, "conformity": 0.5, "scarcity_response": 0.5,
+           "log_every": 4}
+    runs = [_run(_config(env, steps=13, shards=k), tmp_path / f"k{k}") for k in (1, 2)]
+    m = runs[0].metrics().to_pydict()
+    ev = runs[0].events()
+    harvest = ev.filter(pc.equal(ev["event"].cast("string"), "harvest"))
+    steps = sorted(set(harvest["step"].to_pylist()))
+    assert steps == [0, 4, 8, 12]
+    for s in steps:
+        x = np.asarray(harvest.filter(pc.equal(harvest["step"], s))["value"])
+        assert x.shape[0] == 400 and x.std() > 0
+        want = _numpy_gini(x)
+        assert m["gini"][s] == pytest.approx(want, rel=1e-12, abs=1e-15), (s, m["gini"][s], want)
+        assert m["total_harvest"][s] == pytest.approx(x.astype(np.float64).sum(), rel=1e-12)
+    assert 0 < min(m["gini"]) < 0.01
+    assert runs[1].metrics()["gini"].to_pylist() == m["gini"]
 
 
 def test_greedy_agents_make_unequal_harvests(tmp_path):
@@ -111,3 +148,11 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
     key = [("step", "ascending"), ("agent", "ascending")]
     assert resumed.events().drop_columns(["shard"]).sort_by(key).equals(
         reference.events().drop_columns(["shard"]).sort_by(key))
+
+
+def test_periodic_harvest_events_end_with_the_last_step(tmp_path, monkeypatch):
+    from conftest import views_know_steps
+
+    views_know_steps(monkeypatch, 12)
+    run = _run(_config({"log_every": 5}, steps=12), tmp_path / "r")
+    assert sorted(set(run.events()["step"].to_pylist())) == [0, 5, 10, 11]

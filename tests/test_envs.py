@@ -60,7 +60,7 @@ def test_the_kit_catches_an_env_that_depends_on_sharding(tmp_path):
         with pytest.raises(AssertionError, match="1 and 3 shards logged different events"):
             check_determinism(Leaky, tmp_path)
     finally:
-        del ENV_REGISTRY[Leaky.name]
+        ENV_REGISTRY.unregister(Leaky.name)
 
 
 def test_the_kit_catches_state_missing_from_checkpoints():
@@ -86,4 +86,4 @@ def test_the_kit_catches_state_missing_from_checkpoints():
         with pytest.raises(AssertionError, match="restored from a checkpoint"):
             check_env_api(Forgetful, steps=8)
     finally:
-        del ENV_REGISTRY[Forgetful.name]
+        ENV_REGISTRY.unregister(Forgetful.name)

@@ -21,6 +21,9 @@ from swarm.errors import ClusterError, GraphError, StorageError
 from swarm.shard import Shard
 
 SWARM = [sys.executable, "-m", "swarm.cli"]
+
+
+@pytest.mark.integration  # `swarm resume` as a subprocess, twice
 def test_disk_full_marks_failed_and_resume_finishes(tmp_path, reference, full_disk):
     path = tmp_path / "r"
 

@@ -123,3 +123,38 @@ def test_a_crash_cuts_the_agent_off_from_its_crash_step(tmp_path):
     m = run.metrics()
     # Held messages are counted apart from what each step sent.
     assert sum(m["held_messages"].to_pylist()) > 0 and sum(m["dropped_messages"].to_pylist()) > 0
+
+
+@pytest.mark.parametrize("kind", ["cascade", "commons", "consensus", "feed", "games", "opinion"])
+def test_crashed_agents_neither_act_nor_change_state_in_any_env(tmp_path, kind):
+    """The engine applies crash-stop for every env: from its crash step on, a crashed
+    agent leaves no event and its per-agent state stays as it was."""
+    from swarm import checkpoint as ckpt
+    from swarm.envs.testing import smoke_run_config
+    from swarm.registry import ENVS
+
+    env_cls = ENVS[kind]
+    at, steps = 2, 8
+    cfg = smoke_run_config(env_cls, steps=steps, checkpoint={"every": 1})
+    cfg = with_faults(cfg, crash={"fraction": 0.3, "at_step": at})
+    done = swarm.run(cfg, tmp_path / kind, backend="local")
+    early = swarm.run(cfg.model_copy(update={"steps": at}), tmp_path / f"{kind}-early",
+                      backend="local")
+    n = cfg.graph.n
+    down = np.flatnonzero(KeyedRNG(cfg.seed).uniform("fault_crash", np.arange(n)) < 0.3)
+    ev = done.events()
+    step, agent = np.asarray(ev["step"]), np.asarray(ev["agent"])
+    assert not np.isin(agent[step >= at], down).any()
+
+    def state(run):
+        return ckpt.read_arrays(run.store, ckpt.shard_file(run.manifest["checkpoint"]["step"],
+                                                           0))[0]
+
+    before, after = state(early), state(done)
+    assert early.manifest["checkpoint"]["step"] == at - 1
+    assert done.manifest["checkpoint"]["step"] > at
+    rows = [k for k, v in before.items() if k.startswith("env.") and v.ndim and v.shape[0] == n]
+    # The cascade checkpoints its state sparsely: the events show its agents frozen.
+    assert rows or kind == "cascade", "the env declares per-agent state"
+    for key in rows:
+        assert np.array_equal(before[key][down], after[key][down]), key

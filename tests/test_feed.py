@@ -126,6 +126,79 @@ def test_without_the_recommender_the_feed_is_the_timeline(tmp_path, feed_run):
         off.events(), "repost")["step"].shape[0]
 
 
+def _repeat_prone(shards, steps=30, **over):
+    # A short memory of shown items (`seen`) and eager rules: an agent meets many items
+    # of the cascades it shared, and the items it liked come back.
+    return feed_config(shards=shards, steps=steps, n=600, seen=4,
+                       rules={"like": -1.0, "repost": -1.5}, **over)
+
+
+def _pairs(cols, field):
+    return cols["agent"] * (1 << 40) + cols[field]
+
+
+def test_an_agent_shares_a_cascade_once_and_likes_an_item_once(tmp_path):
+    from conftest import sorted_events
+
+    from swarm.analysis.cascades import cascades
+
+    one = swarm.run(_repeat_prone(1), tmp_path / "one", backend="local", progress=False)
+    run = swarm.open_run(tmp_path / "one")
+    ev = run.events()
+    post, rep, like, view = (columns(ev, e) for e in ("post", "repost", "like", "view"))
+    assert rep["item"].shape[0] > 2000 and like["item"].shape[0] > 2000
+    # Posting a root shares it too: (agent, root) is unique over posts and reposts.
+    shares = np.concatenate([_pairs(post, "root"), _pairs(rep, "root")])
+    assert np.unique(shares).shape[0] == shares.shape[0]
+    likes = _pairs(like, "item")
+    assert np.unique(likes).shape[0] == likes.shape[0]
+    # The run gave every chance to repeat: agents were shown items of cascades they had
+    # shared at an earlier step, and items they had liked (before the fix they reposted
+    # and liked those again, thousands of times).
+    first_share = {}
+    for s, k in zip(np.concatenate([post["step"], rep["step"]]).tolist(), shares.tolist(),
+                    strict=True):
+        first_share[k] = min(s, first_share.get(k, s))
+    first_like = dict(zip(likes.tolist(), like["step"].tolist(), strict=True))
+    again = sum(first_share.get(k, 10**9) < s for k, s in zip(
+        _pairs(view, "root").tolist(), view["step"].tolist(), strict=True))
+    liked_again = sum(first_like.get(k, 10**9) < s for k, s in zip(
+        _pairs(view, "item").tolist(), view["step"].tolist(), strict=True))
+    assert again > 1000 and liked_again > 200
+    # A cascade's size counts people: each agent once.
+    t = cascades(run)
+    assert t.column("size").to_pylist() == t.column("nodes").to_pylist()
+    assert sum(t.column("size").to_pylist()) == shares.shape[0]
+    # The state behind it is per agent: the same log on 2 shards.
+    two = swarm.run(_repeat_prone(2), tmp_path / "two", backend="local", progress=False)
+    assert sorted_events(one).equals(sorted_events(two))
+
+
+def test_what_agents_shared_and_liked_survives_a_resume(tmp_path):
+    import os
+    import signal
+
+    from conftest import sorted_events
+
+    from swarm.errors import RunInterrupted
+
+    def config():
+        raw = _repeat_prone(2, steps=24).dump()
+        raw["checkpoint"] = {"every": 8}
+        return swarm.validate_config(raw)
+
+    def interrupt(row):
+        if row["step"] == 12:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    reference = swarm.run(config(), tmp_path / "ref", backend="local", progress=False)
+    with pytest.raises(RunInterrupted):
+        swarm.run(config(), tmp_path / "r", backend="local", progress=False, on_step=interrupt)
+    resumed = swarm.resume(tmp_path / "r", backend="local", progress=False)
+    assert resumed.manifest["resumed_from"] >= 7
+    assert sorted_events(resumed).equals(sorted_events(reference))
+
+
 def test_an_item_is_shown_to_an_agent_once(feed_run):
     # Every agent's impressions fit in its memory of shown items (`seen`: 64), so an
     # item reaching it both from its timeline and from trending shows once.
@@ -153,11 +226,12 @@ def test_interest_and_social_proof_drive_engagement(feed_run):
 
 
 def test_social_proof_raises_repost_odds():
+    from swarm.envs.feed import REPOST, FeedRulesConfig
     from swarm.policies.base import PolicyContext
-    from swarm.policies.feed import REPOST, FeedRules, FeedRulesConfig
+    from swarm.policies.feed import FeedRules
     from swarm.rng import KeyedRNG
 
-    rules = FeedRules(FeedRulesConfig())
+    rules = FeedRules(**FeedRulesConfig().model_dump())
     n = 20000
     base = {"agent": np.arange(n, dtype=np.int64), "slot": np.zeros(n, np.int64),
             "own": np.zeros(n, np.int8), "sim": np.full(n, 0.3, np.float32),

@@ -12,11 +12,11 @@ import pytest
 
 import swarm
 import swarm.envs.games  # noqa: F401 - registers env.kind "games"
-from swarm.envs.games import Games, GamesConfig
+from swarm.envs.games import STRATEGIES, Games, GamesConfig
 from swarm.envs.testing import check_determinism, check_env_api, smoke_run_config
 from swarm.errors import RunInterrupted
 from swarm.policies.base import PolicyContext
-from swarm.policies.games import STRATEGIES, GameStrategies
+from swarm.policies.games import GameStrategies
 from swarm.rng import KeyedRNG
 from swarm.runner import build_graph
 
@@ -35,13 +35,13 @@ def _events(run, kind):
 
 
 def _payoffs(run):
-    """{agent: ({round: payoff}, strategy)} from the ``payoff`` events (step t: round t-1)."""
+    """{agent: ({round: payoff}, strategy)} from the ``payoff`` events (step t: round t)."""
     ev = _events(run, "payoff")
     out: dict[int, tuple[dict, str]] = defaultdict(lambda: ({}, ""))
     for step, agent, value, strategy in zip(ev["step"], ev["agent"], ev["value"], ev["strategy"],
                                             strict=True):
         rounds, _ = out[agent]
-        rounds[step - 1] = value
+        rounds[step] = value
         out[agent] = (rounds, strategy)
     return out
 
@@ -167,6 +167,46 @@ def test_defectors_against_tit_for_tat_on_a_ring_give_the_known_payoff_ordering(
         assert by_kind[kind], f"the ring drew no {kind}"
 
 
+def test_a_metrics_row_holds_the_moves_and_payoffs_of_its_step(tmp_path):
+    # A ring lattice (k=4): every agent has neighbours, so every agent logs a payoff
+    # event each round, and the events of step t give step t's metrics exactly.
+    steps = 6
+    run = _run(tmp_path, "row", Games.smoke_config["graph"],
+               {"strategies": {s: 0.25 for s in STRATEGIES}, "imitation": 0.3,
+                "punishment": {"cost": 0.5, "fine": 1.0}}, steps=steps, shards=2)
+    m = run.metrics().to_pydict()
+    ev = _events(run, "payoff")
+    step, value = np.asarray(ev["step"]), np.asarray(ev["value"], dtype=np.float64)
+    move, strategy = np.asarray(ev["item"]), np.asarray(ev["strategy"])
+    assert m["mean_payoff"][0] != 0 and m["games"][0] > 0  # round 0 is played at step 0
+    assert sorted(set(step.tolist())) == list(range(steps))
+    for t in range(steps):
+        at = step == t
+        assert at.sum() == m["players"][t] == 300
+        assert m["payoff_units"][t] / 1e6 == pytest.approx(value[at].sum(), abs=1e-3)
+        assert m["mean_payoff"][t] == pytest.approx(value[at].mean(), abs=1e-5)
+        assert m["cooperators"][t] == (move[at] == 0).sum()
+        for s in STRATEGIES:
+            assert m[f"count_{s}"][t] == (strategy[at] == s).sum(), (t, s)
+    # Switches chosen at step t show in the strategies of round t + 1.
+    sw = _events(run, "switch")
+    assert len(sw["agent"]) > 10
+    agent = np.asarray(ev["agent"])
+    for a, s, new in zip(sw["agent"], sw["step"], sw["strategy"], strict=True):
+        if s + 1 < steps:
+            assert strategy[(step == s + 1) & (agent == a)].tolist() == [new]
+
+
+def test_periodic_payoff_events_end_with_the_last_round(tmp_path, monkeypatch):
+    from conftest import views_know_steps
+
+    for steps, logged in ((7, {0, 3, 6}), (8, {0, 3, 6, 7})):
+        views_know_steps(monkeypatch, steps)
+        run = _run(tmp_path, f"s{steps}", Games.smoke_config["graph"],
+                   {"log_every": 3}, steps=steps)
+        assert set(_events(run, "payoff")["step"]) == logged
+
+
 def test_metrics_are_consistent(tmp_path):
     run = _run(tmp_path, "m", Games.smoke_config["graph"],
                {"strategies": {"tit_for_tat": 0.3, "always_defect": 0.7}}, steps=4)
@@ -174,7 +214,7 @@ def test_metrics_are_consistent(tmp_path):
     assert m["players"] == [300] * 4
     assert all(abs(sum(m[f"share_{s}"][t] for s in STRATEGIES) - 1) < 1e-12 for t in range(4))
     assert m["cooperation_rate"][0] == m["share_tit_for_tat"][0]  # TFT opens with C
-    assert m["games"][0] == 0 and m["games"][1] > 0
+    assert m["games"][0] == m["games"][1] > 0  # round 0 is played at step 0
     assert m["mean_payoff"][1] == pytest.approx(m["payoff_units"][1] / 1e6 / 300)
 
 
@@ -193,8 +233,9 @@ def test_imitation_copies_a_better_scoring_neighbour(tmp_path):
     for st, a, target, value, new in zip(sw["step"], sw["agent"], sw["target"], sw["value"],
                                          sw["strategy"], strict=True):
         assert (target, a) in edges
-        # The neighbour's strategy when it broadcast (step - 1) and its score then
-        # (the round before: logged at step - 1); the agent scored less that round.
+        # The neighbour's strategy of this step's round (broadcast at step - 1 with its
+        # move) and its score then (round step - 1's, logged at step - 1); the agent
+        # scored less in that round.
         assert played[(st, target)][1] == new
         assert played[(st - 1, target)][0] == value
         assert played[(st - 1, a)][0] < value
@@ -202,8 +243,9 @@ def test_imitation_copies_a_better_scoring_neighbour(tmp_path):
 
 def test_imitation_spreads_defection_in_mixed_pairs(tmp_path):
     # In a pair ALLC earns S=0 against ALLD's T=5, so with imitation=1 every
-    # cooperator paired with a defector adopts always_defect at step 2 (the
-    # scores of round 0 arrive with the moves of step 1) and nothing changes after.
+    # cooperator paired with a defector adopts always_defect at step 1 (the
+    # scores of round 0 arrive with the moves of round 1), from round 2 on, and
+    # nothing changes after.
     pairs = 50
     path = tmp_path / "pairs.txt"
     path.write_text("".join(f"{2 * i} {2 * i + 1}\n" for i in range(pairs)))
@@ -217,9 +259,10 @@ def test_imitation_spreads_defection_in_mixed_pairs(tmp_path):
     sw = _events(run, "switch")
     assert mixed and sorted(sw["agent"]) == sorted(
         2 * i if start[2 * i] == "always_cooperate" else 2 * i + 1 for i in mixed)
-    assert set(sw["step"]) == {2} and set(sw["strategy"]) == {"always_defect"}
+    assert set(sw["step"]) == {1} and set(sw["strategy"]) == {"always_defect"}
     m = run.metrics().to_pydict()
-    assert m["switches"] == [0, 0, len(mixed), 0, 0]
+    assert m["switches"] == [0, len(mixed), 0, 0, 0]
+    assert m["count_always_defect"][2] == m["count_always_defect"][1] + len(mixed)
     assert m["count_always_defect"][-1] == m["count_always_defect"][0] + len(mixed)
 
 

@@ -181,3 +181,14 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
     drop = ["shard"]
     assert resumed.events().drop_columns(drop).sort_by(key).equals(
         reference.events().drop_columns(drop).sort_by(key))
+
+
+def test_periodic_opinion_events_end_with_the_last_step(tmp_path, monkeypatch):
+    from conftest import views_know_steps
+
+    views_know_steps(monkeypatch, 13)
+    run = swarm.run(_config({"model": "degroot", "log_every": 5}, steps=13), tmp_path / "r",
+                    backend="local", progress=False)
+    assert run.metrics().num_rows == 13
+    assert sorted(set(run.events()["step"].to_pylist())) == [0, 5, 10, 12]
+    assert _opinions_at(run, 12).shape[0] == 500  # the final opinions, every agent's

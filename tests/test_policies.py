@@ -21,12 +21,12 @@ import torch
 from conftest import cascade_config, llm_config, sorted_events
 
 import swarm
+from swarm.contract import resolve_device
 from swarm.envs.base import ChoiceSpec
 from swarm.errors import ConfigError, PolicyError, RunInterrupted
 from swarm.policies.backends.base import Backend, BackendError
 from swarm.policies.base import PolicyContext, PolicyStats
 from swarm.policies.cascade import EdgeTransmission
-from swarm.policies.device import resolve_device
 from swarm.policies.llm import LLMPolicy, LLMPolicyConfig
 from swarm.rng import KeyedRNG, _srl
 
@@ -374,7 +374,7 @@ def test_policy_server_merges_concurrent_requests_and_delivers_failures():
     from concurrent.futures import ThreadPoolExecutor
 
     from swarm.policies.backends.base import PromptError
-    from swarm.policies.server import PolicyServer
+    from swarm.policies.shared_model import PolicyServer
 
     class Recording(Backend):
         def __init__(self):

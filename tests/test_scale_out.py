@@ -11,6 +11,10 @@ from conftest import sorted_events
 import swarm
 from swarm import validate_config
 
+# Three nodes and n up to 2e6: about a minute on 2 cores. `make test` keeps a multi-node
+# run in tests/test_node_failure.py; `make test-slow` runs these.
+pytestmark = pytest.mark.slow
+
 
 def _config(n: int, shards: int, kind: str = "erdos_renyi", partition: str = "contiguous"):
     graph = ({"kind": "erdos_renyi", "n": n, "mean_degree": 6} if kind == "erdos_renyi"

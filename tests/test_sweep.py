@@ -48,6 +48,7 @@ def test_grid_parsing_errors_are_clear():
         parse_grid(["seed=1", "seed=2"])
 
 
+@pytest.mark.integration  # `swarm sweep` as a subprocess
 def test_sweep_cli_runs_points_locally_and_exits_1_on_a_failed_point(tmp_path):
     proc = swarm_cli("sweep", "examples/cascade.yaml", "--grid", "env.p=0.1,1.5", "--set",
                      "graph.n=2000", "--out", tmp_path / "s", "--local", check=False)

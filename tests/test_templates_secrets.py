@@ -205,6 +205,7 @@ def test_env_default_templates_and_unvalidated_configs_are_checked_too():
             LLMPolicy(config, choice, backend=None)
 
 
+@pytest.mark.integration  # the CLI as a subprocess
 def test_swarm_validate_exits_2_with_one_line_for_a_bad_template(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text(json.dumps(llm_raw(template="You are " + LEAK)))  # JSON is YAML
@@ -417,6 +418,7 @@ def test_resume_refuses_another_users_endpoints_unless_trusted(run_copy, monkeyp
     assert "cannot reach" in result.stderr
 
 
+@pytest.mark.integration  # `swarm resume` as a subprocess
 def test_resume_of_a_manifest_with_a_malicious_template_renders_nothing(run_copy):
     manifest = json.loads((run_copy / "manifest.json").read_text())
     manifest["config"]["population"]["groups"][0]["policy"]["template"] = (

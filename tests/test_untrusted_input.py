@@ -49,6 +49,7 @@ def test_hostile_yaml_is_refused_fast_with_one_line(tmp_path, text, needle):
     assert time.perf_counter() - t0 < 30  # the laughs hung at 2.3 GB before
 
 
+@pytest.mark.integration  # the CLI as a subprocess
 def test_the_laughs_end_the_real_command_in_seconds(tmp_path):
     # The installed entry point, in its own process: before, it hung at 2.3 GB.
     path = tmp_path / "c.yaml"

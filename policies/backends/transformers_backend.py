@@ -3,7 +3,7 @@
 ``TransformersBackend`` loads a checkpoint directory with
 ``AutoModelForCausalLM`` and answers ``score`` and ``generate`` in batches on
 the CPU or a GPU. It is what an LLM policy uses when the model runs next to
-the shard, and what ``swarm.policies.serve`` wraps to serve one model to many
+the shard, and what ``swarm.policies.http_server`` wraps to serve one model to many
 shards; both give the same numbers because this class is the only code that
 touches the model.
 
@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from swarm.contract import resolve_device
 from swarm.policies.backends.base import Backend, BackendError, PromptError, sample_tokens
-from swarm.policies.device import resolve_device
 
 __all__ = ["TransformersBackend", "GenerationBatch"]
 

@@ -1,37 +1,40 @@
-"""Starting policy servers for a run and the backend the shards use to reach them.
+"""Starting a run's shared-model actors (policy servers) and the handles shards call.
 
-For every LLM-style group with ``server: true`` the runner starts
-``replicas`` ``PolicyServer`` actors before the shards (``num_gpus=1`` each
-when the cluster has GPUs and the policy may use one, else no CPU
-reservation, since the shards hold the cores) and gives each shard a
-``ServerBackend`` that sends its prompts to one replica (shard k to replica
-k mod replicas). With the local backend the servers are plain objects in
-this process.
+For every group whose policy config asks for it (``server: true``), the
+runner starts ``replicas`` actors of the class the policy kind names
+(``server_class``: for LLM-style agents ``swarm.policies.shared_model.PolicyServer``)
+before the shards: ``num_gpus=1`` each when the cluster has GPUs and the
+policy may use one (``wants_gpu``), else no CPU reservation, since the shards
+hold the cores. Each shard gets a ``ServerHandle`` to one replica (shard k to
+replica k mod replicas), which its policy kind wraps (``server_backend``).
+With the local backend the servers are plain objects in this process.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
+from swarm.errors import ClusterError, RunFailure, SwarmError
+from swarm.registry import POLICIES
 
-from swarm.errors import ClusterError
-from swarm.policies.backends.base import Backend, BackendError
-from swarm.policies.llm import LLMPolicyConfig
-from swarm.policies.server import PolicyServer
-
-__all__ = ["PolicyServers", "ServerBackend"]
+__all__ = ["PolicyServers", "ServerHandle", "ServerLost"]
 
 
-class ServerBackend(Backend):
-    """A Backend whose calls go to a policy server (a Ray actor or a local object)."""
+class ServerLost(RunFailure):
+    """A shared-model actor died mid-run; ``swarm resume`` starts a new one."""
 
-    name = "server"
+
+class ServerHandle:
+    """Calls to one shared model: a Ray actor or, in-process, the object itself.
+
+    What the shards' policies get (their kind wraps it in a backend of its own). An
+    error the server raised on purpose (a ``SwarmError``) comes back as itself.
+    """
 
     def __init__(self, server: Any, remote: bool):
         self.server, self.remote = server, remote
 
-    def _call(self, method: str, *args):
+    def call(self, method: str, *args):
         if not self.remote:
             return getattr(self.server, method)(*args)
         import ray
@@ -40,22 +43,13 @@ class ServerBackend(Backend):
             return ray.get(getattr(self.server, method).remote(*args))
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if hasattr(exc, "cause") else None
-            if isinstance(cause, BackendError):
+            if isinstance(cause, SwarmError):
                 raise cause from None
             raise
         except ray.exceptions.RayActorError as exc:
             # Not a shard failure: restarting the shards would meet the same dead server.
-            raise BackendError(f"the policy server actor died ({type(exc).__name__}); the "
-                               "run can be resumed, which starts a new one") from None
-
-    def score(self, prompts, continuations):
-        return self._call("score", prompts, continuations)
-
-    def generate(self, prompts, seeds, max_new_tokens, temperature=1.0):
-        return self._call("generate", prompts, np.asarray(seeds), max_new_tokens, temperature)
-
-    def health(self) -> dict:
-        return self._call("health")
+            raise ServerLost(f"the policy server actor died ({type(exc).__name__}); the "
+                             "run can be resumed, which starts a new one") from None
 
 
 class PolicyServers:
@@ -67,7 +61,8 @@ class PolicyServers:
         self.remote = backend == "ray"
         self.servers: dict[int, list[Any]] = {}
         groups = [(g, grp.policy) for g, grp in enumerate(config.population.groups)
-                  if isinstance(grp.policy, LLMPolicyConfig) and grp.policy.server]
+                  if getattr(grp.policy, "server", False)]
+        self.kinds = {g: pcfg.kind for g, pcfg in groups}
         if not groups:
             return
         try:
@@ -88,27 +83,31 @@ class PolicyServers:
                                        f"{self.start_timeout:.0f} s; the cluster has "
                                        f"{ray.cluster_resources()}") from None
                 if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(
-                        getattr(exc, "cause", None), BackendError):
+                        getattr(exc, "cause", None), SwarmError):
                     raise exc.cause from None
             raise
 
-    def _start(self, pcfg: LLMPolicyConfig, group: int, replica: int):
+    def _start(self, pcfg, group: int, replica: int):
+        kind = POLICIES[pcfg.kind]
+        server_cls = kind.server_class()
         if not self.remote:
             # In-process shards call one after another: nothing could merge in a window.
-            return PolicyServer(pcfg, window_ms=0)
+            return server_cls(pcfg, window_ms=0)
         import ray
 
         gpus = ray.cluster_resources().get("GPU", 0)
-        on_gpu = gpus >= 1 and pcfg.device != "cpu" and pcfg.backend == "transformers"
+        on_gpu = gpus >= 1 and kind.wants_gpu(pcfg)
         # A threaded actor: concurrent calls from all shards wait inside it and
         # are merged into one backend call (see PolicyServer).
         actor = ray.remote(num_cpus=0, num_gpus=1 if on_gpu else 0, max_concurrency=256,
-                           max_restarts=0)(PolicyServer)
+                           max_restarts=0)(server_cls)
         return actor.options(name=None).remote(pcfg)
 
-    def backends_for(self, shard: int) -> dict[int, Backend]:
-        """The backend of each server group as seen from ``shard``."""
-        return {g: ServerBackend(ss[shard % len(ss)], self.remote)
+    def backends_for(self, shard: int) -> dict[int, Any]:
+        """The backend of each server group as seen from ``shard``: the policy kind's
+        wrapper of a handle to one replica."""
+        return {g: POLICIES[self.kinds[g]].server_backend(ServerHandle(ss[shard % len(ss)],
+                                                                       self.remote))
                 for g, ss in self.servers.items()}
 
     def stats(self) -> dict:

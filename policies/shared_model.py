@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from swarm.policies.backends.base import Backend
+from swarm.errors import RunFailure
+from swarm.policies.backends.base import Backend, BackendError
 from swarm.policies.llm import LLMPolicyConfig, make_backend
 
-__all__ = ["PolicyServer"]
+__all__ = ["PolicyServer", "ServerBackend"]
 
 
 @dataclass(eq=False)  # identity, not fields: requests may hold equal numpy arrays
@@ -138,3 +139,28 @@ class PolicyServer:
                 r.error = exc
         for r in batch:
             r.done.set()
+
+
+class ServerBackend(Backend):
+    """A Backend whose calls go to a policy server through the engine's handle (a Ray
+    actor or a local object; ``swarm.policy_actors.ServerHandle``)."""
+
+    name = "server"
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+
+    def _call(self, method: str, *args):
+        try:
+            return self.handle.call(method, *args)
+        except RunFailure as exc:  # the actor died: for the policy, a backend that failed
+            raise BackendError(str(exc)) from None
+
+    def score(self, prompts, continuations):
+        return self._call("score", prompts, continuations)
+
+    def generate(self, prompts, seeds, max_new_tokens, temperature=1.0):
+        return self._call("generate", prompts, np.asarray(seeds), max_new_tokens, temperature)
+
+    def health(self) -> dict:
+        return self._call("health")

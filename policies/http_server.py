@@ -30,7 +30,7 @@ environment variable named ``*_API_KEY``) every request must carry
 ``Authorization: Bearer KEY``.
 
 Run it as ``swarm serve-policy MODEL_DIR`` or
-``python -m swarm.policies.serve MODEL_DIR [--host --port --device --dtype
+``python -m swarm.policies.http_server MODEL_DIR [--host --port --device --dtype
 --batch-window-ms --batch-size --served-model-name --max-body-bytes
 --max-prompts --max-prompt-tokens --max-new-tokens --read-timeout
 --idle-timeout --api-key-env]``.
@@ -1099,7 +1099,7 @@ async def _serve_forever(app: web.Application, host: str, port: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The command line: ``python -m swarm.policies.serve MODEL_DIR [options]``."""
+    """The command line: ``python -m swarm.policies.http_server MODEL_DIR [options]``."""
     parser = argparse.ArgumentParser(
         prog="swarm serve-policy",
         description="Serve a local causal LM as an OpenAI-compatible API (/v1/completions "

@@ -1,0 +1,58 @@
+"""The layers of DESIGN.md at run time: what an import loads, and the registries.
+
+`make lint` checks the import graph (import-linter contracts in pyproject.toml);
+these check what a process actually loads, which also covers lazy imports.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from swarm.registry import ENVS, POLICIES, Registry
+
+
+def _loaded_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\n"
+                          "print(' '.join(m for m in ('torch', 'ray', 'transformers', "
+                          "'swarm.runner', 'swarm.envs.feed', 'swarm.policies') "
+                          "if m in sys.modules))"],
+                         capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize("code", [
+    "import swarm",
+    "import swarm.analysis, swarm.analysis.cascades, swarm.analysis.exposure, "
+    "swarm.analysis.roles, swarm.analysis.socialization, swarm.analysis.coordination, "
+    "swarm.analysis.powerlaw_fit, swarm.analysis.report",
+    "import swarm.cli",
+])
+def test_light_imports_load_neither_torch_nor_ray_nor_the_runner(code):
+    assert _loaded_after(code) == set()
+
+
+def test_validating_a_config_loads_only_the_env_it_names():
+    loaded = _loaded_after(
+        "from swarm.config import validate_config\n"
+        "validate_config({'graph': {'kind': 'erdos_renyi', 'n': 100, 'mean_degree': 4},"
+        " 'env': {'kind': 'cascade'}})")
+    assert loaded == set()
+
+
+def test_builtin_envs_and_rules_come_from_entry_points():
+    assert {"cascade", "commons", "consensus", "feed", "games", "opinion"} <= set(ENVS)
+    assert {"edge_transmission", "feed_rules", "llm"} <= set(POLICIES)
+    assert ENVS["cascade"].name == "cascade"
+
+
+def test_a_registry_refuses_a_taken_key_and_names_the_known_ones():
+    r = Registry("swarm.nothing_here", "widget")
+    r.register("a", int)
+    r.register("a", int)  # the same class again is fine
+    with pytest.raises(ValueError, match="already registered"):
+        r.register("a", float)
+    with pytest.raises(KeyError, match="unknown widget 'b'; known: a"):
+        r["b"]
