@@ -319,3 +319,23 @@ def test_rolx_memberships_are_nonnegative_and_follow_the_plant():
     assert ari > 0.6
     mdl = rolx(*edges(g), criterion="mdl", k_range=range(2, 5), seed=0)
     assert set(mdl.description_length) == {2, 3, 4} and mdl.k in (2, 3, 4)
+
+
+# --- 6. the entry point ---------------------------------------------------------------------
+
+
+def test_roles_module_re_exports_every_topic_module_public_name():
+    import importlib
+
+    from swarm.analysis import roles as entry
+
+    topics = ["role_features", "rewiring", "role_clustering", "rolx", "core_periphery",
+              "role_stability"]
+    exported = set()
+    for name in topics:
+        module = importlib.import_module(f"swarm.analysis.{name}")
+        assert module.__doc__, name
+        for public in module.__all__:
+            assert getattr(entry, public) is getattr(module, public), (name, public)
+        exported |= set(module.__all__)
+    assert set(entry.__all__) | {"INTERACTIONS"} == exported
