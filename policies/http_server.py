@@ -1,14 +1,16 @@
 """``swarm serve-policy``: one local model answering the decide stage of many shards over HTTP.
 
 An OpenAI-compatible server (``GET /v1/models``, ``POST /v1/completions``) on
-aiohttp in front of a local :class:`~swarm.policies.backends.base.Backend`,
-normally :class:`TransformersBackend`. The ``openai`` backend (or any
-OpenAI client) talks to it. Scoring requests (``echo`` with ``logprobs``)
-return per-token log-probabilities computed in float64 exactly as the local
-backend scores, and generation samples with the backend's own sampler and the
-request's ``seed``, step for step as ``TransformersBackend.generate`` does, so
-shards that use the server choose the same actions and write the same text as
-shards that load the model themselves.
+aiohttp in front of a local :class:`TransformersBackend`. The ``openai``
+backend (or any OpenAI client) talks to it. This module is the HTTP side
+only: parsing, validation, limits, merging concurrent requests and the
+replies. Everything that touches the model or the tokenizer is a public
+backend method (``tokenize``, ``token_logprobs``, ``start_generation``,
+``decode``), so scoring requests (``echo`` with ``logprobs``) get the
+float64 per-token log-probabilities the backend scores with, and generation
+draws the tokens ``TransformersBackend.generate`` draws for the request's
+``seed``: shards that use the server choose the same actions and write the
+same text as shards that load the model themselves.
 
 Requests from many clients are merged: the prompts that arrive within a
 short window (``batch_window_ms``) go through the model together, in one
@@ -40,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hmac
 import ipaddress
 import json
@@ -56,20 +57,19 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from aiohttp import web
 
-from swarm.policies.backends.base import Backend, BackendError, PromptError, sample_tokens
+from swarm.policies.backends.base import Backend, BackendError, PromptError
 from swarm.policies.endpoints import API_KEY_ENV_PATTERN
+
+if TYPE_CHECKING:
+    from swarm.policies.backends.transformers_backend import TokenLogprobs
 
 __all__ = ["CompletionEngine", "ServeLimits", "main", "make_app", "make_runner", "serve"]
 
-# Largest number of logits (rows x vocabulary) one scoring forward may hold:
-# 2**26 is 256 MB in float32 plus 512 MB for the float64 log-softmax.
-_LOGIT_BUDGET = 1 << 26
 # Prompts one model round takes from the queue; the rest wait for the next
 # round, so one huge request cannot hold a small one back for long.
 _MAX_ROUND_PROMPTS = 1024
@@ -83,6 +83,8 @@ _ROUND_GENERATION_S = 0.05
 # before tokenizing: tokenizing 10 MB of text costs seconds and gigabytes.
 # Tokens average about 4 characters of English; few texts exceed 8 per token.
 _CHARS_PER_TOKEN = 8
+# What the engine calls on its backend: TransformersBackend's token-level methods.
+_BACKEND_METHODS = ("tokenize", "token_logprobs", "start_generation", "decode")
 # Prompt-token cap for a model whose config states no context length.
 _FALLBACK_PROMPT_TOKENS = 4096
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -207,16 +209,14 @@ class _Generation:
     ``max_tokens``), not when the whole batch is."""
 
     def __init__(self, backend: Any, works: list[_Work]):
-        from swarm.policies.backends.transformers_backend import GenerationBatch
-
         self.works = works
         max_tokens = works[0].job.max_tokens
-        self.batch = GenerationBatch(backend, [w.ids for w in works],
-                                     np.array([w.job.seed for w in works], dtype=np.int64),
-                                     max_tokens, works[0].job.temperature)
+        self.batch = backend.start_generation([w.ids for w in works],
+                                              np.array([w.job.seed for w in works],
+                                                       dtype=np.int64),
+                                              max_tokens, works[0].job.temperature)
         # KV positions this batch may come to hold, counted against the engine's budget.
-        self.reserved = len(works) * (self.batch.width + max_tokens)
-        self.eos_set = set(getattr(backend, "eos_ids", []))
+        self.reserved = len(works) * (max(len(w.ids) for w in works) + max_tokens)
         self.open = list(range(len(works)))
 
     @property
@@ -225,18 +225,11 @@ class _Generation:
 
     def step(self) -> list[_Work]:
         """Sample the next token of every row; return the works completed by it."""
-        tokens = self.batch.step().cpu().tolist()
         completed = []
-        for row in list(self.open):
-            tok = tokens[row]
-            if tok in self.eos_set:  # the EOS ends the row and is not part of its text
-                self.open.remove(row)
-                completed.append(self.works[row])
-            else:
-                self.works[row].generated.append(tok)
-                if self.finished:
-                    self.open.remove(row)
-                    completed.append(self.works[row])
+        for row in self.batch.step():
+            self.open.remove(row)
+            self.works[row].generated = self.batch.generated[row]
+            completed.append(self.works[row])
         return completed
 
     def unfinished(self) -> list[_Work]:
@@ -257,18 +250,22 @@ class CompletionEngine:
     Parameters
     ----------
     backend : Backend
-        A local backend exposing ``model``, ``tokenizer``, ``device``,
-        ``eos_ids``, ``pad_id`` and ``batch_size`` (``TransformersBackend``).
+        A loaded local backend with ``TransformersBackend``'s token-level
+        methods (``tokenize``, ``token_logprobs``, ``start_generation``,
+        ``decode``) and its ``max_length``, ``eos_ids`` and ``batch_size``.
     max_prompt_tokens : int, optional
         Most tokens a prompt may have; default: the model's context length.
     """
 
     def __init__(self, backend: Backend, max_prompt_tokens: int | None = None):
-        for attr in ("model", "tokenizer", "device"):
-            if getattr(backend, attr, None) is None:
+        for method in _BACKEND_METHODS:
+            if not callable(getattr(backend, method, None)):
                 raise BackendError(f"swarm serve-policy needs a local backend with a loaded model "
                                    f"(TransformersBackend); {type(backend).__name__} has no "
-                                   f"{attr!r}")
+                                   f"{method!r}")
+        if backend.health().get("closed"):
+            raise BackendError(f"swarm serve-policy needs a loaded model; the {backend.name} "
+                               "backend given is closed, so create a new one")
         self.backend = backend
         self.max_length = getattr(backend, "max_length", None)
         if max_prompt_tokens is None:
@@ -280,17 +277,12 @@ class CompletionEngine:
         self.max_prompt_tokens = int(max_prompt_tokens)
         self.eos_ids = set(getattr(backend, "eos_ids", []))
         self.batch_size = int(getattr(backend, "batch_size", 64))
-        config = backend.model.config
-        self.vocab = int(getattr(config, "vocab_size", 0) or len(backend.tokenizer))
         # Running generations hold their KV caches between rounds. Together
         # they may reserve as many positions as one full batch over the whole
         # context (what a single generate_ids call could hold before
         # generations were interleaved); later ones wait, first come first
         # served, while scoring goes on.
         self.kv_budget = self.batch_size * (self.max_length or 2 * self.max_prompt_tokens)
-        # The backend's own lock (TransformersBackend has one), so that code
-        # using the same backend object from another thread waits for us.
-        self._model_lock = getattr(backend, "_lock", None) or contextlib.nullcontext()
         self._waiting: deque[_Work] = deque()
         self._running: list[_Generation] = []
 
@@ -347,7 +339,11 @@ class CompletionEngine:
     def _admit(self, jobs: Sequence[_Job], out: list) -> list[_Work]:
         """Tokenize and check each job on its own; failures go to ``out`` for that job alone."""
         works = []
-        for job, enc in zip(jobs, self._tokenize([j.prompt for j in jobs]), strict=True):
+        # Tokenized as the backend scores (special tokens added, e.g. a BOS), so
+        # echoed offsets match its scoring rule; a prompt the tokenizer refuses
+        # fails alone.
+        encoded = self.backend.tokenize([j.prompt for j in jobs], return_exceptions=True)
+        for job, enc in zip(jobs, encoded, strict=True):
             if isinstance(enc, Exception):
                 out.append((job, enc))
                 continue
@@ -375,37 +371,6 @@ class CompletionEngine:
             else:
                 works.append(_Work(job, ids, offsets))
         return works
-
-    def _tokenize(self, prompts: list[str]) -> list[tuple[list[int], list] | Exception]:
-        """Token ids and character offsets of each prompt, or the error that prompt alone raised.
-
-        Tokenized exactly as TransformersBackend does (special tokens added,
-        e.g. a BOS), so echoed offsets match its scoring rule. The fast
-        tokenizer fails a whole batch for one prompt it cannot encode, so a
-        failed batch is tokenized again prompt by prompt.
-        """
-        if not prompts:
-            return []
-        tok = self.backend.tokenizer
-
-        def encode(texts: list[str]) -> list[tuple[list[int], list]]:
-            enc = tok(texts, add_special_tokens=True, return_offsets_mapping=True,
-                      return_attention_mask=False)
-            return list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
-
-        with self._model_lock:
-            try:
-                return list(encode(prompts))
-            except Exception:  # noqa: BLE001 - find the prompt that failed, below
-                pass
-            out: list[tuple[list[int], list] | Exception] = []
-            for text in prompts:
-                try:
-                    out.append(encode([text])[0])
-                except Exception as exc:  # noqa: BLE001 - reported to that request alone
-                    out.append(PromptError(f"the tokenizer cannot encode this prompt "
-                                           f"({type(exc).__name__}: {exc}); send valid text"))
-            return out
 
     def _start_generations(self, out: list) -> None:
         """Start batches of waiting jobs while the KV budget has room, first come first served.
@@ -435,8 +400,7 @@ class CompletionEngine:
                 self._waiting.extend(w for c in chunks[k:] for w in c)
                 return
             try:
-                with self._model_lock:
-                    self._running.append(_Generation(self.backend, chunk))
+                self._running.append(_Generation(self.backend, chunk))
             except Exception as exc:  # noqa: BLE001 - e.g. out of memory: isolate as in a step
                 self._retry_alone(chunk, exc, out)
                 continue
@@ -449,8 +413,7 @@ class CompletionEngine:
         while self._running:
             for gen in list(self._running):
                 try:
-                    with self._model_lock:
-                        completed.extend(gen.step())
+                    completed.extend(gen.step())
                 except Exception as exc:  # noqa: BLE001 - isolated below
                     self._running.remove(gen)
                     self._retry_alone(gen.unfinished(), exc, out, len(gen.works))
@@ -469,157 +432,67 @@ class CompletionEngine:
             out.extend((w.job, exc) for w in rows)
             return
         for work in reversed(rows):
-            work.generated = []
             work.solo = True
             self._waiting.appendleft(work)
 
     def _finish(self, ready: list[_Work], out: list) -> None:
-        """Score what asks for logprobs, draw the new token of fast jobs, and answer them all."""
+        """Score what asks for logprobs (drawing the new token of fast jobs), answer them all."""
         token_lp: dict[int, np.ndarray] = {}
         failed: set[int] = set()
         scored = [w for w in ready if w.job.logprobs is not None]
-        if scored:
-            last: dict[int, torch.Tensor] = {}
-            for work, result in zip(scored, self._score(scored), strict=True):
-                if isinstance(result, Exception):
-                    out.append((work.job, result))
-                    failed.add(id(work))
-                else:
-                    token_lp[id(work)], logits = result
-                    if work.fast:
-                        last[id(work)] = logits
-            fast = [w for w in scored if w.fast and id(w) not in failed]
-            if fast:
-                try:
-                    with self._model_lock:
-                        self._sample_fast(fast, last, token_lp)
-                except Exception as exc:  # noqa: BLE001 - those jobs fail, the others go on
-                    out.extend((w.job, exc) for w in fast)
-                    failed.update(id(w) for w in fast)
+        for work, result in zip(scored, self._score(scored), strict=True):
+            if isinstance(result, Exception):
+                out.append((work.job, result))
+                failed.add(id(work))
+                continue
+            token_lp[id(work)] = result.logprobs
+            if work.fast:
+                # Listed even when it is an EOS (as vLLM does): clients find the
+                # echo's end at the generated token. The text leaves an EOS out.
+                work.generated = [result.next_token]
         for work in ready:
             if id(work) in failed:
                 continue
             try:
-                with self._model_lock:
-                    out.append((work.job, self._choice(work.job, work.ids, work.offsets,
-                                                       work.generated, token_lp.get(id(work)))))
+                out.append((work.job, self._choice(work.job, work.ids, work.offsets,
+                                                   work.generated, token_lp.get(id(work)))))
             except Exception as exc:  # noqa: BLE001 - reported to that request alone
                 out.append((work.job, exc))
 
-    def _score(self, works: list[_Work]) -> list[tuple[np.ndarray, Any] | Exception]:
-        """Per-token log-probs (and last logits for fast jobs) of each work, isolated on failure."""
+    def _score(self, works: list[_Work]) -> list[TokenLogprobs | Exception]:
+        """The backend's ``TokenLogprobs`` of each work, or the exception that work alone raised.
+
+        A fast job's new token is drawn from the same forward pass, as
+        ``TransformersBackend.generate`` draws its first token.
+        """
+        if not works:
+            return []
         rows = [w.ids + w.generated for w in works]
-        want_last = [w.fast for w in works]
+        seeds = [w.job.seed if w.fast else None for w in works]
+        temps = [w.job.temperature for w in works]
         try:
-            with self._model_lock:
-                lps, last = self._forward(rows, want_last)
-            return [(lp, last.get(r)) for r, lp in enumerate(lps)]
+            return self.backend.token_logprobs(rows, seeds, temps)
         except Exception as exc:  # noqa: BLE001 - re-run one by one to find the culprit
             if len(works) == 1:
                 return [exc]
-        out: list[tuple[np.ndarray, Any] | Exception] = []
-        for row, want in zip(rows, want_last, strict=True):
+        out: list[TokenLogprobs | Exception] = []
+        for row, seed, temp in zip(rows, seeds, temps, strict=True):
             try:
-                with self._model_lock:
-                    lps, last = self._forward([row], [want])
-                out.append((lps[0], last.get(0)))
+                out.extend(self.backend.token_logprobs([row], [seed], [temp]))
             except Exception as exc:  # noqa: BLE001 - reported to that request alone
                 out.append(exc)
         return out
 
-    def _forward(self, rows: list[list[int]], want_last: list[bool]
-                 ) -> tuple[list[np.ndarray], dict[int, torch.Tensor]]:
-        """Per-token log-probs of each row (entry 0 is NaN: no context) and last-position logits.
-
-        Token ``t`` is scored with the float64 log-softmax of the logits at
-        ``t - 1``, right padding with an attention mask, as in
-        ``TransformersBackend.score``; rows do not influence each other.
-        """
-        model, dev = self.backend.model, self.backend.device
-        out: list[np.ndarray] = [np.empty(0)] * len(rows)
-        last: dict[int, torch.Tensor] = {}
-        order = np.argsort([len(r) for r in rows], kind="stable")
-        start = 0
-        while start < len(order):
-            # Sorted by length: grow the chunk while its padded logits fit the budget.
-            stop = start + 1
-            while (stop < len(order) and stop - start < self.batch_size
-                   and (stop + 1 - start) * len(rows[order[stop]]) * self.vocab <= _LOGIT_BUDGET):
-                stop += 1
-            chunk = order[start:stop]
-            start = stop
-            width = max(len(rows[i]) for i in chunk)
-            ids = np.full((len(chunk), width), getattr(self.backend, "pad_id", 0), dtype=np.int64)
-            mask = np.zeros((len(chunk), width), dtype=np.int64)
-            for b, i in enumerate(chunk):
-                ids[b, :len(rows[i])] = rows[i]
-                mask[b, :len(rows[i])] = 1
-            # The LM head runs only where a result is needed: every position but
-            # a row's last predicts the next token, and the last one predicts
-            # the new token of scoring jobs.
-            keep = mask.astype(bool)
-            for b, i in enumerate(chunk):
-                keep[b, len(rows[i]) - 1] = want_last[i]
-            kept = keep.sum(axis=1)
-            first = np.concatenate([[0], np.cumsum(kept)[:-1]])  # row-major: rows are contiguous
-            pred_at = np.concatenate([first[b] + np.arange(len(rows[i]) - 1)
-                                      for b, i in enumerate(chunk)]).astype(np.int64)
-            targets = np.array([t for i in chunk for t in rows[i][1:]], dtype=np.int64)
-            input_ids = torch.from_numpy(ids).to(dev)
-            attention = torch.from_numpy(mask).to(dev)
-            keep_t = torch.from_numpy(keep).to(dev)
-            with torch.inference_mode():
-                if getattr(self.backend, "_keep_logits", False):
-                    logits = model(input_ids=input_ids, attention_mask=attention,
-                                   logits_to_keep=keep_t, use_cache=False).logits
-                else:
-                    logits = model(input_ids=input_ids, attention_mask=attention,
-                                   use_cache=False).logits
-                if logits.dim() == 3:
-                    logits = logits[keep_t]
-                # Gathered from the whole log-softmax (row by row, as the local
-                # backend computes it), without copying the predicting rows out.
-                logp = torch.log_softmax(logits.double(), dim=-1)
-                picked = logp[torch.from_numpy(pred_at).to(dev),
-                              torch.from_numpy(targets).to(dev)].cpu().numpy()
-                for b, i in enumerate(chunk):
-                    if want_last[i]:
-                        # A copy: a view would keep the chunk's logits alive.
-                        last[i] = logits[first[b] + kept[b] - 1].clone()
-            pos = 0
-            for i in chunk:
-                n = len(rows[i]) - 1
-                out[i] = np.concatenate([[np.nan], picked[pos:pos + n]])
-                pos += n
-        return out, last
-
-    def _sample_fast(self, works: list[_Work], last: dict[int, torch.Tensor],
-                     token_lp: dict[int, np.ndarray]) -> None:
-        """The one new token of scoring jobs: ``generate``'s first draw, from the echo's logits.
-
-        ``sample_tokens`` at position 0 with the job's seed, as
-        ``TransformersBackend.generate`` draws its first token.
-        """
-        by_temp: dict[float, list[_Work]] = {}
-        for w in works:
-            by_temp.setdefault(w.job.temperature, []).append(w)
-        for temperature, members in by_temp.items():
-            logits = torch.stack([last[id(w)] for w in members])
-            seeds = np.array([w.job.seed for w in members], dtype=np.int64)
-            with torch.inference_mode():
-                nxt = sample_tokens(logits, seeds, position=0, temperature=temperature)
-                logp = torch.log_softmax(logits.double(), dim=-1).gather(
-                    1, nxt.unsqueeze(1)).squeeze(1).cpu().numpy()
-            for w, tok, lp in zip(members, nxt.cpu().tolist(), logp, strict=True):
-                # Listed even when it is an EOS (as vLLM does): clients find the
-                # echo's end at the generated token. The text leaves an EOS out.
-                w.generated = [tok]
-                token_lp[id(w)] = np.append(token_lp[id(w)], lp)
-
     def _choice(self, job: _Job, prompt_ids: list[int], offsets: list[tuple[int, int]],
                 new_ids: list[int], logprobs: np.ndarray | None) -> _Choice:
-        tok = self.backend.tokenizer
-        completion = tok.decode(new_ids, skip_special_tokens=True) if new_ids else ""
+        n = len(new_ids)
+        # One decode call: the completion, then (for logprobs) each new token
+        # alone and the completion up to each new token, for the text offsets.
+        rows = [new_ids] if new_ids else []
+        if job.logprobs is not None:
+            rows += [new_ids[k:k + 1] for k in range(n)] + [new_ids[:k] for k in range(1, n)]
+        texts = self.backend.decode(rows) if rows else []
+        completion = texts[0] if new_ids else ""
         stopped = bool(new_ids) and new_ids[-1] in self.eos_ids
         finish = "stop" if stopped or len(new_ids) < job.max_tokens else "length"
         lp_json = None
@@ -641,11 +514,9 @@ class CompletionEngine:
                 logprobs = logprobs[len(prompt_ids):]
             # New tokens start at the end of the prompt (as vLLM reports), which
             # is how the openai backend tells them from the echo.
-            done = ""
-            for k in range(len(new_ids)):
-                tokens.append(tok.decode(new_ids[k:k + 1], skip_special_tokens=True))
-                text_offset.append(base + len(done))
-                done = tok.decode(new_ids[:k + 1], skip_special_tokens=True)
+            if n:
+                tokens += texts[1:1 + n]
+                text_offset += [base + len(t) for t in [""] + texts[1 + n:]]
             lp_json = {
                 "tokens": tokens,
                 "token_logprobs": [None if math.isnan(v) else float(v) for v in logprobs],

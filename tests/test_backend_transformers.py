@@ -317,3 +317,78 @@ def test_sliding_window_shares_only_prompts_that_fit(tmp_path, model_dirs, monke
     for i in range(3):
         for j, action in enumerate(ACTIONS):
             assert scores[i, j] == pytest.approx(hand_score(b, PROMPTS[i], action), abs=1e-9)
+
+
+# -- token-level methods (what swarm serve-policy builds on) ---------------------------------
+
+
+def test_token_logprobs_sum_to_score(backend):
+    texts = [p + a for p in PROMPTS for a in ACTIONS]
+    encoded = backend.tokenize(texts)
+    assert [ids for ids, _ in encoded] == backend.tokenizer(texts)["input_ids"]
+    rows = backend.token_logprobs([ids for ids, _ in encoded])
+    expected = backend.score(PROMPTS, ACTIONS)
+    for k, ((ids, spans), row) in enumerate(zip(encoded, rows, strict=True)):
+        assert row.next_token is None and row.logprobs.shape == (len(ids),)
+        assert np.isnan(row.logprobs[0]) and np.all(row.logprobs[1:] < 0)
+        cut = len(PROMPTS[k // len(ACTIONS)])
+        scored = [t for t, (start, _) in enumerate(spans) if start >= cut and t > 0]
+        assert row.logprobs[scored].sum() == pytest.approx(
+            expected[k // len(ACTIONS), k % len(ACTIONS)], abs=1e-12)
+    # Rows are independent of their companions and of the batch size.
+    alone = [backend.token_logprobs([ids])[0].logprobs for ids, _ in encoded[:3]]
+    small = TransformersBackend(backend.path, device="cpu", batch_size=2)
+    for got in (rows[:3], small.token_logprobs([ids for ids, _ in encoded])[:3]):
+        for a, b in zip(alone, got, strict=True):
+            np.testing.assert_allclose(b.logprobs, a, rtol=0, atol=1e-12)
+
+
+def test_token_logprobs_draw_generates_first_token(backend):
+    prompts = PROMPTS[:4]
+    rows = [ids for ids, _ in backend.tokenize(prompts)]
+    for seed, temperature in [(3, 1.0), (11, 0.7), (0, 0.0)]:
+        seeds = [seed + k for k in range(len(prompts))]
+        # Row 1 draws nothing: its logprobs stay one per token.
+        drawn = backend.token_logprobs(rows, [s if k != 1 else None for k, s in enumerate(seeds)],
+                                       temperature)
+        assert drawn[1].next_token is None and len(drawn[1].logprobs) == len(rows[1])
+        first = backend.generate_ids(prompts, np.array(seeds), 1, temperature)
+        for k in (0, 2, 3):
+            token = drawn[k].next_token
+            assert first[k] == ([] if token in backend.eos_ids else [token])
+            # Its log-probability is the one scoring the row with that token gives.
+            scored = backend.token_logprobs([rows[k] + [token]])[0].logprobs
+            np.testing.assert_allclose(drawn[k].logprobs, scored, rtol=0, atol=1e-12)
+
+
+def test_a_generation_batch_steps_to_what_generate_ids_writes(backend):
+    prompts, seeds = PROMPTS[:3], np.array([5, 6, 7])
+    expected = backend.generate_ids(prompts, seeds, 6)
+    rows = [ids for ids, _ in backend.tokenize(prompts)]
+    long = backend.start_generation(rows, seeds, 6)
+    short = backend.start_generation(rows[:1], seeds[:1], 2)
+    ended: list[int] = []
+    while not long.finished:
+        ended += long.step()
+        if not short.finished:  # interleaved with another batch
+            assert short.step() in ([], [0])
+    assert sorted(ended) == [0, 1, 2] and long.generated == expected
+    assert short.generated == [expected[0][:2]]
+    assert backend.decode(long.generated) == backend.generate(prompts, seeds, 6)
+    with pytest.raises(BackendError, match="finished"):
+        long.step()
+    with pytest.raises(BackendError, match="max_new_tokens must be an int >= 1"):
+        backend.start_generation(rows, seeds, 0)
+    with pytest.raises(BackendError, match="one seed per row"):
+        backend.start_generation(rows, seeds[:1], 2)
+
+
+def test_tokenize_isolates_a_text_it_cannot_encode(backend):
+    texts = ["Hi", "bad \ud800", "A post"]
+    with pytest.raises(BackendError, match="cannot encode"):
+        backend.tokenize(texts)
+    got = backend.tokenize(texts, return_exceptions=True)
+    assert isinstance(got[1], BackendError) and "cannot encode" in str(got[1])
+    assert [got[0], got[2]] == backend.tokenize([texts[0], texts[2]])
+    with pytest.raises(BackendError, match="row 0 of token_logprobs is empty"):
+        backend.token_logprobs([[]])

@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 from typer.testing import CliRunner
 
-from swarm.policies import serve as serve_module
+from swarm.policies import http_server as serve_module
 from swarm.policies.backends.base import BackendError, PromptError
 from swarm.policies.backends.openai_backend import OpenAIBackend
 from swarm.policies.backends.transformers_backend import TransformersBackend

@@ -5,7 +5,10 @@
 the CPU or a GPU. It is what an LLM policy uses when the model runs next to
 the shard, and what ``swarm.policies.http_server`` wraps to serve one model to many
 shards; both give the same numbers because this class is the only code that
-touches the model.
+touches the model and the tokenizer. The server uses the token-level methods
+(``tokenize``, ``token_logprobs`` for ``echo`` with ``logprobs``,
+``start_generation`` for generations it steps between other requests, and
+``decode``), never the model itself.
 
 Tokenization: texts are tokenized as the checkpoint's tokenizer does by
 default for plain text (``add_special_tokens=True``): a Llama-style tokenizer
@@ -39,6 +42,8 @@ from __future__ import annotations
 import inspect
 import os
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +53,7 @@ import torch
 from swarm.contract import resolve_device
 from swarm.policies.backends.base import Backend, BackendError, PromptError, sample_tokens
 
-__all__ = ["TransformersBackend", "GenerationBatch"]
+__all__ = ["GenerationBatch", "TokenLogprobs", "TransformersBackend"]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -58,6 +63,9 @@ _DTYPES = {
 }
 # Any one of these makes a directory a candidate tokenizer source.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# Largest number of logits (rows x vocabulary) one token_logprobs forward may hold:
+# 2**26 is 256 MB in float32 plus 512 MB for the float64 log-softmax.
+_LOGIT_BUDGET = 1 << 26
 
 
 def _resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
@@ -68,6 +76,17 @@ def _resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     if spec not in _DTYPES:
         raise BackendError(f"dtype must be auto, {', '.join(_DTYPES)}; got {spec!r}")
     return _DTYPES[spec]
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """The per-token log-probabilities of one row (:meth:`TransformersBackend.token_logprobs`)."""
+
+    logprobs: np.ndarray
+    """float64, one per token of the row (entry 0 NaN: it has no context), then one
+    for ``next_token`` when one was drawn."""
+    next_token: int | None = None
+    """The token drawn after the row (possibly an EOS), or ``None`` where no seed was given."""
 
 
 class TransformersBackend(Backend):
@@ -91,10 +110,20 @@ class TransformersBackend(Backend):
 
     Attributes
     ----------
+    path : str
+        The checkpoint directory.
     device : torch.device
     dtype : torch.dtype
+    batch_size : int
+    max_length : int or None
+        Token positions the model has (from its config), ``None`` if it states none.
+    eos_ids : list of int
+        The ids that end a generated row.
     model, tokenizer
-        The loaded ``transformers`` objects (``None`` after ``close``).
+        The loaded ``transformers`` objects (``None`` after ``close``). Callers
+        outside this class use the methods instead (``tokenize``,
+        ``token_logprobs``, ``start_generation``, ``decode``), which take the
+        backend's lock and tokenize the way scoring does.
 
     Examples
     --------
@@ -214,8 +243,9 @@ class TransformersBackend(Backend):
         self._share_window = min((layer.sliding_window for layer in layers
                                   if type(layer) is DynamicSlidingWindowLayer), default=None)
         # One forward at a time: a server may call from several threads and the
-        # tokenizer and model are shared.
-        self._lock = threading.Lock()
+        # tokenizer and model are shared. Reentrant: generate_ids holds it while
+        # the GenerationBatch it runs takes it for each step.
+        self._lock = threading.RLock()
 
     # -- helpers -------------------------------------------------------------
 
@@ -478,18 +508,16 @@ class TransformersBackend(Backend):
         position=t, temperature)``; a row stops at an EOS token or after
         ``max_new_tokens``. Special tokens are dropped from the returned text.
         """
-        ids = self.generate_ids(prompts, seeds, max_new_tokens, temperature)
-        with self._lock:
-            return [self.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+        return self.decode(self.generate_ids(prompts, seeds, max_new_tokens, temperature))
 
     def generate_ids(self, prompts: list[str], seeds: np.ndarray, max_new_tokens: int,
                      temperature: float = 1.0) -> list[list[int]]:
         """The token ids ``generate`` decodes: at most ``max_new_tokens`` per prompt, EOS cut off.
 
         For callers that need token counts (a server's ``usage``) or the raw
-        ids; decoding them with ``tokenizer.decode(ids, skip_special_tokens=True)``
-        gives ``generate``'s text. Re-tokenizing that text need not give the
-        same ids back (a random model emits partial UTF-8 sequences).
+        ids; ``decode`` turns them into ``generate``'s text. Re-tokenizing that
+        text need not give the same ids back (a random model emits partial
+        UTF-8 sequences).
         """
         self._require_open()
         prompts = list(prompts)
@@ -513,25 +541,233 @@ class TransformersBackend(Backend):
             order = np.argsort([len(ids) for ids in encoded], kind="stable")
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
-                rows = self._generate_batch([encoded[i] for i in chunk], seeds[chunk],
-                                            int(max_new_tokens), float(temperature))
-                for i, row in zip(chunk, rows, strict=True):
+                batch = GenerationBatch(self, [encoded[i] for i in chunk], seeds[chunk],
+                                        int(max_new_tokens), float(temperature))
+                while not batch.finished:
+                    batch.step()
+                for i, row in zip(chunk, batch.generated, strict=True):
                     out[i] = row
         return out
 
-    def _generate_batch(self, prompts: list[list[int]], seeds: np.ndarray, max_new_tokens: int,
-                        temperature: float) -> list[list[int]]:
-        batch = GenerationBatch(self, prompts, seeds, max_new_tokens, temperature)
-        new_tokens = []
-        while not batch.finished:
-            new_tokens.append(batch.step())
-        tokens = torch.stack(new_tokens, dim=1).cpu().tolist()
-        eos_set = set(self.eos_ids)
-        rows = []
-        for row in tokens:
-            cut = next((k for k, tok in enumerate(row) if tok in eos_set), len(row))
-            rows.append(row[:cut])
-        return rows
+    # -- token-level methods (what swarm serve-policy builds on) ---------------
+
+    def tokenize(self, texts: Sequence[str], *, return_exceptions: bool = False
+                 ) -> list[tuple[list[int], list[tuple[int, int]]] | PromptError]:
+        """Token ids and character spans of each text, tokenized as ``score`` and ``generate`` do.
+
+        Special tokens are added as the tokenizer adds them by default (a
+        BOS, with span ``(0, 0)``), so the spans locate ``score``'s scored
+        tokens: those starting at or after ``len(prompt)``.
+
+        Parameters
+        ----------
+        texts : sequence of str
+        return_exceptions : bool
+            A text the tokenizer cannot encode (a lone surrogate) raises
+            ``PromptError``; with ``True`` that error takes its place in the
+            list instead and the other texts are still tokenized.
+
+        Returns
+        -------
+        list of (ids, spans)
+            ``ids`` a list of token ids, ``spans`` one ``(start, end)``
+            character range per token.
+        """
+        self._require_open()
+        texts = list(texts)
+        if not texts:
+            return []
+
+        def encode(batch: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+            enc = self.tokenizer(batch, add_special_tokens=True, return_offsets_mapping=True,
+                                 return_attention_mask=False)
+            return list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
+
+        with self._lock:
+            try:
+                return encode(texts)
+            except Exception:  # noqa: BLE001 - find the text that failed, below
+                pass
+            # The fast tokenizer refuses a whole batch for one text it cannot
+            # encode: tokenize again text by text so the error is that text's alone.
+            out: list[tuple[list[int], list[tuple[int, int]]] | PromptError] = []
+            for text in texts:
+                try:
+                    out.append(encode([text])[0])
+                except Exception as exc:  # noqa: BLE001 - reported for that text alone
+                    error = PromptError(f"the tokenizer cannot encode this prompt "
+                                        f"({type(exc).__name__}: {exc}); send valid text")
+                    if not return_exceptions:
+                        raise error from exc
+                    out.append(error)
+            return out
+
+    def token_logprobs(self, token_ids: Sequence[Sequence[int]],
+                       seeds: Sequence[int | None] | None = None,
+                       temperatures: float | Sequence[float] = 1.0) -> list[TokenLogprobs]:
+        """The log-probability of every token of each row given the tokens before it.
+
+        Each row (token ids, as ``tokenize`` gives them, possibly followed by
+        ids ``generate_ids`` gave) runs through the model whole, right padded
+        with an attention mask as ``score`` runs its full rows, so rows do not
+        depend on each other. Token ``t`` gets the float64 log-softmax of the
+        logits at ``t - 1``; token 0 has no context and gets NaN. Summed over
+        the tokens ``score`` scores, they give ``score``'s number (to ~1e-12
+        in float64). This is what an OpenAI-style ``echo`` with ``logprobs``
+        reports.
+
+        Parameters
+        ----------
+        token_ids : sequence of sequences of int
+            Non-empty rows of token ids.
+        seeds : sequence of (int or None), optional
+            One per row. Where ``seeds[i]`` is an int, row ``i``'s next token
+            is drawn from the same forward pass exactly as ``generate`` draws
+            its first token (``sample_tokens`` at position 0 with ``seeds[i]``
+            and ``temperatures[i]``); default: no row draws one.
+        temperatures : float or sequence of float
+            The sampling temperature, for all rows or one per row.
+
+        Returns
+        -------
+        list of TokenLogprobs
+            One per row, in order.
+        """
+        self._require_open()
+        rows = [list(row) for row in token_ids]
+        draws = [None] * len(rows) if seeds is None else list(seeds)
+        temps = ([float(temperatures)] * len(rows) if isinstance(temperatures, (int, float))
+                 else [float(t) for t in temperatures])
+        if len(draws) != len(rows) or len(temps) != len(rows):
+            raise BackendError(f"token_logprobs needs one seed and one temperature per row; got "
+                               f"{len(draws)} seeds and {len(temps)} temperatures for "
+                               f"{len(rows)} rows")
+        for i, row in enumerate(rows):
+            if not row:
+                raise BackendError(f"row {i} of token_logprobs is empty; give at least one token "
+                                   "(tokenize adds a BOS where the model has one)")
+            self._check_length(len(row) + (draws[i] is not None), f"scoring the tokens of row {i}")
+        out: list[TokenLogprobs | None] = [None] * len(rows)
+        vocab = int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer))
+        order = np.argsort([len(r) for r in rows], kind="stable")
+        start = 0
+        with self._lock:
+            while start < len(order):
+                # Sorted by length: grow the chunk while its padded logits fit the budget.
+                stop = start + 1
+                while (stop < len(order) and stop - start < self.batch_size
+                       and (stop + 1 - start) * len(rows[order[stop]]) * vocab <= _LOGIT_BUDGET):
+                    stop += 1
+                chunk = order[start:stop]
+                start = stop
+                results = self._token_logprobs_batch([rows[i] for i in chunk],
+                                                     [draws[i] for i in chunk],
+                                                     [temps[i] for i in chunk])
+                for i, result in zip(chunk, results, strict=True):
+                    out[i] = result
+        return out
+
+    def _token_logprobs_batch(self, rows: list[list[int]], seeds: list[int | None],
+                              temps: list[float]) -> list[TokenLogprobs]:
+        dev = self.device
+        width = max(len(row) for row in rows)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for b, row in enumerate(rows):
+            ids[b, :len(row)] = row
+            mask[b, :len(row)] = 1
+        # The LM head runs only where a result is needed: every position but a
+        # row's last predicts the next token, and the last one the drawn token.
+        keep = mask.astype(bool)
+        for b, row in enumerate(rows):
+            keep[b, len(row) - 1] = seeds[b] is not None
+        kept = keep.sum(axis=1)
+        first = np.concatenate([[0], np.cumsum(kept)[:-1]])  # row-major: rows are contiguous
+        pred_at = np.concatenate([first[b] + np.arange(len(row) - 1)
+                                  for b, row in enumerate(rows)]).astype(np.int64)
+        targets = np.array([t for row in rows for t in row[1:]], dtype=np.int64)
+        keep_t = torch.from_numpy(keep).to(dev)
+        drawn: dict[int, tuple[int, float]] = {}
+        with torch.inference_mode():
+            logits = self._kept_logits(torch.from_numpy(ids).to(dev),
+                                       torch.from_numpy(mask).to(dev), keep_t, int(kept.sum()),
+                                       use_cache=False)
+            # Gathered from the whole log-softmax (row by row), without copying
+            # the predicting rows out.
+            logp = torch.log_softmax(logits.double(), dim=-1)
+            picked = logp[torch.from_numpy(pred_at).to(dev),
+                          torch.from_numpy(targets).to(dev)].cpu().numpy()
+            by_temp: dict[float, list[int]] = {}
+            for b in range(len(rows)):
+                if seeds[b] is not None:
+                    by_temp.setdefault(temps[b], []).append(b)
+            for temperature, members in by_temp.items():
+                at = torch.tensor([int(first[b] + kept[b] - 1) for b in members],
+                                  dtype=torch.long, device=dev)
+                nxt = sample_tokens(logits.index_select(0, at),
+                                    np.array([seeds[b] for b in members], dtype=np.int64),
+                                    position=0, temperature=temperature)
+                lp = logp[at, nxt].cpu().numpy()
+                for b, tok, value in zip(members, nxt.cpu().tolist(), lp, strict=True):
+                    drawn[b] = (int(tok), float(value))
+        out, pos = [], 0
+        for b, row in enumerate(rows):
+            n = len(row) - 1
+            values = [[np.nan], picked[pos:pos + n]]
+            pos += n
+            token = None
+            if b in drawn:
+                token, value = drawn[b]
+                values.append([value])
+            out.append(TokenLogprobs(np.concatenate(values), token))
+        return out
+
+    def start_generation(self, token_ids: Sequence[Sequence[int]], seeds: np.ndarray,
+                         max_new_tokens: int, temperature: float = 1.0) -> GenerationBatch:
+        """A batch that samples from tokenized prompts one token per ``step`` (experimental).
+
+        Each row draws exactly the tokens ``generate_ids`` draws for it (the
+        same prompt ids, seed, ``max_new_tokens`` and temperature), however
+        its steps are spaced and whatever else runs in between; the batch
+        keeps its KV cache until it is finished. For a caller that interleaves
+        generations with other work (``swarm serve-policy``); ``generate``
+        runs its batches to the end itself.
+
+        Parameters
+        ----------
+        token_ids : sequence of sequences of int
+            Non-empty prompt rows, as ``tokenize`` gives them; ``generate``
+            batches at most ``batch_size`` rows of similar length.
+        seeds : numpy.ndarray
+            One non-negative int64 per row.
+        max_new_tokens : int
+            At least 1; the prompt plus these must fit in ``max_length``.
+        temperature : float
+            ``<= 0`` is greedy.
+        """
+        self._require_open()
+        rows = [list(row) for row in token_ids]
+        seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
+        if not rows or len(seeds) != len(rows):
+            raise BackendError(f"start_generation needs one or more rows and one seed per row; "
+                               f"got {len(seeds)} seeds for {len(rows)} rows")
+        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+            raise BackendError(f"max_new_tokens must be an int >= 1; got {max_new_tokens!r}")
+        for i, row in enumerate(rows):
+            if not row:
+                raise BackendError(f"row {i} is empty: there is nothing to continue from; give "
+                                   "at least one token (tokenize adds a BOS where the model "
+                                   "has one)")
+            self._check_length(len(row) + int(max_new_tokens), f"generating from row {i}")
+        with self._lock:
+            return GenerationBatch(self, rows, seeds, int(max_new_tokens), float(temperature))
+
+    def decode(self, token_ids: Sequence[Sequence[int]]) -> list[str]:
+        """The text of each row of token ids as ``generate`` writes it (special tokens left out)."""
+        self._require_open()
+        with self._lock:
+            return [self.tokenizer.decode(list(row), skip_special_tokens=True)
+                    for row in token_ids]
 
     def health(self) -> dict:
         """Backend name, device, dtype, checkpoint path and parameter count."""
@@ -559,13 +795,23 @@ class TransformersBackend(Backend):
 
 
 class GenerationBatch:
-    """One batch of prompts sampled one token per :meth:`step`, resumable in between.
+    """One batch of prompts sampled one token per :meth:`step`, resumable in between (experimental).
 
-    Left padding, an attention mask, explicit positions and a KV cache; token
-    ``t`` of each row is drawn by ``sample_tokens`` at position ``t`` from the
-    row's seed, so the text never depends on how the steps are spaced. The
-    backend runs a batch to the end (``_generate_batch``); the policy server
-    interleaves the steps of several batches with other work.
+    Made by :meth:`TransformersBackend.start_generation`. Left padding, an
+    attention mask, explicit positions and a KV cache; token ``t`` of each
+    row is drawn by ``sample_tokens`` at position ``t`` from the row's seed,
+    so the text never depends on how the steps are spaced. ``generate`` runs
+    a batch to the end; the policy server interleaves the steps of several
+    batches with other work.
+
+    Attributes
+    ----------
+    generated : list of list of int
+        Each row's new tokens so far, an EOS that ended the row left out
+        (what ``generate_ids`` returns once the batch is finished).
+    finished : bool
+        Every row has ended (an EOS, or ``max_new_tokens`` tokens); the KV
+        cache is freed.
     """
 
     def __init__(self, backend: TransformersBackend, prompts: list[list[int]],
@@ -578,7 +824,6 @@ class GenerationBatch:
         self.temperature = temperature
         dev = backend.device
         width = max(len(ids) for ids in prompts)
-        self.width = width
         ids = np.full((len(prompts), width), backend.pad_id, dtype=np.int64)
         mask = np.zeros((len(prompts), width), dtype=np.int64)
         for b, row in enumerate(prompts):
@@ -594,12 +839,21 @@ class GenerationBatch:
         self.cache = DynamicCache(config=backend.model.config)
         self.t = 0
         self.finished = False
+        self.generated: list[list[int]] = [[] for _ in prompts]
+        self._open = list(range(len(prompts)))
+        self._eos_set = set(backend.eos_ids)
 
-    def step(self) -> torch.Tensor:
-        """Sample every row's next token (the pad id for rows already ended): a tensor."""
+    def step(self) -> list[int]:
+        """Sample the next token of every unfinished row; return the rows this step ended.
+
+        A row ends at an EOS (not added to ``generated``) or with its
+        ``max_new_tokens``-th token. Stepping a finished batch is an error.
+        """
+        if self.finished:
+            raise BackendError("this GenerationBatch is finished; start a new one")
         b = self.backend
         last_only = {"logits_to_keep": 1} if b._keep_logits else {}
-        with torch.inference_mode():
+        with b._lock, torch.inference_mode():
             logits = b.model(input_ids=self.input_ids, attention_mask=self.attention,
                              position_ids=self.positions, use_cache=True,
                              **{b._cache_kw or "past_key_values": self.cache},
@@ -609,7 +863,17 @@ class GenerationBatch:
             nxt = torch.where(self.done, torch.full_like(nxt, b.pad_id), nxt)
             self.done |= torch.isin(nxt, self.eos)
         self.t += 1
-        if self.t == self.max_new_tokens or bool(self.done.all()):
+        tokens = nxt.cpu().tolist()
+        ended, still = [], []
+        for row in self._open:
+            if tokens[row] in self._eos_set:  # the EOS ends the row and is not part of its text
+                ended.append(row)
+            else:
+                self.generated[row].append(tokens[row])
+                still.append(row)
+        if self.t == self.max_new_tokens or not still:
+            ended = sorted(ended + still)
+            still = []
             self.finished = True
             self.cache = None  # free the KV cache now, not when the batch object goes
         else:
@@ -617,4 +881,5 @@ class GenerationBatch:
             self.attention = torch.cat(
                 [self.attention, self.attention.new_ones((self.attention.shape[0], 1))], dim=1)
             self.positions = self.positions[:, -1:] + 1
-        return nxt
+        self._open = still
+        return ended
