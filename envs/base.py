@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+from pydantic import model_validator
 
 from swarm.config_base import StrictModel
 from swarm.contract import ChoiceSpec
@@ -84,9 +85,29 @@ class Column:
 
 
 class EnvConfig(StrictModel):
-    """Base of every env's config; ``kind`` selects the env in the registry."""
+    """Base of every env's config; ``kind`` selects the env in the registry.
+
+    ``applies_to`` declares fields that belong to some variants only: ``{"model":
+    {"sir": {"beta", "gamma"}, ...}}``. Setting a field of another variant is an
+    error that names it, unless it is left at its default (a dumped config, such as
+    a run's manifest, lists every field).
+    """
 
     kind: str
+    applies_to: ClassVar[dict[str, dict[str, set[str]]]] = {}
+
+    @model_validator(mode="after")
+    def _variant_fields(self):
+        for selector, table in self.applies_to.items():
+            chosen = getattr(self, selector)
+            mine = table.get(chosen, set())
+            foreign = {k for params in table.values() for k in params - mine
+                       if k in self.model_fields_set
+                       and getattr(self, k) != type(self).model_fields[k].default}
+            if foreign:
+                raise ValueError(f"{sorted(foreign)} do not apply to {selector}={chosen!r}; its "
+                                 f"parameters are {sorted(mine)}")
+        return self
 
 
 @dataclass
@@ -185,13 +206,14 @@ class StepResult:
     active: int
     metrics: dict[str, float] = field(default_factory=dict)
     broadcasts: dict[str, np.ndarray] | None = None
-    #: Integer contributions to population-wide totals (a harvest, a vote count):
+    #: Contributions to population-wide totals (a vote count, the step's harvests):
     #: summed over all shards and delivered to every shard at the next step as
-    #: ``Inbox.totals``, so every shard sees the same global value. Integers, so
-    #: the sum does not depend on the order shards report in (scale floats to
-    #: fixed point). Return the same keys every step. Totals alone do not keep a
-    #: run going: it stops when ``active`` is 0 and no message was sent.
-    totals: dict[str, int] | None = None
+    #: ``Inbox.totals``, so every shard sees the same global value. An int, or an
+    #: array of floats the engine sums exactly (one rounding, at the end), so the
+    #: total does not depend on the shard count. Return the same keys every step.
+    #: Totals alone do not keep a run going: it stops when ``active`` is 0 and no
+    #: message was sent.
+    totals: dict[str, int | np.ndarray] | None = None
     #: Per-step arrays the env's declared ``metrics`` reduce (besides its state
     #: columns): the step's harvests, payoffs, moves. Any length; a reduction with
     #: ``where`` needs a boolean array of the same length.
@@ -303,7 +325,7 @@ class Inbox:
 
     direct: dict[str, np.ndarray] | None = None
     broadcast: FannedOut | None = None
-    totals: dict[str, int] | None = None
+    totals: dict[str, int | float] | None = None
     #: Every shard's ``StepResult.shared`` of the previous step, concatenated (None: none).
     shared: dict[str, np.ndarray] | None = None
 
@@ -336,6 +358,12 @@ class Env:
     #: columns or ``StepResult.values``; the engine computes them exactly, the same for
     #: any shard count (see ``swarm.reductions``).
     metrics: ClassVar[dict[str, Reduction]] = {}
+    #: What a policy sees: columns every batch of ``observe`` carries (``agent``, the
+    #: global id of each row's agent, first). ``observation_schema`` may add per config.
+    observation: ClassVar[tuple[str, ...]] = ("agent",)
+    #: What a policy may return: the action columns ``apply`` reads. A policy that
+    #: returns anything else is an error, named with the policy and the env.
+    actions: ClassVar[tuple[str, ...]] = ()
     #: Per-step counters summed over shards into the metrics table.
     metric_names: ClassVar[tuple[str, ...]] = ()
     #: Wall-clock metrics of the env's own (seconds spent in a recommender, say): summed
@@ -391,14 +419,25 @@ class Env:
         return {}
 
     @classmethod
-    def derive_metrics(cls, totals: Mapping[str, float]) -> dict[str, float]:
-        """Metrics that are not sums, from the step's counters summed over all shards.
+    def derive_metrics(cls, totals: Mapping[str, float],
+                       config: EnvConfig | None = None) -> dict[str, float]:
+        """Metrics derived from the step's population-wide values, once, on the driver.
 
-        Shards only see their own agents, so a population-wide statistic is
-        reported as additive parts (``metric_names``) and finished here, once,
-        on the driver. Returns ``derived_metric_names``.
+        ``totals`` holds the counters (``metric_names``) summed over all shards and
+        the declared ``metrics``, finished; ``config`` is the run's env config.
+        Returns ``derived_metric_names`` (a consensus flag from a variance, say).
         """
         return {}
+
+    @classmethod
+    def observation_schema(cls, config: EnvConfig) -> tuple[str, ...]:
+        """The batch columns of a run with ``config`` (default: ``observation``)."""
+        return cls.observation
+
+    @classmethod
+    def action_schema(cls, config: EnvConfig) -> tuple[str, ...]:
+        """The action columns a policy may return in a run with ``config`` (``actions``)."""
+        return cls.actions
 
     @classmethod
     def uses_broadcasts(cls, config: EnvConfig) -> bool:

@@ -50,11 +50,6 @@ from swarm.rng import KeyedRNG
 __all__ = ["Cascade", "CascadeConfig", "InjectConfig"]
 
 SUSCEPTIBLE, ACTIVE, RECOVERED = 0, 1, 2
-_MODEL_PARAMS = {
-    "independent_cascade": {"p"},
-    "linear_threshold": {"threshold"},
-    "sir": {"beta", "gamma"},
-}
 
 
 class InjectConfig(StrictModel):
@@ -81,6 +76,8 @@ class CascadeConfig(EnvConfig):
     """Diffusion model and seeding. Give at most one of the ``seed_*`` keys."""
 
     kind: Literal["cascade"] = "cascade"
+    applies_to = {"model": {"independent_cascade": {"p"}, "linear_threshold": {"threshold"},
+                            "sir": {"beta", "gamma"}}}
     model: Literal["independent_cascade", "linear_threshold", "sir"] = "independent_cascade"
     p: float = Field(0.05, ge=0.0, le=1.0)
     """independent_cascade: probability that an activation crosses an out-edge (one chance)."""
@@ -115,18 +112,6 @@ class CascadeConfig(EnvConfig):
             raise ValueError(f"inject applies to model='linear_threshold' only (the only model "
                              f"with an exposure count); got model={self.model!r}: remove inject "
                              "or set model: linear_threshold")
-        # Parameters of another model are an error unless left at their default
-        # (a dumped config, e.g. a run's manifest, lists every field).
-        foreign = set()
-        for model, params in _MODEL_PARAMS.items():
-            if model != self.model:
-                foreign |= {k for k in (params - _MODEL_PARAMS[self.model]) & self.model_fields_set
-                            if getattr(self, k) != type(self).model_fields[k].default}
-        if foreign:
-            raise ValueError(
-                f"{sorted(foreign)} do not apply to model={self.model!r}; its parameters are "
-                f"{sorted(_MODEL_PARAMS[self.model])}"
-            )
         return self
 
 
@@ -152,6 +137,14 @@ class Cascade(Env):
     # New types go at the end: the codes of the existing ones must not change.
     event_types = ("activate", "recover", "inject")
     agent_state = ("status", "root", "exposures")
+    actions = ("transmit", "adopt", "text")
+
+    @classmethod
+    def observation_schema(cls, config: CascadeConfig) -> tuple[str, ...]:
+        # IC and SIR decide per out-edge of a transmitter; LT per exposed agent.
+        if config.model != "linear_threshold":
+            return ("edge",)
+        return ("agent", "influence", "threshold", "exposures", "in_degree")
     # What an LLM-style agent wrote when it shared (null for rule-based agents).
     event_columns = {"text": pa.string()}
     metric_names = ("new_active", "recovered", "ever_active")

@@ -48,6 +48,20 @@ units (a custom rule's larger ones would count in the top bin). Its counts add
 over shards, and the ``gini`` metric is computed from them in exact integer
 arithmetic: ``sum_i sum_j |x_i - x_j| / (2 n^2 mean)`` of the logged harvests,
 whatever the shard count.
+
+LLM-style agents (``population.groups`` with ``policy: {kind: llm, ...}``; a
+GovSim-style commons is such a config) choose their request among the harvest
+levels ``none``, ``low``, ``fair`` and ``high``: 0, 0.5, 1 and 1.5 times the
+base request (whole harvest units; no greed factor, no scarcity cut), scaled
+like any request. The prompt shows the stock as a share of the capacity and,
+with ``talk``, how many neighbours were heard and their mean harvest last
+round as a multiple of the base request (fields ``stock_fraction``,
+``nbr_count``, ``nbr_mean``); with ``talk`` their harvest is broadcast as the
+rule's is. Their norm is kept unchanged (only the rule reads it). The rule
+marks its rows with ``harvest_level = -1``, so in a mixed population ``apply``
+takes the rule's request for those rows and the level's for the others. A
+failed model call (``on_error: idle``) harvests nothing. The tiny random-weight
+model of the tests answers at random.
 """
 
 from __future__ import annotations
@@ -59,13 +73,26 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from swarm.contract import as_numpy
-from swarm.envs.base import Env, EnvConfig, Inbox, ShardView, StepResult, make_events, register_env
+from swarm.envs.base import (
+    ChoiceSpec,
+    Env,
+    EnvConfig,
+    Inbox,
+    ShardView,
+    StepResult,
+    make_events,
+    register_env,
+)
 
-__all__ = ["GINI_BINS", "UNITS_PER_BASE", "Commons", "CommonsConfig", "gini_from_histogram",
-           "next_stock", "rounds_survived"]
+__all__ = ["GINI_BINS", "HARVEST_LEVELS", "LEVEL_FACTORS", "UNITS_PER_BASE", "Commons",
+           "CommonsConfig", "gini_from_histogram", "next_stock", "rounds_survived"]
 
 #: Harvest units per base request (a harvest is a whole number of them).
 UNITS_PER_BASE = 64
+#: What LLM-style agents choose between, and each level's request in base requests
+#: (multiples of 1/2, so whole harvest units; none first: the idle choice).
+HARVEST_LEVELS = ("none", "low", "fair", "high")
+LEVEL_FACTORS = (0.0, 0.5, 1.0, 1.5)
 #: Bins of the harvest histogram behind the ``gini`` metric: 0 .. 2 * UNITS_PER_BASE units.
 GINI_BINS = 2 * UNITS_PER_BASE + 1
 _FIXED = float(2**20)  # fixed-point scale of harvests, requests and the stock
@@ -186,6 +213,9 @@ class Commons(Env):
     name = "commons"
     Config = CommonsConfig
     event_types = ("harvest", "collapse")
+    observation = ("agent", "norm", "stock_fraction", "nbr_sum", "nbr_count", "nbr_mean")
+    # harvest_level: LLM-style agents' choice among HARVEST_LEVELS (the rule's rows: -1).
+    actions = ("request", "norm", "harvest_level")
     metric_names = ("agents", "harvest_fx", "request_fx", "stock_fx", "collapsed",
                     "rounds_survived", *_BIN_NAMES)
     derived_metric_names = ("stock", "total_harvest", "gini")
@@ -225,6 +255,24 @@ class Commons(Env):
         return "harvest_norm", {"conformity": cfg.conformity if cfg.talk else 0.0,
                                 "scarcity_level": cfg.scarcity_response}
 
+    @classmethod
+    def choice_spec(cls, config: CommonsConfig) -> ChoiceSpec:
+        # What the neighbours took is there to read only with talk (zeros otherwise),
+        # so a template may name it only then.
+        heard = ("\nLast round your {nbr_count:.0f} neighbours took on average "
+                 "{nbr_mean:.2f} times the fair share." if config.talk else "")
+        return ChoiceSpec(
+            action="harvest_level", labels=HARVEST_LEVELS, idle=0,
+            fields=("stock_fraction", *(("nbr_count", "nbr_mean") if config.talk else ())),
+            template=("You are {persona}.\nEveryone harvests a shared renewable resource each "
+                      "round. It regrows fastest at half of its capacity and collapses for "
+                      f"good below {config.collapse_threshold:.0%} of it; it is now at "
+                      "{stock_fraction:.0%} of its capacity." + heard + "\nA low, fair or "
+                      "high harvest is half, one or one and a half times your fair share; "
+                      "none takes nothing.\nYour last harvests: {memory}.\nYou can take "
+                      "{actions}.\nYour harvest this round is"),
+        )
+
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         super().load_state_dict(state)
         self.stock = float(self.stock)
@@ -258,15 +306,38 @@ class Commons(Env):
             rows = got["row"][order].astype(np.int64)
             nbr_sum = np.bincount(rows, weights=got["harvest"][order], minlength=n)
             nbr_count = np.bincount(rows, minlength=n).astype(np.float64)
+        # For LLM-style agents' prompts: what the neighbours took, in base requests.
+        nbr_mean = nbr_sum / np.maximum(nbr_count, 1.0) / self.base if self.base > 0 else \
+            np.zeros(n)
         return {"agent": view.agents.copy(), "norm": self.norm.copy(),
                 "stock_fraction": np.full(n, self.stock / self.capacity),
-                "nbr_sum": nbr_sum, "nbr_count": nbr_count}
+                "nbr_sum": nbr_sum, "nbr_count": nbr_count, "nbr_mean": nbr_mean}
+
+    def _requests(self, actions: dict) -> np.ndarray:
+        """Each agent's request (>= 0), from the rule's rows (``request``, ``norm``;
+        ``harvest_level`` -1) and the LLM-style agents' (a level; their norm kept).
+
+        Updates the norms. A group's actions lack the other group's keys (the
+        population fills such rows with zeros, so ``harvest_level`` -1 is what tells
+        the rule's rows apart), and a population of LLM-style agents only gives the level.
+        """
+        level = actions.get("harvest_level")
+        level = (np.full(self.view.n_local, -1, np.int64) if level is None
+                 else as_numpy(level).astype(np.int64))
+        llm = level >= 0
+        request = np.asarray(LEVEL_FACTORS)[np.maximum(level, 0)] * self.base
+        if "request" in actions:
+            ruled = np.asarray(as_numpy(actions["request"]), dtype=np.float64)
+            request = np.where(llm, request, ruled)
+        if "norm" in actions:
+            norm = np.asarray(as_numpy(actions["norm"]), dtype=np.float64)
+            self.norm = np.where(llm, self.norm, norm)
+        return np.maximum(request, 0.0)
 
     def apply(self, step: int, batch: dict[str, np.ndarray], actions: dict) -> StepResult:
         cfg, view = self.config, self.view
         n = view.n_local
-        request = np.maximum(np.asarray(as_numpy(actions["request"]), dtype=np.float64), 0.0)
-        self.norm = np.asarray(as_numpy(actions["norm"]), dtype=np.float64).copy()
+        request = self._requests(actions)
         request_fx = np.rint(request * _FIXED).astype(np.int64)
         # Whole harvest units: an exact histogram of them gives the exact Gini.
         units = np.rint(request * self._scale * _FIXED / self.unit_fx).astype(np.int64)
@@ -309,7 +380,8 @@ class Commons(Env):
         return out
 
     @classmethod
-    def derive_metrics(cls, totals: Mapping[str, float]) -> dict[str, float]:
+    def derive_metrics(cls, totals: Mapping[str, float],
+                       config: EnvConfig | None = None) -> dict[str, float]:
         counts = [int(totals[name]) for name in _BIN_NAMES]
         return {"stock": int(totals["stock_fx"]) / _FIXED,
                 "total_harvest": int(totals["harvest_fx"]) / _FIXED,

@@ -128,6 +128,28 @@ Contract-net's task metrics are computed by each task's manager from the
 previous step's holder counts (totals), so they lag one step. Messages used
 are the engine's ``messages`` metric. Steps to agreement:
 ``agreement_step(run.metrics())``.
+
+LLM-style agents (``population.groups`` with ``policy: {kind: llm, ...}``)
+take part in ``majority`` and ``leader_commit``: each step they choose a
+ballot, one of the honest values (labels ``"0"`` .. ``"values - 1"``) or
+``abstain`` (a vote that carries no value: receivers hear from the agent but
+count nothing, like a lost vote). Their vote is that ballot, whether or not
+they decided (the rule votes its decision); an LLM-style leader proposes its
+ballot at the PROPOSE step (abstaining, it proposes nothing and the epoch
+fails), and only the ballots of the steps that send votes or proposals count.
+Deciding stays the protocol's: an LLM-style agent decides the tally's top
+value once it passes the quorum, as the rule does. Prompts show the votes
+heard last round per value (``heard0`` ..; ``heard_other`` for values no honest
+agent proposed), the last global tally (``top``, ``top_votes``, ``expected``),
+the agent's preference and decision (``pref``, ``locked``) and, in
+``leader_commit``, the proposal received and whether the agent leads the epoch
+(``proposal``, ``leader``). Byzantine and Sybil agents act as the adversary
+whatever their policy. ``gossip`` (a continuous value) and ``contract_net``
+(a bid per task) have no discrete choice: a population with LLM-style agents
+is refused for them before the run. The rule marks its rows with ``ballot =
+-1``, so in a mixed population ``apply`` takes the rule's vote and decision
+for those rows. A failed model call (``on_error: idle``) abstains. The tiny
+random-weight model of the tests answers at random.
 """
 
 from __future__ import annotations
@@ -140,12 +162,26 @@ from pydantic import Field, model_validator
 
 from swarm.config_base import StrictModel
 from swarm.contract import as_numpy
-from swarm.envs.base import Env, EnvConfig, Inbox, ShardView, StepResult, make_events, register_env
+from swarm.envs.base import (
+    ChoiceSpec,
+    Env,
+    EnvConfig,
+    Inbox,
+    ShardView,
+    StepResult,
+    make_events,
+    register_env,
+)
 
 #: "No bid" in contract-net cost tables: above every real cost (the rule's value too).
 UNAVAILABLE = 2**63 - 1
+#: The LLM-style agents' label for a vote without a value (after the values' labels).
+ABSTAIN = "abstain"
+#: The protocols LLM-style agents can take part in (the others have no discrete choice).
+LLM_PROTOCOLS = ("majority", "leader_commit")
 
-__all__ = ["MAX_CONTROLLERS", "MAX_TASKS", "MAX_VALUES", "Consensus", "ConsensusConfig",
+__all__ = ["ABSTAIN", "LLM_PROTOCOLS", "MAX_CONTROLLERS", "MAX_TASKS", "MAX_VALUES",
+           "Consensus", "ConsensusConfig",
            "SybilConfig", "agreement_step", "epoch_leader"]
 
 #: The most distinct honest proposals a vote protocol may have (metric columns are fixed).
@@ -175,6 +211,8 @@ class ConsensusConfig(EnvConfig):
 
     kind: Literal["consensus"] = "consensus"
     protocol: Literal["gossip", "majority", "leader_commit", "contract_net"] = "gossip"
+    """The protocol (module docstring); LLM-style agents take part in majority and
+    leader_commit only (they vote one of the values or abstain)."""
     values: int = Field(2, ge=2, le=MAX_VALUES)
     """majority, leader_commit: number of distinct initial proposals (a keyed draw per agent)."""
     byzantine: float = Field(0.0, ge=0.0, lt=1.0)
@@ -371,6 +409,9 @@ class Consensus(Env):
     name = "consensus"
     Config = ConsensusConfig
     event_types = ("decide", "value", "propose", "award", "allocate")
+    # gossip: value; votes: vote, decide and ballot (LLM-style agents' choice; the
+    # rule's rows: -1); contract_net: task, bid.
+    actions = ("value", "vote", "decide", "ballot", "task", "bid")
     metric_names = (
         "honest", "honest_decided", "share_fx",
         *(f"decided{v}" for v in range(_MAX_DOMAIN)),
@@ -448,6 +489,45 @@ class Consensus(Env):
     @classmethod
     def uses_broadcasts(cls, config: ConsensusConfig) -> bool:
         return config.protocol != "contract_net"
+
+    @classmethod
+    def observation_schema(cls, config: ConsensusConfig) -> tuple[str, ...]:
+        if config.protocol == "gossip":
+            return ("agent", "own", "nbr_sum", "nbr_count")
+        if config.protocol == "contract_net":
+            return ("agent", "cost")
+        return ("agent", "pref", "locked", "proposal", "top", "top_votes", "expected", "heard",
+                "leader", *(f"heard{v}" for v in range(config.values)), "heard_other")
+
+    @classmethod
+    def choice_spec(cls, config: ConsensusConfig) -> ChoiceSpec | None:
+        # gossip holds a continuous value and contract_net bids per task: no labels to
+        # choose from, so the population refuses LLM-style agents there.
+        if config.protocol not in LLM_PROTOCOLS:
+            return None
+        heard = ", ".join(f"{v}: {{heard{v}}}" for v in range(config.values))
+        if config.byzantine > 0 or config.sybil is not None:
+            heard += ", a value nobody honest proposed: {heard_other}"
+        tally = ("In the last count of all votes, {top} led with {top_votes} of {expected} "
+                 "votes (-1: no count yet). You prefer {pref}; you decided {locked} (-1: not "
+                 "yet).\nYour last votes: {memory}.\nYou can vote {actions}.\nYou vote")
+        if config.protocol == "majority":
+            rules = ("Your group votes in rounds until more than half of all votes name one "
+                     "value, which is then decided. Last round your neighbours voted " + heard
+                     + ". ")
+        else:
+            rules = ("Your group agrees on a value in epochs: a leader proposes one, everyone "
+                     "votes, and a value with more than two thirds of all votes is decided. "
+                     "You lead this epoch: {leader} (1: yes, and your vote is your proposal). "
+                     "The proposal you received: {proposal} (-1: none). ")
+        fields = ("pref", "locked", "top", "top_votes", "expected")
+        if config.protocol == "majority":
+            fields += (*(f"heard{v}" for v in range(config.values)), "heard_other")
+        else:
+            fields += ("proposal", "leader")
+        return ChoiceSpec(action="ballot", labels=(*map(str, range(config.values)), ABSTAIN),
+                          idle=config.values, fields=fields,
+                          template="You are {persona}.\n" + rules + tally)
 
     def default_policy(self):
         # Each protocol's rule is registered under the protocol's name.
@@ -527,7 +607,26 @@ class Consensus(Env):
                      top=np.full(n, top, dtype=np.int64),
                      top_votes=np.full(n, top_votes, dtype=np.int64),
                      expected=np.full(n, expected, dtype=np.int64), heard=self.heard.copy())
+        batch.update(self._prompt_columns(step))
         return batch
+
+    def _prompt_columns(self, step: int) -> dict[str, np.ndarray]:
+        """What LLM-style agents' prompts show besides the rule's columns: the votes each
+        agent heard this step per honest value (``heard0`` ..) and for any other
+        (``heard_other``), and whether it leads the epoch (``leader``, leader_commit)."""
+        cfg, view, n = self.config, self.view, self.view.n_local
+        rows, vote = self._received["row"], self._received["vote"]
+        # One count per column (not an agents x domain table): these columns are built
+        # for every run, LLM-style agents or not.
+        out = {f"heard{v}": np.bincount(rows[vote == v], minlength=n)
+               for v in range(cfg.values)}
+        out["heard_other"] = np.bincount(rows[vote >= cfg.values], minlength=n)
+        leader = np.zeros(n, dtype=np.int64)
+        if cfg.protocol == "leader_commit" and step > 0:
+            _, epoch = self._phase(step)
+            leader[view.agents == epoch_leader(epoch, int(self.setup["n"][0]), view.rng)] = 1
+        out["leader"] = leader
+        return out
 
     def _votes(self, step: int, got: dict | None, avoid: int) -> dict[str, np.ndarray]:
         """Votes heard this step (Byzantine senders' replaced by their lie) and who sent them."""
@@ -551,15 +650,15 @@ class Consensus(Env):
         if cfg.protocol == "contract_net":
             return self._apply_tasks(step, actions)
         n, honest, acting = view.n_local, self.honest, ~self._down
-        vote = np.asarray(as_numpy(actions["vote"]), dtype=np.int64)
-        decide = np.asarray(as_numpy(actions["decide"]), dtype=np.int64)
+        vote, decide, llm = self._cast(batch, actions)
         phase, epoch = self._phase(step) if cfg.protocol == "leader_commit" else ("vote", -1)
         if cfg.protocol == "leader_commit" and phase != "propose":
             decide = np.full(n, -1, dtype=np.int64)
         new = honest & acting & (decide >= 0) & (self.locked < 0)
         self.locked[new] = decide[new]
         if cfg.protocol == "majority":
-            self.pref = np.where(honest & acting, vote, self.pref)
+            # An abstention (-1, LLM-style agents only) leaves the preference as it was.
+            self.pref = np.where(honest & acting & (vote >= 0), vote, self.pref)
         totals = {f"votes{v}": 0 for v in range(self.domain)}
         totals.update(expected=0, proposal=0, byz_leader=0)
         tallies = cfg.protocol == "majority" and 1 <= step <= cfg.rounds or phase == "tally"
@@ -582,12 +681,16 @@ class Consensus(Env):
                     totals["byz_leader"], mine = 1, -1  # a keyed proposal per agent
                 elif self.sybil[row]:
                     mine = int(self.sybil_vote[row])
+                elif llm[row]:
+                    # An LLM-style leader proposes its ballot; abstaining, nothing.
+                    mine = int(vote[row]) if vote[row] >= 0 else None
                 else:
                     mine = int(self.locked[row] if self.locked[row] >= 0 else self.initial[row])
-                totals["proposal"] = mine + 1
-                events.append(make_events(np.array([2], np.int8), np.array([leader]),
-                                          item=np.array([mine]),
-                                          value=np.array([mine if mine >= 0 else np.nan])))
+                if mine is not None:
+                    totals["proposal"] = mine + 1
+                    events.append(make_events(np.array([2], np.int8), np.array([leader]),
+                                              item=np.array([mine]),
+                                              value=np.array([mine if mine >= 0 else np.nan])))
         sends = step < cfg.rounds if cfg.protocol == "majority" else phase in ("hello", "vote")
         broadcasts = None
         if sends:
@@ -605,6 +708,39 @@ class Consensus(Env):
         return StepResult(events=_concat(events) or events[0], messages=None,
                           broadcasts=broadcasts, totals=totals,
                           active=undecided if going else 0, metrics=metrics)
+
+    def _cast(self, batch: dict, actions: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(vote, decide, llm): the rule's vote and decision on its rows (``ballot`` -1),
+        and on LLM-style agents' rows (``llm``) their ballot (-1: abstain) and the
+        protocol's decision (the tally's top value once it passes the quorum).
+
+        A group's actions lack the other group's keys (the population fills such rows
+        with zeros, so ``ballot`` -1 is what tells the rule's rows apart), and a
+        population of LLM-style agents only gives ``ballot``.
+        """
+        cfg = self.config
+        ballot = actions.get("ballot")
+        ballot = (np.full(self.view.n_local, -1, np.int64) if ballot is None
+                  else as_numpy(ballot).astype(np.int64))
+        llm = ballot >= 0
+        chosen = np.where(ballot < cfg.values, ballot, -1)  # the last label abstains
+
+        def col(name: str) -> np.ndarray:
+            return np.asarray(as_numpy(batch[name])).astype(np.int64)
+
+        # The rule's quorum (swarm.policies.consensus), in exact integers: more than
+        # half (majority) or two thirds (leader_commit) of the expected votes.
+        num, den = (1, 2) if cfg.protocol == "majority" else (2, 3)
+        top = col("top")
+        passed = ((top >= 0) & (col("top_votes") * den > col("expected") * num)
+                  & (col("heard") > 0) & (col("locked") < 0))
+        own = np.where(passed, top, -1)
+        vote, decide = chosen, own
+        if "vote" in actions:
+            vote = np.where(llm, chosen, as_numpy(actions["vote"]).astype(np.int64))
+        if "decide" in actions:
+            decide = np.where(llm, own, as_numpy(actions["decide"]).astype(np.int64))
+        return vote, decide, llm
 
     def _apply_gossip(self, step: int, actions: dict) -> StepResult:
         cfg, view = self.config, self.view
@@ -793,7 +929,8 @@ class Consensus(Env):
                 "unbid_holds": int(unbid.sum())}
 
     @classmethod
-    def derive_metrics(cls, totals: Mapping[str, float]) -> dict[str, float]:
+    def derive_metrics(cls, totals: Mapping[str, float],
+                       config: EnvConfig | None = None) -> dict[str, float]:
         nan = float("nan")
         expected = int(totals["expected_votes"])
         shares = {"honest_vote_share": int(totals["honest_votes"]) / expected if expected

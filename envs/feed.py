@@ -86,6 +86,7 @@ from swarm.config_base import StrictModel
 from swarm.contract import as_numpy
 from swarm.envs.base import (
     ChoiceSpec,
+    Column,
     Env,
     EnvConfig,
     Inbox,
@@ -94,7 +95,15 @@ from swarm.envs.base import (
     make_events,
     register_env,
 )
-from swarm.graph import ragged_arange
+from swarm.envs.feed_follows import FollowState, insert_keys, member, merge
+from swarm.envs.feed_recommender import (
+    TOPIC_DIMS,
+    RecommenderConfig,
+    Recommending,
+    normalized,
+    pack_topics,
+    unpack_topics,
+)
 
 #: The feed's action codes, in order (the LLM-style labels too).
 ACTIONS = ("ignore", "like", "repost", "comment", "follow", "unfollow", "post")
@@ -125,25 +134,8 @@ class FeedRulesConfig(StrictModel):
 __all__ = ["Feed", "FeedConfig", "RecommenderConfig", "TOPIC_DIMS", "pack_topics",
            "unpack_topics"]
 
-#: Dimensions of interest and topic vectors (packed as int8 into one int64).
-TOPIC_DIMS = 8
 # Kinds of point-to-point messages.
 _FOLLOW, _UNFOLLOW, _ITEM, _LIKE, _REPOST, _COMMENT = range(6)
-
-
-class RecommenderConfig(StrictModel):
-    """How a feed is ranked (weights of a linear score; see the module docstring)."""
-
-    enabled: bool = True
-    """Off: the feed is the agent's timeline, newest first, and no trending pool."""
-    follow: float = 1.0
-    """Bonus of an item from someone the agent follows."""
-    interest: float = 1.0
-    """Weight of cosine(agent interest, item topic)."""
-    hot: float = 0.5
-    """Weight of log1p(hot score) of trending items."""
-    recency: float = 0.1
-    """Penalty per step of an item's age."""
 
 
 class FeedConfig(EnvConfig):
@@ -174,91 +166,8 @@ class FeedConfig(EnvConfig):
     """The heuristic agents' propensities (``swarm.policies.feed``)."""
 
 
-def pack_topics(x: np.ndarray) -> np.ndarray:
-    """Rows of ``TOPIC_DIMS`` floats in [-1, 1] as one int64 each (8 signed bytes).
-
-    >>> v = np.array([[1.0, -1.0, 0.5, 0, 0, 0, 0, 0.25]])
-    >>> unpack_topics(pack_topics(v)).round(2).tolist()
-    [[1.0, -1.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.25]]
-    """
-    q = np.clip(np.rint(np.asarray(x, dtype=np.float64) * 127.0), -127, 127).astype(np.int8)
-    return np.ascontiguousarray(q).view(np.int64).reshape(-1)
-
-
-def unpack_topics(codes: np.ndarray) -> np.ndarray:
-    """The float32 vectors of packed topics (any shape; a trailing axis is added)."""
-    c = np.ascontiguousarray(codes, dtype=np.int64)
-    return c.view(np.int8).reshape(*c.shape, TOPIC_DIMS).astype(np.float32) / np.float32(127.0)
-
-
-def _member(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Which ``keys`` are in the sorted array ``sorted_keys``."""
-    if sorted_keys.shape[0] == 0:
-        return np.zeros(keys.shape, dtype=bool)
-    idx = np.searchsorted(sorted_keys, keys)
-    return sorted_keys[np.minimum(idx, sorted_keys.shape[0] - 1)] == keys
-
-
-def _merge(keys: np.ndarray, add: np.ndarray, remove: np.ndarray) -> np.ndarray:
-    """The sorted key set ``keys`` with ``add`` added and ``remove`` removed."""
-    if add.shape[0]:
-        keys = np.sort(np.concatenate([keys, add]))
-        keep = np.ones(keys.shape[0], dtype=bool)
-        keep[1:] = keys[1:] != keys[:-1]
-        keys = keys[keep]
-    if remove.shape[0]:
-        keys = keys[~_member(np.sort(remove), keys)]
-    return keys
-
-
-def _insert_keys(keys: np.ndarray, add: np.ndarray) -> np.ndarray:
-    """The sorted key set ``keys`` with ``add`` added: an insert at sorted positions,
-    linear in the set, for sets that only grow (a sort of the whole set per step is not)."""
-    add = np.unique(add)
-    add = add[~_member(keys, add)]
-    return np.insert(keys, np.searchsorted(keys, add), add) if add.shape[0] else keys
-
-
-def _dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Dot products over the last axis, summed in a fixed order.
-
-    BLAS (matmul, einsum) picks kernels by matrix size, and a shard's batch size
-    depends on the shard count: its last bits would too.
-    """
-    out = x[..., 0] * y[..., 0]
-    for d in range(1, x.shape[-1]):
-        out = out + x[..., d] * y[..., d]
-    return out
-
-
-def _top_k(score: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the columns of the ``k`` highest scores, best first, ties to the lower
-    column; and which of them are real (finite). ``k`` passes of argmax (which returns
-    the first maximum): for a small ``k``, several times faster than a full sort.
-
-    >>> pick, ok = _top_k(np.array([[1.0, 3.0, 3.0, -np.inf]]), 3)
-    >>> pick.tolist(), ok.tolist()
-    ([[1, 2, 0]], [[True, True, True]])
-    """
-    work = score.copy()
-    rows = np.arange(score.shape[0])
-    k = min(k, score.shape[1])
-    pick = np.empty((score.shape[0], k), dtype=np.int64)
-    ok = np.empty((score.shape[0], k), dtype=bool)
-    for j in range(k):
-        col = work.argmax(axis=1)
-        pick[:, j] = col
-        ok[:, j] = np.isfinite(work[rows, col])
-        work[rows, col] = -np.inf
-    return pick, ok
-
-
-def _normalized(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.sqrt(_dot(x, x))[..., None], 1e-12)
-
-
 @register_env
-class Feed(Env):
+class Feed(Recommending, FollowState, Env):
     """Posts, reposts, likes, comments, follows and unfollows with a recommender."""
 
     name = "feed"
@@ -268,17 +177,27 @@ class Feed(Env):
     metric_names = ("active_agents", "posts", "reposts", "likes", "comments", "follows",
                     "unfollows", "views", "invalid_actions", "live_items")
     timing_metrics = ("recommend_seconds",)
+    observation = ("agent", "slot", "own", "sim", "proof", "followed", "hot", "topic",
+                   "reposted", "liked")
+    actions = ("act", "text")
     summary_metrics = ("posts", "reposts", "likes", "follows", "unfollows")
     message_fields = {"src": np.int64, "kind": np.int8, "item": np.int64, "root": np.int64,
                       "topic": np.int64}
     broadcast_fields = {"item": np.int64, "root": np.int64, "topic": np.int64}
-    state_attrs = ("tl_item", "tl_root", "tl_topic", "tl_head", "seen", "seen_head", "own_item",
-                   "own_root", "own_topic", "own_likes", "own_reposts", "own_comments",
-                   "follow_add", "follow_mute", "fan_add", "shared_roots", "liked")
-    # The rest are tables of items and sorted key sets, whose length may equal the
-    # shard's agent count by chance: they are not rows of agents.
-    agent_state = ("tl_item", "tl_root", "tl_topic", "tl_head", "seen", "seen_head")
-    state_bytes_per_agent = 24 * 8 + 8 * 8 + TOPIC_DIMS * 4
+    # Per agent: its timeline (a ring of the last `timeline` arrivals) and the ring of
+    # the items it has seen.
+    state = {"tl_item": Column(np.int64, -1, ("timeline",)),
+             "tl_root": Column(np.int64, -1, ("timeline",)),
+             "tl_topic": Column(np.int64, 0, ("timeline",)),
+             "tl_head": Column(np.int8),  # where the next arrival goes
+             "seen": Column(np.int64, -1, ("seen",)),
+             "seen_head": Column(np.int8)}
+    # Tables of items and sorted key sets, not rows of agents.
+    state_attrs = ("own_item", "own_root", "own_topic", "own_likes", "own_reposts",
+                   "own_comments", "follow_add", "follow_mute", "fan_add", "shared_roots",
+                   "liked")
+    # The item tables and key sets, per agent on average (the interest vector besides).
+    state_bytes_per_agent = 8 * 8 + TOPIC_DIMS * 4
     smoke_config = {
         "graph": {"kind": "barabasi_albert", "n": 400, "m": 3},
         "env": {"kind": "feed", "activity": 0.5, "pool": 16,
@@ -288,16 +207,9 @@ class Feed(Env):
 
     def __init__(self, config: FeedConfig, view: ShardView, setup: Mapping[str, np.ndarray]):
         super().__init__(config, view, setup)
-        n_local, m = view.n_local, config.timeline
         self.n = int(setup["n"])
         self.k1 = config.feed_size + 1  # item slots per agent and step
         self.interest = self.interests(view.agents)
-        self.tl_item = np.full((n_local, m), -1, dtype=np.int64)
-        self.tl_root = np.full((n_local, m), -1, dtype=np.int64)
-        self.tl_topic = np.zeros((n_local, m), dtype=np.int64)
-        self.tl_head = np.zeros(n_local, dtype=np.int8)  # where the next arrival goes
-        self.seen = np.full((n_local, config.seen), -1, dtype=np.int64)
-        self.seen_head = np.zeros(n_local, dtype=np.int8)
         empty = np.empty(0, dtype=np.int64)
         self.own_item, self.own_root, self.own_topic = empty, empty.copy(), empty.copy()
         self.own_likes = np.empty(0, np.int32)
@@ -331,13 +243,6 @@ class Feed(Env):
                            "you write:"),
         )
 
-    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        super().load_state_dict(state)
-        width = {"tl_item": self.config.timeline, "tl_root": self.config.timeline,
-                 "tl_topic": self.config.timeline, "seen": self.config.seen}
-        for name, w in width.items():  # checkpoints store arrays flat
-            setattr(self, name, np.asarray(getattr(self, name)).reshape(self.view.n_local, w))
-
     def default_policy(self):
         return "feed_rules", self.config.rules.model_dump()
 
@@ -346,7 +251,7 @@ class Feed(Env):
         rng = self.view.rng
         u = np.stack([rng.uniform("feed_interest", agents, draw=d) for d in range(TOPIC_DIMS)],
                      axis=1)
-        return _normalized(2.0 * u - 1.0).astype(np.float32)
+        return normalized(2.0 * u - 1.0).astype(np.float32)
 
     def _author(self, item: np.ndarray) -> np.ndarray:
         return (item // self.k1) % self.n
@@ -406,12 +311,6 @@ class Feed(Env):
         self.tl_topic[r, slot] = topic[o[fit]]
         self.tl_head[ur] = ((head + np.minimum(count, m)) % m).astype(np.int8)
 
-    def follows(self, rows: np.ndarray, authors: np.ndarray) -> np.ndarray:
-        """Whether the agents in local ``rows`` follow ``authors`` (global ids) now."""
-        key = rows * self.n + authors
-        static = _member(self.in_keys, key) & ~_member(self.follow_mute, key)
-        return static | _member(self.follow_add, key)
-
     def observe(self, step: int, inbox: Inbox) -> dict[str, np.ndarray]:
         view, cfg, n = self.view, self.config, self.n
         d = inbox.direct
@@ -423,16 +322,16 @@ class Feed(Env):
             self._count(self.own_comments, item[kind == _COMMENT])
             f, u = kind == _FOLLOW, kind == _UNFOLLOW
             if f.any() or u.any():
-                self.fan_add = _merge(self.fan_add, rows[f] * n + src[f], rows[u] * n + src[u])
+                self.fan_add = merge(self.fan_add, rows[f] * n + src[f], rows[u] * n + src[u])
             it = np.flatnonzero(kind == _ITEM)
             # From follows beyond the graph: only while the receiver still follows.
-            it = it[_member(self.follow_add, rows[it] * n + src[it])]
+            it = it[member(self.follow_add, rows[it] * n + src[it])]
             self._insert(rows[it], item[it], d["root"][it], d["topic"][it])
         b = inbox.broadcast
         if b is not None and len(b):
             got = b.take()
             rows, src = got["row"].astype(np.int64), got["src"]
-            ok = ~_member(self.follow_mute, rows * n + src)
+            ok = ~member(self.follow_mute, rows * n + src)
             self._insert(rows[ok], got["item"][ok], got["root"][ok], got["topic"][ok])
         pool = self._pool(inbox.shared)
         active = np.flatnonzero(view.rng.bernoulli("feed_active", view.agents, p=cfg.activity,
@@ -441,115 +340,6 @@ class Feed(Env):
         batch = self._recommend(step, active, pool)
         self._recommend_seconds = time.perf_counter() - t0
         return batch
-
-    def _pool(self, shared: dict | None) -> dict[str, np.ndarray]:
-        """The global trending items: the top of every shard's top (same on any sharding)."""
-        cols = ("item", "root", "topic", "hot")
-        if shared is None or not self.config.recommender.enabled or self.config.pool == 0:
-            return {c: np.empty(0, np.float64 if c == "hot" else np.int64) for c in cols}
-        order = np.lexsort((shared["item"], -shared["hot"]))[: self.config.pool]
-        return {c: shared[c][order] for c in cols}
-
-    # -- recommendation --------------------------------------------------------
-
-    def _recommend(self, step: int, active: np.ndarray, pool: dict) -> dict[str, np.ndarray]:
-        cfg, rec, view = self.config, self.config.recommender, self.view
-        a, k, m = active.shape[0], cfg.feed_size, cfg.timeline
-        agents = view.agents[active]
-        tl_item, tl_root, tl_topic = (self.tl_item[active], self.tl_root[active],
-                                      self.tl_topic[active])
-        tl_ok = tl_item >= 0
-        interest = self.interest[active]
-        tl_sim = _dot(unpack_topics(tl_topic), interest[:, None, :])
-        tl_age = step - self._item_step(tl_item)
-        h = pool["item"].shape[0] if a else 0
-        if rec.enabled:
-            score = rec.follow + rec.interest * tl_sim - rec.recency * tl_age
-        else:
-            score = -tl_age.astype(np.float64)
-        seen = self.seen[active]
-        # Not what the agent was shown lately (the same item can reach it twice: from
-        # the timeline and from the trending pool).
-        tl_ok &= ~(tl_item[:, :, None] == seen[:, None, :]).any(axis=2)
-        score = np.where(tl_ok, score, -np.inf)
-        p_sim = None
-        if h:
-            p_sim = _dot(interest[:, None, :], unpack_topics(pool["topic"])[None, :, :])
-            p_score = (rec.hot * np.log1p(pool["hot"]) + rec.interest * p_sim
-                       - rec.recency * (step - self._item_step(pool["item"])))
-            # Not one's own items, nor items seen lately or waiting in the timeline.
-            p_score[self._author(pool["item"])[None, :] == agents[:, None]] = -np.inf
-            self._exclude(p_score, pool["item"], seen)
-            self._exclude(p_score, pool["item"], tl_item)
-            score = np.concatenate([score, p_score], axis=1)
-        pick, shown = _top_k(score, k)
-        rr, cc = np.nonzero(shown)  # row-major: by agent, then rank
-        col = pick[rr, cc]
-        s_tl = col < m
-        tc, pc = np.minimum(col, m - 1), np.maximum(col - m, 0)
-        s_item = np.where(s_tl, tl_item[rr, tc], pool["item"][pc] if h else -1)
-        s_root = np.where(s_tl, tl_root[rr, tc], pool["root"][pc] if h else -1)
-        s_topic = np.where(s_tl, tl_topic[rr, tc], pool["topic"][pc] if h else 0)
-        s_sim = np.where(s_tl, tl_sim[rr, tc], p_sim[rr, pc] if h else 0.0)
-        s_hot = np.where(s_tl, 0.0, pool["hot"][pc] if h else 0.0)
-        # Social proof: how many timeline items (from followed agents) share the root.
-        proof = ((tl_root[rr] == s_root[:, None]) & tl_ok[rr]).sum(axis=1).astype(np.int32)
-        rows = active[rr]
-        # Shown timeline items leave the timeline; every shown item is remembered.
-        self.tl_item[rows[s_tl], col[s_tl]] = -1
-        self.tl_root[rows[s_tl], col[s_tl]] = -1
-        self._remember(rows, s_item)
-        authors = self._author(s_item)
-        # Timeline items may outlive an unfollow: ask the follow state, not the source.
-        followed = self.follows(rows, authors)
-        # Shown, but not to be shared or liked again (the rules skip them; see apply).
-        shared = _member(self.shared_roots, self._done_key(rows, s_root, roots=True))
-        liked = _member(self.liked, self._done_key(rows, s_item))
-        own_topic = interest.argmax(axis=1).astype(np.int64)
-        n_imp = rows.shape[0]
-        self._turn = {"rows": rows, "slot": cc.astype(np.int64), "item": s_item, "root": s_root,
-                      "topic": s_topic, "author": authors, "followed": followed,
-                      "shared": shared, "liked": liked,
-                      "sim": s_sim.astype(np.float32), "from_timeline": s_tl, "active": active}
-        return {
-            "agent": np.concatenate([view.agents[rows], agents]),
-            "slot": np.concatenate([cc.astype(np.int64), np.full(a, k, np.int64)]),
-            "own": np.concatenate([np.zeros(n_imp, np.int8), np.ones(a, np.int8)]),
-            "sim": np.concatenate([s_sim, np.ones(a)]).astype(np.float32),
-            "proof": np.concatenate([proof, np.zeros(a, np.int32)]),
-            "hot": np.concatenate([s_hot, np.zeros(a)]).astype(np.float32),
-            "followed": np.concatenate([followed.astype(np.int8), np.zeros(a, np.int8)]),
-            "reposted": np.concatenate([shared.astype(np.int8), np.zeros(a, np.int8)]),
-            "liked": np.concatenate([liked.astype(np.int8), np.zeros(a, np.int8)]),
-            "topic": np.concatenate([unpack_topics(s_topic).argmax(axis=1), own_topic]),
-        }
-
-    @staticmethod
-    def _exclude(score: np.ndarray, pool_item: np.ndarray, items: np.ndarray) -> None:
-        """Set ``score[r, j]`` to -inf where pool item j is among ``items[r]`` (a search
-        per listed item, not a comparison of every pair)."""
-        order = np.argsort(pool_item)
-        sp = pool_item[order]
-        idx = np.minimum(np.searchsorted(sp, items), sp.shape[0] - 1)
-        hit = (sp[idx] == items) & (items >= 0)
-        r, c = np.nonzero(hit)
-        score[r, order[idx[r, c]]] = -np.inf
-
-    def _remember(self, rows: np.ndarray, items: np.ndarray) -> None:
-        """Record shown items in each agent's ring of recently seen ones."""
-        if rows.shape[0] == 0:
-            return
-        # Rows come grouped (row-major pick): the j-th item of a row goes j slots on.
-        start = np.ones(rows.shape[0], dtype=bool)
-        start[1:] = rows[1:] != rows[:-1]
-        group = np.cumsum(start) - 1
-        j = np.arange(rows.shape[0]) - np.flatnonzero(start)[group]
-        size = self.seen.shape[1]
-        slot = (self.seen_head[rows].astype(np.int64) + j) % size
-        self.seen[rows, slot] = items
-        ends = np.flatnonzero(np.append(start[1:], True))
-        self.seen_head[rows[ends]] = ((self.seen_head[rows[ends]].astype(np.int64) + j[ends] + 1)
-                                      % size).astype(np.int8)
 
     # -- apply -----------------------------------------------------------------
 
@@ -598,14 +388,14 @@ class Feed(Env):
         # Point to point: notices to authors, follows, and items to followers beyond the graph.
         lk, cm = np.flatnonzero(imp == LIKE), np.flatnonzero(imp == COMMENT)
         # An author has shared its own cascade: it may not repost it either.
-        self.shared_roots = _insert_keys(self.shared_roots, np.concatenate([
+        self.shared_roots = insert_keys(self.shared_roots, np.concatenate([
             self._done_key(poster, post_item, roots=True),
             self._done_key(rows[rp], root[rp], roots=True)]))
-        self.liked = _insert_keys(self.liked, self._done_key(rows[lk], item[lk]))
+        self.liked = insert_keys(self.liked, self._done_key(rows[lk], item[lk]))
         notice = np.concatenate([lk, rp, cm])
         notice_kind = np.concatenate([np.full(lk.shape[0], _LIKE), np.full(rp.shape[0], _REPOST),
                                       np.full(cm.shape[0], _COMMENT)]).astype(np.int8)
-        fol, unf = self._follow(rows, author, imp)
+        fol, unf = self._follow(rows, author, imp == FOLLOW, imp == UNFOLLOW)
         fan_dst, fan_which = self._fan_targets(view.local_index(new_src))
         messages = {
             "dst": np.concatenate([author[notice], fol[1], unf[1], fan_dst]),
@@ -644,7 +434,7 @@ class Feed(Env):
         noise = np.stack([rng.uniform("feed_topic", items, draw=d) for d in range(TOPIC_DIMS)],
                          axis=1)
         x = self.interest[rows] + self.config.topic_noise * (2.0 * noise - 1.0)
-        return pack_topics(_normalized(x))
+        return pack_topics(normalized(x))
 
     def _add_own(self, item: np.ndarray, root: np.ndarray, topic: np.ndarray) -> None:
         """Append new items to this shard's own table (``_trending`` drops old ones)."""
@@ -656,58 +446,6 @@ class Feed(Env):
         self.own_likes = np.concatenate([self.own_likes, zeros])
         self.own_reposts = np.concatenate([self.own_reposts, zeros])
         self.own_comments = np.concatenate([self.own_comments, zeros])
-
-    def _trending(self, step: int) -> dict[str, np.ndarray] | None:
-        """Drop items past the window; this shard's top items by hot score, for every shard."""
-        cfg = self.config
-        if self.own_item.shape[0]:
-            keep = self._item_step(self.own_item) > step - cfg.window
-            if not keep.all():
-                for name in ("own_item", "own_root", "own_topic", "own_likes", "own_reposts",
-                             "own_comments"):
-                    setattr(self, name, getattr(self, name)[keep])
-        if not cfg.recommender.enabled or cfg.pool == 0 or self.own_item.shape[0] == 0:
-            return None
-        age = (step - self._item_step(self.own_item)).astype(np.float64)
-        hot = ((1.0 + self.own_likes + 2.0 * self.own_reposts + self.own_comments)
-               * np.exp2(-age / cfg.half_life))
-        top = np.lexsort((self.own_item, -hot))[: cfg.pool]
-        return {"item": self.own_item[top], "root": self.own_root[top],
-                "topic": self.own_topic[top], "hot": hot[top]}
-
-    def _follow(self, rows, author, imp):
-        """Apply follows and unfollows; returns the (src, dst) notices each sends."""
-        n, me = self.n, self.view.agents
-        empty = (np.empty(0, np.int64), np.empty(0, np.int64))
-        fol, unf = empty, empty
-        f = np.flatnonzero(imp == FOLLOW)
-        u = np.flatnonzero(imp == UNFOLLOW)
-        if f.shape[0]:
-            key = _merge(np.empty(0, np.int64), rows[f] * n + author[f], np.empty(0, np.int64))
-            muted = _member(self.follow_mute, key)
-            # Re-following an unfollowed graph edge unmutes it; anything else is a new edge.
-            self.follow_mute = _merge(self.follow_mute, np.empty(0, np.int64), key[muted])
-            new = key[~muted]
-            self.follow_add = _merge(self.follow_add, new, np.empty(0, np.int64))
-            fol = (me[new // n], new % n)
-        if u.shape[0]:
-            key = _merge(np.empty(0, np.int64), rows[u] * n + author[u], np.empty(0, np.int64))
-            added = _member(self.follow_add, key)
-            self.follow_add = _merge(self.follow_add, np.empty(0, np.int64), key[added])
-            self.follow_mute = _merge(self.follow_mute, key[~added], np.empty(0, np.int64))
-            gone = key[added]
-            unf = (me[gone // n], gone % n)
-        return fol, unf
-
-    def _fan_targets(self, src_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Followers beyond the graph of each new item's author: (receiver ids, item index)."""
-        if self.fan_add.shape[0] == 0 or src_rows.shape[0] == 0:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        lo = np.searchsorted(self.fan_add, src_rows * self.n)
-        hi = np.searchsorted(self.fan_add, (src_rows + 1) * self.n)
-        counts = hi - lo
-        pos = ragged_arange(lo, counts)
-        return self.fan_add[pos] % self.n, np.repeat(np.arange(src_rows.shape[0]), counts)
 
     def _events(self, step, t, imp, own, poster, post_item, rp, rp_item, lk, cm, text, m):
         view = self.view

@@ -16,6 +16,19 @@ knows its in-neighbours' openings from their keyed strategy draws, as if they
 had been sent at step -1 (the faults of that step apply). Payoffs are computed
 from counts of C and D received, so they do not depend on the order messages
 arrive in.
+
+LLM-style agents (``population.groups`` with ``policy: {kind: llm, ...}``)
+choose the next round's move themselves: ``cooperate`` or ``defect`` (the
+labels are the move codes 0 = C and 1 = D), prompted with how many of their
+neighbours cooperated and defected in the round just settled, their own
+payoff of it and the game's payoffs (``Games.choice_spec``; fields
+``neighbours``, ``coop``, ``defect``, ``good``, ``payoff``, ``action``). Their
+strategy never changes (no imitation): it is the one they drew, which sets
+their opening move and is what their neighbours see and may imitate. The rule
+marks its own rows with ``move = -1``, so in a mixed population ``apply``
+takes the rule's strategy and move for those rows and the model's move for the
+others. A failed model call (``on_error: idle``) cooperates. The tiny
+random-weight model of the tests answers at random.
 """
 
 from __future__ import annotations
@@ -29,12 +42,23 @@ from pydantic import Field, field_validator, model_validator
 
 from swarm.config_base import StrictModel
 from swarm.contract import as_numpy
-from swarm.envs.base import Env, EnvConfig, Inbox, ShardView, StepResult, make_events, register_env
+from swarm.envs.base import (
+    ChoiceSpec,
+    Env,
+    EnvConfig,
+    Inbox,
+    ShardView,
+    StepResult,
+    make_events,
+    register_env,
+)
 
 #: The strategies of the repeated game, in code order (``strategy`` columns hold the index).
 STRATEGIES = ("always_cooperate", "always_defect", "tit_for_tat", "win_stay_lose_shift")
+#: What LLM-style agents choose between: their index is the move code (0 = C, 1 = D).
+MOVES = ("cooperate", "defect")
 
-__all__ = ["GAME_PAYOFFS", "Games", "GamesConfig", "PunishmentConfig"]
+__all__ = ["GAME_PAYOFFS", "MOVES", "Games", "GamesConfig", "PunishmentConfig"]
 
 #: Row player's payoff ``[my_move][their_move]``, moves 0 = C, 1 = D.
 #: battle_of_the_sexes in its symmetric form: C = yield to the partner's
@@ -153,6 +177,10 @@ class Games(Env):
     Config = GamesConfig
     event_types = ("payoff", "switch")
     event_columns = {"strategy": pa.string()}
+    observation = ("agent", "strategy", "action", "neighbours", "coop", "defect", "good",
+                   "payoff", "own_score", "best_score", "best_strategy")
+    # move: LLM-style agents' next move (the rule's rows: -1).
+    actions = ("strategy", "action", "move")
     metric_names = ("players", "cooperators", "games", "payoff_units", "punishments",
                     "switches", "good_standing", *(f"count_{s}" for s in STRATEGIES))
     derived_metric_names = ("cooperation_rate", "mean_payoff", "mean_payoff_per_game",
@@ -216,6 +244,30 @@ class Games(Env):
         return "game_strategies", {"aspiration": aspiration, "tft_threshold": c.tft_threshold,
                                    "imitation": c.imitation, "reputation": c.reputation}
 
+    @classmethod
+    def choice_spec(cls, config: GamesConfig) -> ChoiceSpec:
+        # The label index is the move code, so the model's answer is the next move
+        # as it stands; the payoffs are written into the default prompt as numbers.
+        (cc, cd), (dc, dd) = config.payoff_matrix().tolist()
+        rules = (f"A game pays you {cc:g} if you both cooperate, {cd:g} if you cooperate and "
+                 f"they defect, {dc:g} if you defect and they cooperate, and {dd:g} if you "
+                 "both defect.")
+        if config.punishment is not None:
+            p = config.punishment
+            rules += (f" Everyone who cooperates fines each neighbour who defected {p.fine:g}, "
+                      f"at a cost of {p.cost:g} to themselves.")
+        standing = (" {good} of them are in good standing (they cooperated in at least half "
+                    "of their moves so far)." if config.reputation else "")
+        return ChoiceSpec(
+            action="move", labels=MOVES, idle=0,
+            fields=("neighbours", "coop", "defect", "good", "payoff", "action"),
+            template=("You are {persona}.\nEach round you make one move, cooperate or defect, "
+                      "and play it against each of your neighbours. " + rules + "\nLast "
+                      "round {coop} of your {neighbours} neighbours cooperated and {defect} "
+                      "defected, and you earned {payoff:g} in total." + standing + "\nYour "
+                      "last moves: {memory}.\nYou can {actions}.\nYou choose to"),
+        )
+
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         # Copies: restored arrays may be read-only views of the checkpoint, and
         # the round updates the move counts in place.
@@ -272,6 +324,7 @@ class Games(Env):
             "action": self.action,
             "neighbours": neighbours,
             "coop": coop,
+            "defect": defect,  # for LLM-style agents' prompts (the rule reads coop)
             "good": good,
             "payoff": self.payoff,
             "own_score": own_score,
@@ -279,10 +332,30 @@ class Games(Env):
             "best_strategy": best_strategy,
         }
 
+    def _next_round(self, actions: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Each agent's strategy and move for the next round, from the rule's rows
+        (``strategy``, ``action``; ``move`` -1) and the LLM-style agents' (``move``
+        0 or 1, their strategy kept).
+
+        A group's actions lack the other group's keys (the population fills such
+        rows with zeros, so ``move`` -1 is what tells the rule's rows apart), and a
+        population of LLM-style agents only gives ``move``.
+        """
+        move = actions.get("move")
+        chosen = (np.full(self.view.n_local, -1, np.int8) if move is None
+                  else as_numpy(move).astype(np.int8))
+        llm = chosen >= 0
+        strategy, action = self.strategy, chosen
+        if "strategy" in actions:
+            strategy = np.where(llm, self.strategy, as_numpy(actions["strategy"]).astype(np.int8))
+        if "action" in actions:
+            action = np.where(llm, chosen, as_numpy(actions["action"]).astype(np.int8))
+        return strategy, action.astype(np.int8, copy=False)
+
     def apply(self, step: int, batch: dict[str, np.ndarray], actions: dict) -> StepResult:
         view, pend = self.view, self._pending
         names = np.array(STRATEGIES, dtype=object)
-        new_strategy = as_numpy(actions["strategy"]).astype(np.int8)
+        new_strategy, next_move = self._next_round(actions)
         switched = np.flatnonzero(new_strategy != self.strategy)
         parts = []
         # This step's round (its moves, strategies and payoffs), before the next is chosen.
@@ -319,7 +392,7 @@ class Games(Env):
         self._pending = {}
         # The next round: the policy's strategy and move, sent with this round's payoff.
         self.strategy = new_strategy
-        self.action = as_numpy(actions["action"]).astype(np.int8)
+        self.action = next_move
         self.moves += 1
         self.coop_moves += self.action == 0
         good = (2 * self.coop_moves >= self.moves).astype(np.int8)
@@ -330,7 +403,8 @@ class Games(Env):
         )
 
     @classmethod
-    def derive_metrics(cls, totals: Mapping[str, float]) -> dict[str, float]:
+    def derive_metrics(cls, totals: Mapping[str, float],
+                       config: EnvConfig | None = None) -> dict[str, float]:
         players = totals["players"]
         payoff = totals["payoff_units"] / _PAYOFF_SCALE
         out = {

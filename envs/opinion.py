@@ -25,16 +25,14 @@ env aggregates the inbox into per-agent columns for them, sorting the
 received opinions by (receiver, sender) before any float sum, so results do
 not depend on sharding.
 
-Metrics. The engine sums per-step metrics over shards, so population
-statistics are reported as additive parts and finished in ``derive_metrics``.
-The parts are integers in fixed point (units of 2**-32, per agent, then
-summed): float partial sums would round differently for different shard
-counts, integer sums do not. ``variance`` is the population variance
-(summed over dimensions for vectors: the trace of the covariance);
-``bimodality`` is Sarle's bimodality coefficient of dimension 0 from its
-first four moments (``(skew^2 + 1) / kurtosis``; above 5/9 hints at two
-modes; NaN when the std is below ``BIMODALITY_MIN_STD`` = 0.01, where the
-fixed-point moments are too coarse); ``group_distance`` is the mean opinion
+Metrics are declared reductions (``metrics``), which the engine computes
+exactly for any shard count: ``variance`` is the population variance
+(summed over dimensions for vectors: the trace of the covariance), ``mean``
+the mean of dimension 0, ``m2``..``m4`` its raw moments. Derived from them:
+``bimodality`` is Sarle's bimodality coefficient of dimension 0
+(``(skew^2 + 1) / kurtosis``; above 5/9 hints at two modes; NaN when the
+std is below ``BIMODALITY_MIN_STD`` = 0.01, where it says nothing about
+modes); ``group_distance`` is the mean opinion
 (dimension 0) of agents above 0.5 minus that of agents at or below 0.5 (0
 when a side is empty; a fixed split, so two clusters on one side of 0.5 do
 not show in it); ``consensus`` is 1 when the population standard
@@ -55,10 +53,22 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from swarm.contract import as_numpy
-from swarm.envs.base import Env, EnvConfig, Inbox, ShardView, StepResult, make_events, register_env
+from swarm.envs.base import (
+    ChoiceSpec,
+    Column,
+    Env,
+    EnvConfig,
+    Inbox,
+    Mean,
+    ShardView,
+    StepResult,
+    Variance,
+    make_events,
+    register_env,
+)
 
 __all__ = ["MAX_DIMS", "Opinion", "OpinionConfig", "consensus_step"]
 
@@ -67,19 +77,19 @@ BIMODALITY_MIN_STD = 0.01
 
 #: The most opinion dimensions a run may have (the broadcast fields are fixed).
 MAX_DIMS = 4
-_FIXED = float(2**32)  # fixed-point scale of the metric parts
-_MODEL_PARAMS = {
-    "degroot": {"self_weight"},
-    "friedkin_johnsen": {"self_weight", "stubbornness"},
-    "deffuant": {"confidence", "mu"},
-    "hegselmann_krause": {"confidence"},
-}
+#: What LLM-style agents choose: keep their opinion, or take on the one they heard.
+UPDATES = ("keep", "move")
 
 
 class OpinionConfig(EnvConfig):
     """Update rule, initial opinions and what counts as consensus."""
 
     kind: Literal["opinion"] = "opinion"
+    applies_to = {"model": {"degroot": {"self_weight"},
+                            "friedkin_johnsen": {"self_weight", "stubbornness"},
+                            "deffuant": {"confidence", "mu"},
+                            "hegselmann_krause": {"confidence"}},
+                  "initial": {"uniform": set(), "normal": {"initial_mean", "initial_std"}}}
     model: Literal["degroot", "friedkin_johnsen", "deffuant", "hegselmann_krause"] = "degroot"
     dims: int = Field(1, ge=1, le=MAX_DIMS)
     """Opinion dimensions: 1 for scalar opinions, up to 4 for vector opinions."""
@@ -105,29 +115,6 @@ class OpinionConfig(EnvConfig):
     """Log an ``opinion`` event for every agent at steps 0, log_every, 2*log_every, ... and
     at the run's last step (``steps - 1``), so the log always ends with the final opinions."""
 
-    @model_validator(mode="after")
-    def _check(self) -> OpinionConfig:
-        # Parameters of another model are an error unless left at their default
-        # (a dumped config, e.g. a run's manifest, lists every field).
-        mine = _MODEL_PARAMS[self.model]
-        foreign = {k for params in _MODEL_PARAMS.values() for k in params - mine
-                   if k in self.model_fields_set
-                   and getattr(self, k) != type(self).model_fields[k].default}
-        if foreign:
-            raise ValueError(f"{sorted(foreign)} do not apply to model={self.model!r}; its "
-                             f"parameters are {sorted(mine)}")
-        normal = {"initial_mean", "initial_std"} & self.model_fields_set
-        if self.initial != "normal" and any(
-                getattr(self, k) != type(self).model_fields[k].default for k in normal):
-            raise ValueError(f"{sorted(normal)} apply only to initial='normal'; "
-                             f"got initial={self.initial!r}")
-        return self
-
-
-def _fixed(values: np.ndarray) -> int:
-    """Sum of ``values`` (in [0, 1]) in fixed point: exact, whatever the grouping."""
-    return int(np.rint(values * _FIXED).astype(np.int64).sum())
-
 
 def consensus_step(metrics: Any) -> int | None:
     """The first step with ``consensus = 1`` in a run's metrics table (None: never).
@@ -149,14 +136,6 @@ def consensus_step(metrics: Any) -> int | None:
     return None
 
 
-def _log_due(view: ShardView, step: int, every: int) -> bool:
-    """Whether periodic events are logged at ``step``: every ``every``-th step, and the run's
-    last (``ShardView.steps - 1``, where the engine gives the configured steps), so a log
-    always ends with the final state."""
-    steps = getattr(view, "steps", None)
-    return step % every == 0 or (steps is not None and step == steps - 1)
-
-
 @register_env
 class Opinion(Env):
     """Opinions averaged over in-neighbours (see the module docstring for the models)."""
@@ -166,26 +145,30 @@ class Opinion(Env):
     event_types = ("opinion",)
     # value holds dimension 0; dimensions 1..3 of vector opinions (null for scalars).
     event_columns = {f"op{d}": pa.float32() for d in range(1, MAX_DIMS)}
-    metric_names = (
-        "agents",                                  # n
-        *(f"sum{d}" for d in range(MAX_DIMS)),     # sum of x_d (0 for unused dimensions)
-        "sumsq",                                   # sum of |x|^2 over all dimensions
-        "sum0_2", "sum0_3", "sum0_4",              # moments of dimension 0
-        "high", "high_sum", "low", "low_sum",      # agents above / at or below 0.5 (dim 0)
-        "tolerance_sum",                           # tolerance, once per agent (see derive)
-    )
-    derived_metric_names = ("variance", "bimodality", "group_distance", "consensus")
+    state = {"opinion": Column(np.float64, shape=("dims",)),
+             "initial": Column(np.float64, shape=("dims",))}
+    metrics = {
+        "variance": Variance("opinion"),
+        "mean": Mean("opinion", dim=0),
+        # Raw moments of dimension 0 and the two sides of 0.5, for the derived metrics.
+        "m2": Mean("x0_2"), "m3": Mean("x0_3"), "m4": Mean("x0_4"),
+        "high_mean": Mean("opinion", dim=0, where="high"),
+        "low_mean": Mean("opinion", dim=0, where="low"),
+    }
+    derived_metric_names = ("bimodality", "group_distance", "consensus")
+    summary_metrics = ("variance", "bimodality", "group_distance", "consensus")
     broadcast_fields = {f"op{d}": np.float64 for d in range(MAX_DIMS)}
-    state_attrs = ("opinion", "initial")
-    state_bytes_per_agent = 16 * MAX_DIMS
+    observation = ("agent", "own", "opinion", "heard", "heard_count", "target")
+    # update: LLM-style agents' choice (the rule's rows: -1).
+    actions = ("opinion", "update")
     smoke_config = {"steps": 20,
                     "graph": {"kind": "watts_strogatz", "n": 300, "k": 6, "p": 0.1},
                     "env": {"kind": "opinion", "model": "degroot", "log_every": 5}}
 
     def __init__(self, config: OpinionConfig, view: ShardView, setup: Mapping[str, np.ndarray]):
         super().__init__(config, view, setup)
-        self.initial = self._draw_initial()
-        self.opinion = self.initial.copy()
+        self.initial[...] = self._draw_initial()
+        self.opinion[...] = self.initial
 
     def _draw_initial(self) -> np.ndarray:
         cfg, view = self.config, self.view
@@ -208,12 +191,6 @@ class Opinion(Env):
             return "hegselmann_krause", {}
         stubborn = cfg.stubbornness if cfg.model == "friedkin_johnsen" else 0.0
         return "degroot", {"self_weight": cfg.self_weight, "stubbornness": stubborn}
-
-    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        super().load_state_dict(state)
-        dims = self.config.dims
-        self.opinion = np.asarray(self.opinion, dtype=np.float64).reshape(-1, dims)
-        self.initial = np.asarray(self.initial, dtype=np.float64).reshape(-1, dims)
 
     # -- the round -----------------------------------------------------------
 
@@ -249,7 +226,7 @@ class Opinion(Env):
                 partner[met[close]] = ops[pick[close]]
                 has[met[close]] = True
             batch.update(partner=partner, has_partner=has)
-            return batch
+            return self._heard(batch, partner, has.astype(np.int64))
         if cfg.model == "hegselmann_krause" and rows.shape[0]:
             keep = np.linalg.norm(ops - own[rows], axis=1) <= cfg.confidence
             rows, ops = rows[keep], ops[keep]
@@ -260,15 +237,38 @@ class Opinion(Env):
         batch.update(nbr_sum=nbr_sum, nbr_count=np.bincount(rows, minlength=n).astype(np.float64))
         if cfg.model == "friedkin_johnsen":
             batch["anchor"] = self.initial
+        count = batch["nbr_count"]
+        mean = np.where(count[:, None] > 0, nbr_sum / np.maximum(count, 1)[:, None], own)
+        return self._heard(batch, mean, count.astype(np.int64))
+
+    @staticmethod
+    def _heard(batch: dict, target: np.ndarray, count: np.ndarray) -> dict:
+        """The prompt fields of LLM-style agents: own and heard opinion (dimension 0), and
+        ``target``, what ``move`` takes on."""
+        batch.update(opinion=batch["own"][:, 0].copy(), heard=target[:, 0].copy(),
+                     heard_count=count, target=target)
         return batch
+
+    @classmethod
+    def choice_spec(cls, config: OpinionConfig) -> ChoiceSpec:
+        # An LLM-style agent keeps its opinion or takes on the one it heard: the mean of
+        # its in-neighbours' (those within confidence for hegselmann_krause), or for
+        # deffuant its partner's.
+        return ChoiceSpec(
+            action="update", labels=UPDATES, idle=0,
+            fields=("opinion", "heard", "heard_count"),
+            template=("You are {persona}.\nYour opinion on the issue, from 0 to 1, is "
+                      "{opinion:.2f}. The {heard_count} people you listen to hold "
+                      "{heard:.2f} on average.\nYour last choices: {memory}.\nYou can "
+                      "{actions}.\nYou choose to"))
 
     def apply(self, step: int, batch: dict[str, np.ndarray], actions: dict) -> StepResult:
         cfg, view = self.config, self.view
-        new = np.asarray(as_numpy(actions["opinion"]), dtype=np.float64).reshape(-1, cfg.dims)
+        new = self._new_opinions(batch, actions)
         moved = np.abs(new - self.opinion).max(axis=1) > cfg.tolerance if new.size else \
             np.zeros(new.shape[0], dtype=bool)
-        self.opinion = new
-        if _log_due(self.view, step, cfg.log_every):
+        self.opinion[...] = new
+        if view.log_due(step, cfg.log_every):
             extra = {f"op{d}": new[:, d].astype(np.float32) for d in range(1, cfg.dims)}
             events = make_events(np.zeros(view.n_local, np.int8), view.agents,
                                  value=new[:, 0], **extra)
@@ -278,50 +278,45 @@ class Opinion(Env):
         zeros = np.zeros(view.n_local)
         for d in range(MAX_DIMS):
             broadcasts[f"op{d}"] = new[:, d].copy() if d < cfg.dims else zeros
-        return StepResult(events=events, messages=None, broadcasts=broadcasts,
-                          active=int(moved.sum()), metrics=self._metrics(new))
-
-    def _metrics(self, x: np.ndarray) -> dict[str, int]:
-        n = x.shape[0]
-        x0 = x[:, 0]
-        high = x0 > 0.5
-        out = {"agents": n, "sumsq": sum(_fixed(x[:, d] * x[:, d]) for d in range(x.shape[1]))}
-        for d in range(MAX_DIMS):
-            out[f"sum{d}"] = _fixed(x[:, d]) if d < self.config.dims else 0
+        x0 = new[:, 0]
         sq = x0 * x0
-        out.update(sum0_2=_fixed(sq), sum0_3=_fixed(sq * x0), sum0_4=_fixed(sq * sq),
-                   high=int(high.sum()), high_sum=_fixed(x0[high]), low=int(n - high.sum()),
-                   low_sum=_fixed(x0[~high]),
-                   tolerance_sum=n * int(round(min(self.config.tolerance, 1.0) * _FIXED)))
-        return out
+        high = x0 > 0.5
+        return StepResult(events=events, messages=None, broadcasts=broadcasts,
+                          active=int(moved.sum()),
+                          values={"x0_2": sq, "x0_3": sq * x0, "x0_4": sq * sq,
+                                  "high": high, "low": ~high})
+
+    def _new_opinions(self, batch: dict, actions: dict) -> np.ndarray:
+        """The rule's opinions (its rows say ``update`` -1), and for LLM-style agents their
+        own (``keep``) or the heard one (``move``)."""
+        n, dims = self.view.n_local, self.config.dims
+        update = actions.get("update")
+        chosen = np.full(n, -1) if update is None else as_numpy(update).astype(np.int64)
+        rule = actions.get("opinion")
+        new = (np.asarray(as_numpy(rule), dtype=np.float64).reshape(-1, dims) if rule is not None
+               else self.opinion.copy())
+        keep, move = chosen == UPDATES.index("keep"), chosen == UPDATES.index("move")
+        new[keep] = self.opinion[keep]
+        new[move] = batch["target"][move]
+        return new
 
     @classmethod
-    def derive_metrics(cls, totals: Mapping[str, float]) -> dict[str, float]:
-        n = int(totals["agents"])
-        if n == 0:
-            return {"variance": float("nan"), "bimodality": float("nan"),
-                    "group_distance": 0.0, "consensus": 0}
-        # Exact integer arithmetic on the fixed-point parts, one division at the end.
-        f = _FIXED
-        s2 = int(totals["sumsq"])
-        means_sq = sum(int(totals[f"sum{d}"]) ** 2 for d in range(MAX_DIMS))
-        variance = max((n * s2 * f - means_sq) / (n * n * f * f), 0.0)
-        # Central moments of dimension 0 from raw ones: m_k = sum x^k / n.
-        m1 = int(totals["sum0"]) / (n * f)
-        r2, r3, r4 = (int(totals[f"sum0_{k}"]) / (n * f) for k in (2, 3, 4))
-        c2 = max((n * int(totals["sum0_2"]) * f - int(totals["sum0"]) ** 2) / (n * n * f * f), 0.0)
+    def derive_metrics(cls, totals: Mapping[str, float],
+                       config: OpinionConfig | None = None) -> dict[str, float]:
+        tolerance = (config or OpinionConfig()).tolerance
+        variance, m1 = totals["variance"], totals["mean"]
+        if not np.isfinite(variance):  # no agents
+            return {"bimodality": float("nan"), "group_distance": 0.0, "consensus": 0}
+        # Central moments of dimension 0 from its raw ones (each mean exact, rounded once).
+        r2, r3, r4 = totals["m2"], totals["m3"], totals["m4"]
+        c2 = max(r2 - m1 * m1, 0.0)
         c3 = r3 - 3 * m1 * r2 + 2 * m1**3
         c4 = r4 - 4 * m1 * r3 + 6 * m1 * m1 * r2 - 3 * m1**4
-        tolerance = int(totals["tolerance_sum"]) / (n * f)
-        # Below a std of 0.01 the fixed-point raw moments are too coarse for the
-        # fourth central moment (cancellation), so the coefficient is not reported.
         if c2 > 0 and c4 > 0 and np.sqrt(c2) >= max(tolerance, BIMODALITY_MIN_STD):
             bimodality = (c3 * c3 / c2**3 + 1.0) / (c4 / (c2 * c2))
         else:
             bimodality = float("nan")
-        hi, lo = int(totals["high"]), int(totals["low"])
-        distance = (int(totals["high_sum"]) / (hi * f) - int(totals["low_sum"]) / (lo * f)
-                    if hi and lo else 0.0)
-        return {"variance": float(variance), "bimodality": float(bimodality),
-                "group_distance": float(distance),
-                "consensus": int(np.sqrt(variance) < tolerance)}
+        hi, lo = totals["high_mean"], totals["low_mean"]
+        distance = hi - lo if np.isfinite(hi) and np.isfinite(lo) else 0.0
+        return {"bimodality": float(bimodality), "group_distance": float(distance),
+                "consensus": int(np.sqrt(max(variance, 0.0)) < tolerance)}

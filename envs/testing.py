@@ -133,6 +133,7 @@ def _watched(shard, env_cls: type[Env], seen: list[StepResult]):
 
     def apply(step, batch, actions):
         _check_batch(env_cls.__name__, batch)
+        _check_schemas(env_cls, shard.env.config, batch, actions)
         result = real_apply(step, batch, actions)
         _check_result(env_cls, result)
         seen.append(result)
@@ -140,6 +141,22 @@ def _watched(shard, env_cls: type[Env], seen: list[StepResult]):
 
     shard.env.apply = apply
     return shard
+
+
+def _check_schemas(env_cls: type[Env], config, batch: dict, actions: dict) -> None:
+    """The batch carries the declared observation; the actions are declared ones."""
+    name = env_cls.__name__
+    declared = env_cls.action_schema(config)
+    if not declared:
+        raise AssertionError(f"{name} must declare actions: the action columns apply reads")
+    missing = set(env_cls.observation_schema(config)) - set(batch)
+    if missing:
+        raise AssertionError(f"{name}: the batch lacks declared observation columns "
+                             f"{sorted(missing)}")
+    unknown = set(actions) - set(declared)
+    if unknown:
+        raise AssertionError(f"{name}: its default policy returned {sorted(unknown)}, not "
+                             f"declared in actions {list(declared)}")
 
 
 def _same_state(a: dict, b: dict) -> bool:
@@ -250,9 +267,14 @@ def check_determinism(env_cls: type[Env], tmp_dir: str | Path, shards: int = 3,
     if ev0.num_rows == 0:
         raise AssertionError(f"{name}: the smoke config logs no events; make it exercise the "
                              "env")
-    if not (ev0.equals(ev1) and m0.equals(m1)):
-        raise AssertionError(f"{name}: two runs with the same seed logged different events or "
-                             "metrics; draw randomness only through view.rng (keyed)")
+    if not ev0.equals(ev1):
+        raise AssertionError(f"{name}: two runs with the same seed logged different events; "
+                             "draw randomness only through view.rng (keyed)")
+    if not m0.equals(m1):
+        differ = [c for c in m0.column_names if not m0[c].equals(m1[c])]
+        raise AssertionError(f"{name}: two runs with the same seed gave different metrics "
+                             f"{differ}; a wall-clock figure belongs in timing_metrics, "
+                             "randomness in view.rng")
     if not ev0.equals(ev3):
         raise AssertionError(f"{name}: 1 and {shards} shards logged different events; results "
                              "must not depend on sharding (key draws by agent/edge ids, sort "

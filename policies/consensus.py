@@ -29,8 +29,9 @@ Batch columns (see ``swarm.envs.consensus.Consensus.observe``):
     steps that are not a bidding step).
 
 Each vote rule returns int64 tensors ``vote`` and ``decide`` (-1: no
-decision this step); gossip returns a float ``value``; contract-net returns
-int64 ``task`` and ``bid`` (-1: no bid).
+decision this step), and ``ballot`` -1 (the env's column for LLM-style
+agents' ballots: -1 tells it the rule decided the row); gossip returns a
+float ``value``; contract-net returns int64 ``task`` and ``bid`` (-1: no bid).
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ class GossipAverage(Policy):
 
     def _forward(self, batch: dict[str, torch.Tensor], ctx: PolicyContext) -> dict:
         return {"value": (batch["own"] + batch["nbr_sum"]) / (batch["nbr_count"] + 1)}
+
+
+def _rule_rows(vote: torch.Tensor, decide: torch.Tensor) -> dict:
+    """A vote rule's actions, with ``ballot`` -1: not a choice of the env's labels. It
+    marks the rule's rows when the env merges them with LLM-style agents' ballots."""
+    return {"vote": vote, "decide": decide, "ballot": torch.full_like(vote, -1)}
 
 
 def _quorum(batch: dict[str, torch.Tensor], num: int, den: int) -> torch.Tensor:
@@ -80,7 +87,7 @@ class MajorityVote(Policy):
         pref = torch.where(top >= 0, top, batch["pref"])
         vote = torch.where(locked >= 0, locked, pref)
         vote = torch.where(decide >= 0, decide, vote)
-        return {"vote": vote, "decide": decide}
+        return _rule_rows(vote, decide)
 
 
 class LeaderCommitVote(Policy):
@@ -97,7 +104,7 @@ class LeaderCommitVote(Policy):
         passed = _quorum(batch, 2, 3) & (locked < 0)
         decide = torch.where(passed, top, torch.full_like(top, -1))
         vote = torch.where(locked >= 0, locked, batch["proposal"])
-        return {"vote": vote, "decide": decide}
+        return _rule_rows(vote, decide)
 
 
 class ContractNetBid(Policy):

@@ -304,7 +304,8 @@ class LLMPolicy(Policy):
         if spec is None:
             raise ConfigError(f"{where.removesuffix('.policy')}: env {env!r} with this config "
                               "has no choice for LLM-style agents (e.g. cascade decides per edge "
-                              "except with model: linear_threshold)")
+                              "except with model: linear_threshold; consensus has a vote only "
+                              "with protocol: majority or leader_commit)")
         try:
             check_template(cfg.template or spec.template, spec, f"{where}.template")
             if cfg.text is not None:

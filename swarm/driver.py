@@ -14,6 +14,7 @@ after the current step with a checkpoint that ``swarm resume`` continues.
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 import threading
@@ -78,7 +79,8 @@ class Driver:
         self.backend, self.n, self.on_step = backend, n, on_step
         self.show = sys.stderr.isatty() if progress is None else progress
         self.every = config.checkpoint.every
-        self.derive = ENV_REGISTRY[config.env.kind].derive_metrics
+        env_cls = ENV_REGISTRY[config.env.kind]
+        self.derive = functools.partial(env_cls.derive_metrics, config=config.env)
         self.reductions = ENV_REGISTRY[config.env.kind].metrics
         self.restarts = 0
         self.prior_restarts = manifest.get("restarts", 0)  # from before a resume

@@ -240,6 +240,9 @@ class Population:
         self.view = view
         n = view.n_local
         self.spec: ChoiceSpec | None = type(env).choice_spec(env.config)
+        self.env_name = type(env).name
+        #: What policies may return here (the env's action schema; empty: not declared).
+        self.allowed = frozenset(type(env).action_schema(env.config))
         self.persona = _assign_personas(personas, view)
         self.group = _assign_groups(config, personas, view, self.persona)
         self.policies: list = []
@@ -267,6 +270,7 @@ class Population:
         ctx = PolicyContext(step=step, rng=rng, stats=PolicyStats())
         if self.single:
             actions = self.policies[0].decide(batch, ctx)
+            self._check_actions(self.policies[0], actions)
         else:
             actions = self._decide_groups(batch, ctx)
         s = ctx.stats
@@ -297,6 +301,7 @@ class Population:
             if remembers:
                 sub["memory"] = self.memory[rows[sel]]
             acts = policy.decide(sub, ctx)
+            self._check_actions(policy, acts)
             for key, value in acts.items():
                 _scatter(merged, key, value, sel, n)
             if remembers and sel.shape[0]:
@@ -306,6 +311,13 @@ class Population:
         import torch
 
         return {k: torch.from_numpy(v) if v.dtype != object else v for k, v in merged.items()}
+
+    def _check_actions(self, policy, actions: Mapping[str, Any]) -> None:
+        unknown = set(actions) - self.allowed if self.allowed else ()
+        if unknown:
+            raise ValueError(f"policy {policy.name!r} returned {sorted(unknown)}, which env "
+                             f"{self.env_name!r} does not read; its actions are "
+                             f"{sorted(self.allowed)}")
 
     # -- checkpoints -------------------------------------------------------------
 

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Count", "Gini", "Histogram", "Max", "Mean", "Min", "Reduction", "Share", "Sum",
-           "Variance", "exact_sum", "finish_all", "merge_all", "partials"]
+           "Variance", "decode_total", "encode_total", "exact_sum", "finish_all", "merge_all",
+           "partials"]
 
 #: Values per ``bincount`` call in ``exact_sum``: its float64 totals of 27-bit halves
 #: stay exact below 2**53, i.e. for fewer than 2**26 values.
@@ -73,6 +74,43 @@ def _add(a: tuple[int, int | None], b: tuple[int, int | None]) -> tuple[int, int
         return na, ea
     e = min(ea, eb)
     return (na << (ea - e)) + (nb << (eb - e)), e
+
+
+#: Bits per int64 limb of an exact sum sent between shards.
+_LIMB = 62
+
+
+def encode_total(value: Any) -> np.ndarray:
+    """A shard's contribution to a population-wide total (``StepResult.totals``) as an int64
+    array that travels and checkpoints like any message column: an int as itself
+    (``[v]``), an array of floats as its exact sum (``[tag, exponent, sign, limbs...]``).
+
+    >>> decode_total([encode_total(np.array([0.1, 0.2])), encode_total(np.array([0.3]))])
+    0.6
+    >>> decode_total([encode_total(2), encode_total(3)])
+    5
+    """
+    if isinstance(value, (int, np.integer)):
+        return np.array([int(value)], dtype=np.int64)
+    n, e = exact_sum(value)
+    limbs, rest = [], abs(n)
+    while rest:
+        limbs.append(rest & ((1 << _LIMB) - 1))
+        rest >>= _LIMB
+    return np.array([-1, e, -1 if n < 0 else 1, *limbs], dtype=np.int64)
+
+
+def decode_total(parts: list[np.ndarray]) -> int | float:
+    """The exact sum of every shard's ``encode_total`` part, rounded once (ints stay ints)."""
+    if all(p.shape[0] == 1 for p in parts):
+        return int(sum(int(p[0]) for p in parts))
+    if any(p.shape[0] == 1 for p in parts):
+        raise ValueError("a total must be an int on every shard or floats on every shard")
+    acc: tuple[int, int | None] = (0, None)
+    for p in parts:
+        n = sum(int(limb) << (_LIMB * i) for i, limb in enumerate(p[3:].tolist()))
+        acc = _add(acc, (int(p[2]) * n, int(p[1])))
+    return float(_value((acc[0], acc[1] or 0)))
 
 
 def _value(s: tuple[int, int]) -> Fraction:

@@ -28,7 +28,7 @@ from swarm.faults import Faults, FaultsConfig
 from swarm.graph import ragged_arange
 from swarm.partition import Partition
 from swarm.population import Population, PopulationConfig
-from swarm.reductions import partials
+from swarm.reductions import decode_total, encode_total, partials
 from swarm.rng import KeyedRNG
 from swarm.shardgraph import Edges, GraphSource, SliceBuilder, split_by_shard
 from swarm.storage import RunStore
@@ -226,8 +226,12 @@ class Shard:
         # are its part of the exchange; observe, decide, apply and log are the round.
         stages = {"deliver": t1 - t0, "observe": t2 - t1, "decide": t3 - t2, "apply": t4 - t3,
                   "log": t5 - t4, "route": time.perf_counter() - t5}
-        n_msgs = sum(m[next(iter(m))].shape[0] for m in (result.messages, result.broadcasts)
-                     if m is not None)
+        # Messages sent, in the unit faults drop and delay them in: one per receiver
+        # (a broadcast counts once per out-neighbour, as its copies are dropped).
+        n_msgs = 0 if result.messages is None else result.messages["dst"].shape[0]
+        if result.broadcasts is not None and result.broadcasts["src"].shape[0]:
+            rows = self.view.local_index(result.broadcasts["src"])
+            n_msgs += int((self.view.indptr[rows + 1] - self.view.indptr[rows]).sum())
         summary = {
             "shard": self.id,
             "active": result.active,
@@ -441,7 +445,7 @@ class Shard:
 
 
     def _route(self, messages: Messages | None, broadcasts: Messages | None,
-               totals: dict[str, int] | None = None,
+               totals: dict[str, int | np.ndarray] | None = None,
                shared: Messages | None = None) -> list[Outbox | None]:
         """Group outgoing messages by destination shard; keep this shard's own part.
 
@@ -470,7 +474,7 @@ class Shard:
                 groups["broadcast"] = self._split(cols, fan.dest_shard[pairs])
         boxes: list[Outbox] = [{} for _ in range(self.num_shards)]
         if totals:
-            part = {k: np.array([int(v)], dtype=np.int64) for k, v in totals.items()}
+            part = {k: encode_total(v) for k, v in totals.items()}
             groups["totals"] = [part] * self.num_shards
         if shared and next(iter(shared.values())).shape[0]:
             groups["shared"] = [shared] * self.num_shards
@@ -602,7 +606,7 @@ def is_quiescent(summary: dict) -> bool:
 
 
 def _sum_totals(parts: list[Messages | None]) -> dict[str, int] | None:
-    """Every shard's contributions summed: integers, so the order of arrival is irrelevant."""
+    """Every shard's contributions summed exactly, so the order of arrival is irrelevant."""
     parts = [p for p in parts if p]
     if not parts:
         return None
@@ -610,7 +614,7 @@ def _sum_totals(parts: list[Messages | None]) -> dict[str, int] | None:
     if any(set(p) != keys for p in parts):
         raise ValueError(f"StepResult.totals must have the same keys on every shard and "
                          f"step; got {sorted({k for p in parts for k in p})} vs {sorted(keys)}")
-    return {k: int(sum(int(p[k][0]) for p in parts)) for k in parts[0]}
+    return {k: decode_total([p[k] for p in parts]) for k in parts[0]}
 
 
 def _as_int64(rows: np.ndarray) -> np.ndarray:

@@ -100,7 +100,9 @@ def test_a_sweep_compares_message_loss_against_the_clean_baseline(tmp_path):
         sweep_comparison(tmp_path / "sw", "messages", "env.protocol", "majority")
 
 
-EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.yaml") if p.stem != "llm_agents")
+# LLM examples need a model made first (tests/test_cli.py, tests/test_llm_envs.py).
+EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.yaml")
+                  if not p.stem.startswith("llm_"))
 
 
 @pytest.mark.integration  # a run and a full analysis per example; Chromium, where installed
@@ -177,12 +179,15 @@ def test_the_report_says_what_the_exposure_conclusion_rests_on(tmp_path):
             assert ex["injection"]["difference"] > 0
 
 
-@pytest.mark.integration  # `swarm query` as a subprocess
+@pytest.mark.integration  # the roles view fits roles: seconds
 def test_the_roles_view_gives_every_agent_a_role(tmp_path):
+    from conftest import cli  # in process: the subprocess query is tested above
+
     cfg = load_config(ROOT / "examples/feed.yaml", ["steps=8", "graph.n=500", "shards=1"])
     run = swarm.run(cfg, tmp_path / "feed", backend="local", progress=False)
-    q = swarm_cli("query", str(run.path), "SELECT count(*) AS n, count(DISTINCT role) AS k, "
-                  "CAST(sum(CAST(in_core AS INT)) AS INT) AS core FROM roles", "--format", "json")
+    q = cli("query", str(run.path), "SELECT count(*) AS n, count(DISTINCT role) AS k, "
+            "CAST(sum(CAST(in_core AS INT)) AS INT) AS core FROM roles", "--format", "json")
+    assert q.exit_code == 0, q.stderr
     row = json.loads(q.stdout)[0]
     assert row["n"] == 500 and row["k"] >= 2 and 0 < row["core"] < 500
 

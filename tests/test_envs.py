@@ -87,3 +87,44 @@ def test_the_kit_catches_state_missing_from_checkpoints():
             check_env_api(Forgetful, steps=8)
     finally:
         ENV_REGISTRY.unregister(Forgetful.name)
+
+
+@pytest.mark.parametrize("declared", ["metric", "timing"])
+def test_the_kit_fails_wall_clock_in_deterministic_metrics(tmp_path, declared):
+    """A wall-clock figure among the deterministic metrics fails the determinism kit,
+    whatever its name; declared as a timing metric it goes to timings.arrow and passes."""
+    import time
+    from typing import Literal
+
+    from swarm.envs.base import register_env
+    from swarm.envs.cascade import Cascade, CascadeConfig
+
+    class ClockedConfig(CascadeConfig):
+        kind: Literal["clocked_test_env"] = "clocked_test_env"
+
+    class Clocked(Cascade):
+        name = "clocked_test_env"
+        Config = ClockedConfig
+        smoke_config = {**Cascade.smoke_config,
+                        "env": {**Cascade.smoke_config["env"], "kind": "clocked_test_env"}}
+        if declared == "metric":
+            metric_names = (*Cascade.metric_names, "work_time")  # not a "seconds" name
+        else:
+            timing_metrics = ("work_time",)
+
+        def apply(self, step, batch, actions):
+            result = super().apply(step, batch, actions)
+            result.metrics["work_time"] = time.perf_counter()
+            return result
+
+    register_env(Clocked)
+    try:
+        if declared == "metric":
+            with pytest.raises(AssertionError, match="metrics"):
+                check_determinism(Clocked, tmp_path)
+        else:
+            runs = check_determinism(Clocked, tmp_path)
+            assert "work_time" in runs[0].timings().column_names
+            assert "work_time" not in runs[0].metrics().column_names
+    finally:
+        ENV_REGISTRY.unregister(Clocked.name)

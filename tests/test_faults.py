@@ -158,3 +158,19 @@ def test_crashed_agents_neither_act_nor_change_state_in_any_env(tmp_path, kind):
     assert rows or kind == "cascade", "the env declares per-agent state"
     for key in rows:
         assert np.array_equal(before[key][down], after[key][down]), key
+
+
+@pytest.mark.parametrize("model", ["independent_cascade", "linear_threshold"])
+def test_sent_dropped_and_held_messages_count_in_one_unit(tmp_path, model):
+    """`messages` counts one per receiver (a broadcast once per out-neighbour), the unit
+    in which faults drop and delay: with every message lost, each step drops exactly
+    what the step before sent."""
+    extra = {"seed_count": 10} if model == "independent_cascade" else {"seed_count": 60}
+    cfg = with_faults(cascade_config(n=2000, shards=2, model=model, **extra), drop=1.0)
+    m = swarm.run(cfg, tmp_path / "r", backend="local").metrics().to_pydict()
+    assert m["messages"][0] > 0
+    assert m["dropped_messages"][1:] == m["messages"][:-1]
+    delayed = with_faults(cascade_config(n=2000, model=model, **extra),
+                          delay={"steps": 3, "fraction": 1.0})
+    d = swarm.run(delayed, tmp_path / "d", backend="local").metrics().to_pydict()
+    assert d["held_messages"][1] == d["messages"][0] > 0  # held at delivery, a step on
