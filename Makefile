@@ -22,7 +22,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/swarm run examples/cascade.yaml --out runs/demo --overwrite
 
-# Test tiers (README, "Tests"; markers in pyproject.toml and tests/conftest.py).
+# Test tiers (README, under "Two commands"; markers in pyproject.toml and tests/conftest.py).
 # The edit loop, under a minute: unit and small in-process engine tests.
 check: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow and not integration"
@@ -31,8 +31,8 @@ check: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
-# Only what `make test` leaves out: large n (1e6 agents), the three-node cluster,
-# the CLI run of every example env.
+# Only what `make test` leaves out (`slow`): large n (1e6 agents), multi-node clusters,
+# long CLI runs that repeat cheaper tests.
 test-slow: $(STAMP)
 	$(VENV)/bin/pytest -q -m slow
 

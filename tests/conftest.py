@@ -13,7 +13,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Subprocesses and Ray workers inherit it; results do not depend on the thread count.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# Test tiers (README, "Tests"): `make check` leaves out `integration` and `slow`, `make
+# Test tiers (README, under "Two commands"): `make check` leaves out `integration` and `slow`, `make
 # test` (CI) leaves out `slow`, `make test-slow` runs only `slow`. `integration` is given
 # here, by module or fixture, so a new test in these modules or on these fixtures is
 # placed without thinking about it; `slow` is written on the test itself.

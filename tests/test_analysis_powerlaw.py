@@ -27,6 +27,7 @@ def test_a_light_tail_is_not_capped_at_three():
     assert abs(fit.alpha - 4.5) < 3 * fit.sigma and fit.alpha > 3.5
 
 
+@pytest.mark.integration  # three alternatives fitted on large samples: seconds
 def test_the_ratio_tests_prefer_the_true_alternative():
     rng = np.random.default_rng(4)
     # Over the whole range (xmin fixed at 1): with xmin fitted by KS, the tail of a

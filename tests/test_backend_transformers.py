@@ -247,13 +247,17 @@ def test_shared_prefix_equals_full_rows(backend):
     assert sizes == {1, 2, 3}
     prompts = many_prompts(40) + PROMPTS
     rng = np.random.default_rng(11)
+    # One backend per batch size, loaded once (a backend keeps no results between calls).
+    smalls = [TransformersBackend(backend.path, device="cpu", batch_size=batch_size)
+              for batch_size in (64, 7, 1)]
     for k in range(6):
         actions = [str(a) for a in rng.choice(SHARE_ACTIONS, size=2 + k % 3, replace=False)]
         expected = full_rows(backend, prompts, actions)
-        for batch_size in (64, 7, 1):
-            small = TransformersBackend(backend.path, device="cpu", batch_size=batch_size)
+        for small in smalls:
             np.testing.assert_allclose(small.score(prompts, actions), expected, rtol=0,
                                        atol=1e-12)
+    for small in smalls:
+        small.close()
     for j, action in enumerate(actions):
         assert expected[-1, j] == pytest.approx(hand_score(backend, prompts[-1], action),
                                                 abs=1e-9)

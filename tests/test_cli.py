@@ -56,6 +56,9 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path):
     assert proc.returncode == 2 and "not found" in proc.stderr
 
 
+# The run starts its Ray before it reads the edge list (6-12 s on 2 cores). `make test`
+# checks the parse errors in process (test_graph.py) and exit 2 on bad input above.
+@pytest.mark.slow
 @pytest.mark.parametrize("bad_line", ["0 1\n2 three\n"])
 def test_malformed_edgelist_through_the_cli(tmp_path, bad_line):
     edges = tmp_path / "edges.txt"

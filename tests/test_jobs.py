@@ -41,6 +41,9 @@ def wait_done(job_id: str, address: str, timeout: float = 90) -> str:
     raise TimeoutError(f"job {job_id} not done after {timeout} s")
 
 
+# A job runs a driver on the head (~16 s on 2 cores). `make test` submits to a head in
+# test_cluster_surface.py and keeps the error paths below.
+@pytest.mark.slow
 def test_submit_then_status_then_logs(jobs_head, tiny_work, tmp_path):
     import swarm
 
