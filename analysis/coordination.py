@@ -2,7 +2,7 @@
 
 ``coordination_summary(metrics, env)`` reads a run's per-step metrics table:
 
-* consensus: ``agreement`` (reached or not), ``steps_to_agreement`` (the first
+* consensus and contract_net: ``agreement`` (reached or not), ``steps_to_agreement`` (the first
   step with agreement, None if never), ``validity`` and ``decided`` at the
   last step, the most ``safety_violations`` seen, and messages used in all;
 * commons: ``survived``, ``rounds_survived``, the final ``stock``, the total
@@ -54,7 +54,7 @@ def coordination_summary(metrics: pa.Table, env: str) -> dict:
     """The outcome of one run from its metrics table (see the module docstring); a value
     is None where the table lacks its column (a failed run, say)."""
     out: dict = {"env": env, "steps": metrics.num_rows}
-    if env == "consensus":
+    if env in ("consensus", "contract_net"):
         agree = _col(metrics, "agreement")
         hit = np.flatnonzero(agree > 0.5) if agree is not None else np.empty(0, np.int64)
         safety = _agg(metrics, "safety_violations", np.nanmax)

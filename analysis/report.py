@@ -378,7 +378,7 @@ def _mean(table: pa.Table, col: str) -> float | None:
 def _coordination(env: str, metrics: pa.Table) -> dict | None:
     from swarm.analysis.coordination import coordination_summary
 
-    if env not in ("consensus", "commons", "games"):
+    if env not in ("consensus", "contract_net", "commons", "games"):
         return None
     return {"title": "Coordination", "numbers": coordination_summary(metrics, env), "plots": []}
 

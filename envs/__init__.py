@@ -12,6 +12,7 @@ _LAZY = {
     "Cascade": "cascade", "CascadeConfig": "cascade",
     "Commons": "commons", "CommonsConfig": "commons",
     "Consensus": "consensus", "ConsensusConfig": "consensus",
+    "ContractNet": "contract_net", "ContractNetConfig": "contract_net",
     "Feed": "feed", "FeedConfig": "feed",
     "Games": "games", "GamesConfig": "games",
     "Opinion": "opinion", "OpinionConfig": "opinion",

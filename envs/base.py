@@ -136,6 +136,17 @@ class ShardView:
     #: The run's configured number of steps (None where unknown): periodic logging
     #: also logs the last step, ``steps - 1`` (see ``log_due``).
     steps: int | None = None
+    #: Local rows of the agents crashed by the current step (set by the shard before
+    #: observe; None: none). See ``acting``.
+    down: np.ndarray | None = None
+
+    def acting(self, rows: np.ndarray) -> np.ndarray:
+        """Which local ``rows`` belong to agents that act this step: not crashed. An env
+        that chooses whom to work on (the feed's active agents) asks this; the engine
+        already keeps crashed agents from deciding, sending and changing state."""
+        if self.down is None:
+            return np.ones(np.shape(rows)[0], dtype=bool)
+        return ~np.isin(rows, self.down)
 
     def log_due(self, step: int, every: int) -> bool:
         """Whether periodic events are logged at ``step``: every ``every``-th step and the
@@ -383,9 +394,10 @@ class Env:
     #: Attributes that make up the env's state on a shard (numpy arrays or
     #: scalars): what ``state_dict`` saves in a checkpoint and restores.
     state_attrs: ClassVar[tuple[str, ...]] = ()
-    #: The arrays (rows: local agents) the engine keeps unchanged for a crashed agent
-    #: (default: every per-agent array among ``state_attrs``). A crashed agent neither
-    #: decides, sends nor changes state, in every env: the engine sees to it.
+    #: Per-agent arrays besides the ``state`` columns (rows: local agents) that the
+    #: engine keeps unchanged for a crashed agent, as it keeps the columns. A crashed
+    #: agent neither decides, sends nor changes state, in every env: the engine sees to
+    #: it (``ShardView.acting`` tells an env which rows to work on).
     agent_state: ClassVar[tuple[str, ...]] = ()
     #: Bytes of state per agent (for the memory guard's estimate before a run).
     state_bytes_per_agent: ClassVar[int] = 16

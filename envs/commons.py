@@ -2,8 +2,9 @@
 
 The round. In ``observe`` each shard advances its own copy of the stock with
 the population's total harvest of the previous round, which the engine
-delivers summed over all shards as ``Inbox.totals`` (integers in fixed point,
-so every shard computes bit-identical stocks whatever the shard count)::
+delivers summed over all shards as ``Inbox.totals`` (an exact sum of the
+harvests, rounded once, so every shard computes bit-identical stocks whatever
+the shard count)::
 
     S(t+1) = max(0, S(t) + r S(t) (1 - S(t) / K) - H(t))
 
@@ -35,19 +36,16 @@ stops, harvests are 0, nobody broadcasts, and the run ends as quiescent.
 A ``collapse`` event is logged once, for agent 0 (on whichever shard holds
 it), with the stock as its value.
 
-Metrics (one row per step; population-wide scalars are contributed by shard
-0 alone so the sum over shards is the value): ``stock`` (at the start of the
-round), ``total_harvest``, ``gini`` of the round's harvests, ``collapsed``
-(0/1), ``rounds_survived`` (rounds so far that started with a live stock).
+Metrics (one row per step, declared reductions the engine computes exactly):
+``stock`` (at the start of the round), ``total_harvest``, ``gini`` of the
+round's harvests, ``collapsed`` (0/1), ``rounds_survived`` (rounds so far
+that started with a live stock), ``agents``.
 
 Harvest units. A harvest is a whole number of units of ``base / 64`` (1/64 of
 an agent's base request; the scaled request rounded to the nearest unit), so
-the harvests of a round have an exact histogram of 129 bins, bin b the agents
-that took b units: no default-rule harvest exceeds ``(1 + greed) * base < 128``
-units (a custom rule's larger ones would count in the top bin). Its counts add
-over shards, and the ``gini`` metric is computed from them in exact integer
-arithmetic: ``sum_i sum_j |x_i - x_j| / (2 n^2 mean)`` of the logged harvests,
-whatever the shard count.
+``gini`` is the engine's exact ``Gini`` reduction of the units:
+``sum_i sum_j |x_i - x_j| / (2 n^2 mean)`` of the logged harvests, whatever
+the shard count (0 when all harvests are equal, as after a collapse).
 
 LLM-style agents (``population.groups`` with ``policy: {kind: llm, ...}``; a
 GovSim-style commons is such a config) choose their request among the harvest
@@ -75,17 +73,22 @@ from pydantic import Field, model_validator
 from swarm.contract import as_numpy
 from swarm.envs.base import (
     ChoiceSpec,
+    Column,
+    Count,
     Env,
     EnvConfig,
+    Gini,
     Inbox,
+    Max,
     ShardView,
     StepResult,
+    Sum,
     make_events,
     register_env,
 )
 
-__all__ = ["GINI_BINS", "HARVEST_LEVELS", "LEVEL_FACTORS", "UNITS_PER_BASE", "Commons",
-           "CommonsConfig", "gini_from_histogram", "next_stock", "rounds_survived"]
+__all__ = ["HARVEST_LEVELS", "LEVEL_FACTORS", "UNITS_PER_BASE", "Commons", "CommonsConfig",
+           "next_stock", "rounds_survived"]
 
 #: Harvest units per base request (a harvest is a whole number of them).
 UNITS_PER_BASE = 64
@@ -93,10 +96,6 @@ UNITS_PER_BASE = 64
 #: (multiples of 1/2, so whole harvest units; none first: the idle choice).
 HARVEST_LEVELS = ("none", "low", "fair", "high")
 LEVEL_FACTORS = (0.0, 0.5, 1.0, 1.5)
-#: Bins of the harvest histogram behind the ``gini`` metric: 0 .. 2 * UNITS_PER_BASE units.
-GINI_BINS = 2 * UNITS_PER_BASE + 1
-_FIXED = float(2**20)  # fixed-point scale of harvests, requests and the stock
-_BIN_NAMES = tuple(f"gini_bin{b:03d}" for b in range(GINI_BINS))
 
 
 class CommonsConfig(EnvConfig):
@@ -156,35 +155,6 @@ def next_stock(stock: float, capacity: float, growth: float, harvest: float) -> 
     return max(0.0, stock + growth * stock * (1.0 - stock / capacity) - harvest)
 
 
-def gini_from_histogram(counts: Any) -> float:
-    """Gini coefficient of integer values given as a histogram (``counts[b]`` values equal b).
-
-    ``sum_i sum_j |x_i - x_j| / (2 n^2 mean)``, in exact integer arithmetic:
-    the pairs straddling each threshold t give ``sum_{t >= 1} 2 F(t) (n - F(t))``
-    with ``F(t)`` the count of values below t, so the result is the Gini of the
-    values themselves, rounded once to a float; 0 when every value is 0.
-
-    Examples
-    --------
-    >>> gini_from_histogram([0, 0, 10])
-    0.0
-    >>> gini_from_histogram([3, 1])
-    0.75
-    >>> gini_from_histogram([0, 1, 0, 1])  # values 1 and 3: |1 - 3| * 2 / (2 * 4 * 2)
-    0.25
-    """
-    c = [int(x) for x in np.asarray(counts).reshape(-1)]
-    n = sum(c)
-    total = sum(b * x for b, x in enumerate(c))
-    if n == 0 or total == 0:
-        return 0.0
-    below, pairs = 0, 0
-    for x in c[:-1]:  # Python ints: n^2 * bins may pass int64
-        below += x
-        pairs += below * (n - below)
-    return float(pairs / (n * total))
-
-
 def rounds_survived(metrics: Any) -> int:
     """Rounds that started with a live stock in a commons run (its last ``rounds_survived``).
 
@@ -198,14 +168,6 @@ def rounds_survived(metrics: Any) -> int:
     return int(values[-1]) if len(values) else 0
 
 
-def _log_due(view: ShardView, step: int, every: int) -> bool:
-    """Whether periodic events are logged at ``step``: every ``every``-th step, and the run's
-    last (``ShardView.steps - 1``, where the engine gives the configured steps), so a log
-    always ends with the final state."""
-    steps = getattr(view, "steps", None)
-    return step % every == 0 or (steps is not None and step == steps - 1)
-
-
 @register_env
 class Commons(Env):
     """A shared renewable stock harvested each round (see the module docstring)."""
@@ -216,13 +178,14 @@ class Commons(Env):
     observation = ("agent", "norm", "stock_fraction", "nbr_sum", "nbr_count", "nbr_mean")
     # harvest_level: LLM-style agents' choice among HARVEST_LEVELS (the rule's rows: -1).
     actions = ("request", "norm", "harvest_level")
-    metric_names = ("agents", "harvest_fx", "request_fx", "stock_fx", "collapsed",
-                    "rounds_survived", *_BIN_NAMES)
-    derived_metric_names = ("stock", "total_harvest", "gini")
+    # stock, collapsed and rounds_survived are the same on every shard: their Max is it.
+    metrics = {"stock": Max("stock"), "total_harvest": Sum("harvest"), "gini": Gini("units"),
+               "collapsed": Max("collapsed"), "rounds_survived": Max("rounds_survived"),
+               "agents": Count()}
     summary_metrics = ("stock", "total_harvest", "gini", "collapsed", "rounds_survived")
     broadcast_fields = {"harvest": np.float64}
-    state_attrs = ("stock", "collapsed", "collapse_step", "norm")
-    state_bytes_per_agent = 24
+    state = {"norm": Column(np.float64)}  # each agent's intended harvest
+    state_attrs = ("stock", "collapsed", "collapse_step")
     smoke_config = {"steps": 20,
                     "graph": {"kind": "watts_strogatz", "n": 300, "k": 4, "p": 0.1},
                     "env": {"kind": "commons", "talk": True, "scarcity_response": 0.5,
@@ -233,10 +196,9 @@ class Commons(Env):
         self.n_total = int(np.asarray(setup["n"]))
         self.capacity = config.capacity * self.n_total
         self.base = config.base_request()
-        # A harvest unit in fixed point (at least the fixed point's own unit).
-        self.unit_fx = max(1, int(round(self.base / UNITS_PER_BASE * _FIXED)))
+        self.unit = self.base / UNITS_PER_BASE  # a harvest is a whole number of them
         greed = 1.0 + config.greed * (2.0 * view.rng.uniform("commons_greed", view.agents) - 1.0)
-        self.norm = self.base * greed
+        self.norm[:] = self.base * greed
         self.stock = config.initial * self.capacity
         self.collapsed = False
         self.collapse_step = -1
@@ -278,7 +240,6 @@ class Commons(Env):
         self.stock = float(self.stock)
         self.collapsed = bool(self.collapsed)
         self.collapse_step = int(self.collapse_step)
-        self.norm = np.asarray(self.norm, dtype=np.float64).reshape(-1)
 
     # -- the round -----------------------------------------------------------
 
@@ -287,13 +248,11 @@ class Commons(Env):
         n = view.n_local
         totals = inbox.totals
         if totals is not None and not self.collapsed:
-            self.stock = next_stock(self.stock, self.capacity, cfg.growth,
-                                    int(totals["harvest_fx"]) / _FIXED)
+            self.stock = next_stock(self.stock, self.capacity, cfg.growth, totals["harvest"])
         if not self.collapsed and self.stock < cfg.collapse_threshold * self.capacity:
             self.collapsed, self.collapse_step = True, step
         # The previous round's total request sets this round's scale, identically everywhere.
-        wanted = int(totals["request_fx"]) / _FIXED if totals is not None else \
-            self.n_total * self.base
+        wanted = totals["request"] if totals is not None else self.n_total * self.base
         self._scale = 0.0 if self.collapsed else (
             min(1.0, self.stock / wanted) if wanted > 0 else 1.0)
         nbr_sum, nbr_count = np.zeros(n), np.zeros(n)
@@ -331,22 +290,20 @@ class Commons(Env):
             request = np.where(llm, request, ruled)
         if "norm" in actions:
             norm = np.asarray(as_numpy(actions["norm"]), dtype=np.float64)
-            self.norm = np.where(llm, self.norm, norm)
+            self.norm[:] = np.where(llm, self.norm, norm)
         return np.maximum(request, 0.0)
 
     def apply(self, step: int, batch: dict[str, np.ndarray], actions: dict) -> StepResult:
         cfg, view = self.config, self.view
         n = view.n_local
         request = self._requests(actions)
-        request_fx = np.rint(request * _FIXED).astype(np.int64)
-        # Whole harvest units: an exact histogram of them gives the exact Gini.
-        units = np.rint(request * self._scale * _FIXED / self.unit_fx).astype(np.int64)
-        harvest_fx = units * self.unit_fx
-        harvest = harvest_fx / _FIXED
+        # Whole harvest units: the Gini of integers is exact.
+        units = np.rint(request * self._scale / self.unit).astype(np.int64)
+        harvest = units * self.unit
         alive = not self.collapsed
 
         codes, agents, values = [], [], []
-        if alive and _log_due(view, step, cfg.log_every):
+        if alive and view.log_due(step, cfg.log_every):
             codes.append(np.zeros(n, np.int8))
             agents.append(view.agents)
             values.append(harvest)
@@ -361,28 +318,12 @@ class Commons(Env):
         else:
             events = make_events(np.empty(0, np.int8), np.empty(0, np.int64))
         broadcasts = {"src": view.agents, "harvest": harvest} if cfg.talk and alive else None
-        totals = {"harvest_fx": int(harvest_fx.sum()),
-                  "request_fx": int(request_fx.sum()) if alive else 0}
-        return StepResult(events=events, messages=None, broadcasts=broadcasts,
-                          active=n if alive else 0, totals=totals,
-                          metrics=self._metrics(step, units, totals))
-
-    def _metrics(self, step: int, units: np.ndarray, totals: dict[str, int]) -> dict[str, int]:
-        counts = np.bincount(np.minimum(units, GINI_BINS - 1), minlength=GINI_BINS)
-        out = {"agents": int(units.shape[0]), **totals}
-        # Global scalars: shard 0 reports them, the others add 0.
-        first = self.view.shard == 0
         survived = self.collapse_step if self.collapsed else step + 1
-        out.update(stock_fx=int(round(self.stock * _FIXED)) if first else 0,
-                   collapsed=int(self.collapsed) if first else 0,
-                   rounds_survived=int(survived) if first else 0)
-        out.update({name: int(c) for name, c in zip(_BIN_NAMES, counts, strict=True)})
-        return out
-
-    @classmethod
-    def derive_metrics(cls, totals: Mapping[str, float],
-                       config: EnvConfig | None = None) -> dict[str, float]:
-        counts = [int(totals[name]) for name in _BIN_NAMES]
-        return {"stock": int(totals["stock_fx"]) / _FIXED,
-                "total_harvest": int(totals["harvest_fx"]) / _FIXED,
-                "gini": gini_from_histogram(counts)}
+        return StepResult(events=events, messages=None, broadcasts=broadcasts,
+                          active=n if alive else 0,
+                          totals={"harvest": harvest, "request": request if alive else
+                                  np.zeros(0)},
+                          values={"harvest": harvest, "units": units,
+                                  "stock": np.array([self.stock]),
+                                  "collapsed": np.array([int(self.collapsed)]),
+                                  "rounds_survived": np.array([survived])})

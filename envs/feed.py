@@ -336,6 +336,7 @@ class Feed(Recommending, FollowState, Env):
         pool = self._pool(inbox.shared)
         active = np.flatnonzero(view.rng.bernoulli("feed_active", view.agents, p=cfg.activity,
                                                    step=step))
+        active = active[view.acting(active)]  # crash-stopped agents no longer open their feed
         t0 = time.perf_counter()
         batch = self._recommend(step, active, pool)
         self._recommend_seconds = time.perf_counter() - t0

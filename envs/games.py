@@ -44,11 +44,13 @@ from swarm.config_base import StrictModel
 from swarm.contract import as_numpy
 from swarm.envs.base import (
     ChoiceSpec,
+    Column,
     Env,
     EnvConfig,
     Inbox,
     ShardView,
     StepResult,
+    Sum,
     make_events,
     register_env,
 )
@@ -69,9 +71,6 @@ GAME_PAYOFFS: dict[str, list[list[float]]] = {
     "stag_hunt": [[4.0, 0.0], [3.0, 3.0]],  # stag-stag, stag-hare / hare-stag, hare-hare
     "battle_of_the_sexes": [[0.0, 1.0], [2.0, 0.0]],
 }
-# Payoffs are summed over shards as integers in these units: exact, so the
-# metrics do not depend on how many shards added them up.
-_PAYOFF_SCALE = 1_000_000
 
 
 class PunishmentConfig(StrictModel):
@@ -143,14 +142,6 @@ class GamesConfig(EnvConfig):
                           dtype=np.float64)
 
 
-def _log_due(view: ShardView, step: int, every: int) -> bool:
-    """Whether periodic events are logged at ``step``: every ``every``-th step, and the run's
-    last (``ShardView.steps - 1``, where the engine gives the configured steps), so a log
-    always ends with the final state."""
-    steps = getattr(view, "steps", None)
-    return step % every == 0 or (steps is not None and step == steps - 1)
-
-
 @register_env
 class Games(Env):
     """Repeated 2x2 games with per-agent moves, strategy imitation and punishment.
@@ -181,8 +172,10 @@ class Games(Env):
                    "payoff", "own_score", "best_score", "best_strategy")
     # move: LLM-style agents' next move (the rule's rows: -1).
     actions = ("strategy", "action", "move")
-    metric_names = ("players", "cooperators", "games", "payoff_units", "punishments",
-                    "switches", "good_standing", *(f"count_{s}" for s in STRATEGIES))
+    metric_names = ("players", "cooperators", "games", "punishments", "switches",
+                    "good_standing", *(f"count_{s}" for s in STRATEGIES))
+    # The round's payoffs, summed exactly over the agents that played.
+    metrics = {"total_payoff": Sum("payoff", where="played")}
     derived_metric_names = ("cooperation_rate", "mean_payoff", "mean_payoff_per_game",
                             "good_standing_share",
                             *(f"share_{s}" for s in STRATEGIES))
@@ -190,24 +183,22 @@ class Games(Env):
                        *(f"share_{s}" for s in STRATEGIES))
     broadcast_fields = {"action": np.int8, "strategy": np.int8, "score": np.float64,
                         "good": np.int8}
-    state_attrs = ("strategy", "action", "payoff", "moves", "coop_moves")
-    # strategy 1 + action 1 + payoff 8 + move counts 8, plus the step's counts.
-    state_bytes_per_agent = 40
+    state = {"strategy": Column(np.int8),
+             "action": Column(np.int8),      # the move of the round the next observe settles
+             "payoff": Column(np.float64),   # the latest settled round's payoff
+             # Reputation: the agent's own moves so far (the opening included), how many C.
+             "moves": Column(np.int32, 1),
+             "coop_moves": Column(np.int32)}
     smoke_config = {"steps": 15, "graph": {"kind": "watts_strogatz", "n": 300, "k": 4, "p": 0.1},
                     "env": {"kind": "games", "imitation": 0.1,
                             "strategies": {s: 0.25 for s in STRATEGIES}}}
 
     def __init__(self, config: GamesConfig, view: ShardView, setup: Mapping[str, np.ndarray]):
         super().__init__(config, view, setup)
-        n = view.n_local
         self.matrix = config.payoff_matrix()
-        self.strategy = self.initial_strategy(view.agents)
-        # The move of the round the next observe settles: round 0's is the opening.
-        self.action = self.opening(self.strategy)
-        self.payoff = np.zeros(n, dtype=np.float64)  # the latest settled round's payoff
-        # Reputation: the agent's own moves so far (the opening included), how many were C.
-        self.moves = np.ones(n, dtype=np.int32)
-        self.coop_moves = (self.action == 0).astype(np.int32)
+        self.strategy[:] = self.initial_strategy(view.agents)
+        self.action[:] = self.opening(self.strategy)  # round 0's move
+        self.coop_moves[:] = self.action == 0
         self._pending: dict[str, np.ndarray] = {}
 
     def initial_strategy(self, agents: np.ndarray) -> np.ndarray:
@@ -268,11 +259,6 @@ class Games(Env):
                       "last moves: {memory}.\nYou can {actions}.\nYou choose to"),
         )
 
-    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        # Copies: restored arrays may be read-only views of the checkpoint, and
-        # the round updates the move counts in place.
-        super().load_state_dict({k: np.array(v) for k, v in state.items()})
-
     # -- the round -----------------------------------------------------------
 
     def observe(self, step: int, inbox: Inbox) -> dict[str, np.ndarray]:
@@ -313,7 +299,7 @@ class Games(Env):
             cooperated = a == 0
             payoff -= np.where(cooperated, p.cost * defect, p.fine * coop)
             punishments = int(defect[cooperated & played].sum())
-        self.payoff = np.where(played, payoff, 0.0)
+        self.payoff[:] = np.where(played, payoff, 0.0)
         self._pending = {"played": played, "best_src": best_src,
                          "games": int(neighbours[played].sum()), "punishments": punishments}
         return {
@@ -359,7 +345,7 @@ class Games(Env):
         switched = np.flatnonzero(new_strategy != self.strategy)
         parts = []
         # This step's round (its moves, strategies and payoffs), before the next is chosen.
-        if _log_due(view, step, self.config.log_every):
+        if view.log_due(step, self.config.log_every):
             rows = np.flatnonzero(pend["played"])
             parts.append(make_events(
                 np.full(rows.shape[0], self.event_code("payoff"), np.int8), view.agents[rows],
@@ -377,12 +363,11 @@ class Games(Env):
             events = make_events(np.empty(0, np.int8), np.empty(0, np.int64),
                                  strategy=np.empty(0, dtype=object))
         counts = np.bincount(self.strategy, minlength=len(STRATEGIES))
-        units = np.rint(self.payoff[pend["played"]] * _PAYOFF_SCALE).astype(np.int64)
+        played = pend["played"]
         metrics = {
             "players": view.n_local,
             "cooperators": int((self.action == 0).sum()),
             "games": pend["games"],
-            "payoff_units": int(units.sum()),
             "punishments": pend["punishments"],
             "switches": int(switched.shape[0]),
             # Standing after this round's move (ties are good standing).
@@ -391,22 +376,24 @@ class Games(Env):
         }
         self._pending = {}
         # The next round: the policy's strategy and move, sent with this round's payoff.
-        self.strategy = new_strategy
-        self.action = next_move
+        self.strategy[:] = new_strategy
+        self.action[:] = next_move
         self.moves += 1
         self.coop_moves += self.action == 0
         good = (2 * self.coop_moves >= self.moves).astype(np.int8)
         return StepResult(
             events=events, messages=None, active=view.n_local, metrics=metrics,
-            broadcasts={"src": view.agents, "action": self.action, "strategy": self.strategy,
-                        "score": self.payoff, "good": good},
+            broadcasts={"src": view.agents, "action": self.action.copy(),
+                        "strategy": self.strategy.copy(), "score": self.payoff.copy(),
+                        "good": good},
+            values={"played": played},
         )
 
     @classmethod
     def derive_metrics(cls, totals: Mapping[str, float],
                        config: EnvConfig | None = None) -> dict[str, float]:
         players = totals["players"]
-        payoff = totals["payoff_units"] / _PAYOFF_SCALE
+        payoff = totals["total_payoff"]
         out = {
             "cooperation_rate": totals["cooperators"] / players if players else 0.0,
             "mean_payoff": payoff / players if players else 0.0,

@@ -5,13 +5,16 @@ Two checks, in the spirit of PettingZoo's ``api_test`` and ``seed_test``:
 * ``check_env_api``: the env declares what the contract asks (name, config
   class, event types, metrics, message and broadcast fields, a smoke config
   that validates), and one shard built by hand runs a few steps whose batches,
-  events, messages and metrics have the declared columns and equal lengths;
+  events, messages and metrics have the declared columns and equal lengths
+  (batches carry the declared ``observation``, the default rule returns only
+  declared ``actions``);
   ``state_dict`` round-trips into a fresh env, and a shard restored from a
   mid-run checkpoint replays the later steps with equal events and state
   (once without faults, once with messages dropped and delayed).
 * ``check_determinism``: the smoke config run twice gives equal logs, and run
   with 1 and 3 shards gives equal logs (events without the ``shard`` column,
-  in a canonical order, and the env's metrics).
+  in a canonical order, and the whole metrics table: wall-clock figures
+  belong in ``timing_metrics``, which go to ``timings.arrow``).
 
 Both raise ``AssertionError`` naming what is wrong. Run them on your env::
 
@@ -105,8 +108,8 @@ def _check_shard(env_cls, config, graph, setup, steps: int, faults) -> None:
         fresh.load_state_dict({k: np.asarray(v) for k, v in state.items()})
         if not _same_state(fresh.state_dict(), state):
             raise AssertionError(f"{name}: state_dict -> load_state_dict -> state_dict changed "
-                                 "the state; declare every state attribute in state_attrs or "
-                                 "override both methods")
+                                 "the state; declare per-agent arrays in state (Column) and "
+                                 "other state in state_attrs, or override both methods")
         shard.close()
         # A shard restored from the checkpoint replays the later steps exactly: the
         # state_dict holds everything the env carries between steps.

@@ -15,6 +15,7 @@ after the current step with a checkpoint that ``swarm resume`` continues.
 from __future__ import annotations
 
 import functools
+import inspect
 import signal
 import sys
 import threading
@@ -80,7 +81,10 @@ class Driver:
         self.show = sys.stderr.isatty() if progress is None else progress
         self.every = config.checkpoint.every
         env_cls = ENV_REGISTRY[config.env.kind]
-        self.derive = functools.partial(env_cls.derive_metrics, config=config.env)
+        derive = env_cls.derive_metrics
+        # An env written before derive_metrics took the config still works.
+        takes_config = "config" in inspect.signature(derive).parameters
+        self.derive = functools.partial(derive, config=config.env) if takes_config else derive
         self.reductions = ENV_REGISTRY[config.env.kind].metrics
         self.restarts = 0
         self.prior_restarts = manifest.get("restarts", 0)  # from before a resume

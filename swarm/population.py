@@ -292,8 +292,8 @@ class Population:
         merged: dict[str, Any] = {}
         for g, policy in enumerate(self.policies):
             sel = order[bounds[g]:bounds[g + 1]]
-            if sel.shape[0] == 0 and len(self.policies) > 1:
-                continue
+            if sel.shape[0] == 0 and n > 0:
+                continue  # an empty batch still asks every policy: its columns exist
             sub = {k: _take(v, sel) for k, v in batch.items()}
             if getattr(policy, "uses_persona", False):
                 sub["persona"] = self.persona[rows[sel]]

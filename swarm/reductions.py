@@ -12,8 +12,10 @@ fixed-point arithmetic or sorts before a float sum.
 
 Floats are summed exactly: a float64 is ``m * 2**e`` with an integer ``m`` of
 53 bits, so a sum of floats is an integer multiple of the smallest ``2**e``,
-held as a Python int. A square (``Variance``) is rounded once per value before
-it is summed, which is the same on every shard.
+held as a Python int. Squares (``Variance``) are split exactly into a rounded
+product and its error (Dekker's two-product), so a variance is exact too, and
+never negative. Integers are summed as Python ints (no overflow). NaN is an
+error in every reduction: it would make the result depend on the order.
 """
 
 from __future__ import annotations
@@ -65,6 +67,34 @@ def exact_sum(values: Any) -> tuple[int, int]:
     return total, base
 
 
+def _int_sum(x: np.ndarray) -> int:
+    """The exact sum of an integer array (int64 halves, then Python ints: no overflow)."""
+    x = np.asarray(x).astype(np.int64, copy=False).ravel()
+    if x.size == 0:
+        return 0
+    hi, lo = x >> 32, x & 0xFFFFFFFF  # each sum fits in int64 for < 2**31 values
+    total = 0
+    for a in range(0, x.size, 1 << 30):
+        total += (int(hi[a:a + (1 << 30)].sum()) << 32) + int(lo[a:a + (1 << 30)].sum())
+    return total
+
+
+def _square_parts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``x * x`` as ``hi + lo`` exactly (Dekker's two-product; ``hi`` the rounded square)."""
+    x = np.asarray(x, dtype=np.float64)
+    hi = x * x
+    c = x * 134217729.0  # 2**27 + 1: Veltkamp's split into two 26-bit halves
+    xh = c - (c - x)
+    xl = x - xh
+    lo = ((xh * xh - hi) + 2.0 * xh * xl) + xl * xl
+    return hi, lo
+
+
+def _check_finite(x: np.ndarray, what: str) -> None:
+    if x.dtype.kind == "f" and x.size and not np.isfinite(x).all():
+        raise ValueError(f"{what}: a metric's values must be finite; got NaN or infinity")
+
+
 def _add(a: tuple[int, int | None], b: tuple[int, int | None]) -> tuple[int, int]:
     """Sum of two exact ``(N, e)`` values."""
     (na, ea), (nb, eb) = a, b
@@ -83,34 +113,43 @@ _LIMB = 62
 def encode_total(value: Any) -> np.ndarray:
     """A shard's contribution to a population-wide total (``StepResult.totals``) as an int64
     array that travels and checkpoints like any message column: an int as itself
-    (``[v]``), an array of floats as its exact sum (``[tag, exponent, sign, limbs...]``).
+    (``[v]``); an array as its exact sum, ``[tag, exponent, sign, limbs...]`` (tag -2:
+    integers, -1: floats).
 
     >>> decode_total([encode_total(np.array([0.1, 0.2])), encode_total(np.array([0.3]))])
     0.6
-    >>> decode_total([encode_total(2), encode_total(3)])
-    5
+    >>> decode_total([encode_total(2), encode_total(np.array([3, 4]))])
+    9
     """
     if isinstance(value, (int, np.integer)):
         return np.array([int(value)], dtype=np.int64)
-    n, e = exact_sum(value)
+    value = np.asarray(value)
+    if value.dtype.kind in "biu":
+        tag, (n, e) = -2, (_int_sum(value), 0)
+    else:
+        tag, (n, e) = -1, exact_sum(value)
     limbs, rest = [], abs(n)
     while rest:
         limbs.append(rest & ((1 << _LIMB) - 1))
         rest >>= _LIMB
-    return np.array([-1, e, -1 if n < 0 else 1, *limbs], dtype=np.int64)
+    return np.array([tag, e, -1 if n < 0 else 1, *limbs], dtype=np.int64)
 
 
 def decode_total(parts: list[np.ndarray]) -> int | float:
-    """The exact sum of every shard's ``encode_total`` part, rounded once (ints stay ints)."""
-    if all(p.shape[0] == 1 for p in parts):
-        return int(sum(int(p[0]) for p in parts))
-    if any(p.shape[0] == 1 for p in parts):
+    """The exact sum of every shard's ``encode_total`` part: an int for integers, else the
+    float sum rounded once."""
+    floats = [p.shape[0] > 1 and int(p[0]) == -1 for p in parts]
+    if any(floats) and not all(floats):
         raise ValueError("a total must be an int on every shard or floats on every shard")
     acc: tuple[int, int | None] = (0, None)
     for p in parts:
+        if p.shape[0] == 1:
+            acc = _add(acc, (int(p[0]), 0))
+            continue
         n = sum(int(limb) << (_LIMB * i) for i, limb in enumerate(p[3:].tolist()))
         acc = _add(acc, (int(p[2]) * n, int(p[1])))
-    return float(_value((acc[0], acc[1] or 0)))
+    exact = _value((acc[0], acc[1] or 0))
+    return float(exact) if all(floats) and parts else int(exact)
 
 
 def _value(s: tuple[int, int]) -> Fraction:
@@ -134,7 +173,7 @@ class Reduction:
         if x is None:
             raise KeyError(f"metric source {self.source!r} is neither a state column nor a "
                            "key of StepResult.values")
-        x = np.asarray(x)
+        x = np.atleast_1d(np.asarray(x))
         if self.dim is not None:
             x = x[..., self.dim]
         if self.where is not None:
@@ -177,17 +216,23 @@ class Sum(Reduction):
     """The exact sum (an int for integer and boolean sources)."""
 
     def partial(self, x):
+        if x.size == 0:
+            return ("empty", 0)
         if x.dtype.kind in "biu":
-            return ("int", int(x.astype(np.int64).sum()))
+            return ("int", _int_sum(x))
         return ("float", exact_sum(x))
 
     def merge(self, a, b):
+        if a[0] == "empty":
+            return b
+        if b[0] == "empty":
+            return a
         if a[0] == "int" and b[0] == "int":
             return ("int", a[1] + b[1])
         return ("float", _add(_as_exact(a), _as_exact(b)))
 
     def finish(self, p):
-        return p[1] if p[0] == "int" else float(_value(p[1]))
+        return p[1] if p[0] in ("int", "empty") else float(_value(p[1]))
 
 
 def _as_exact(p) -> tuple[int, int]:
@@ -199,6 +244,8 @@ class Mean(Reduction):
     """The mean, NaN when there is no value."""
 
     def partial(self, x):
+        if x.dtype.kind in "biu":
+            return int(x.size), (_int_sum(x), 0)
         return int(x.size), exact_sum(x)
 
     def merge(self, a, b):
@@ -222,7 +269,9 @@ class Variance(Reduction):
         x = np.asarray(x, dtype=np.float64)
         rows = int(x.shape[0])
         cols = [x] if x.ndim == 1 else [x[:, d] for d in range(x.shape[1])]
-        return rows, [exact_sum(c) for c in cols], exact_sum(x * x)
+        hi, lo = _square_parts(x)
+        _check_finite(hi, "Variance")
+        return rows, [exact_sum(c) for c in cols], _add(exact_sum(hi), exact_sum(lo))
 
     def merge(self, a, b):
         if not a[0]:
@@ -237,7 +286,7 @@ class Variance(Reduction):
         if not n:
             return math.nan
         mean_sq = sum((_value(s) / n) ** 2 for s in sums)
-        return float(_value(sq) / n - mean_sq)
+        return float(max(_value(sq) / n - mean_sq, Fraction(0)))
 
 
 @dataclass(frozen=True)
@@ -245,6 +294,7 @@ class Min(Reduction):
     """The smallest value (NaN when there is none)."""
 
     def partial(self, x):
+        _check_finite(x, "Min/Max")
         return x.min().item() if x.size else None
 
     def merge(self, a, b):
@@ -259,6 +309,7 @@ class Max(Min):
     """The largest value (NaN when there is none)."""
 
     def partial(self, x):
+        _check_finite(x, "Min/Max")
         return x.max().item() if x.size else None
 
     def merge(self, a, b):
@@ -286,7 +337,7 @@ class Histogram(Reduction):
 class Gini(Reduction):
     """The Gini coefficient of non-negative integer values (a harvest in units, a wealth in
     coins): sum over all pairs of |x_i - x_j| / (2 n^2 mean), from an exact histogram.
-    NaN when there is no value or all are 0."""
+    NaN when there is no value; 0 when all are equal (all 0 included)."""
 
     def partial(self, x):
         if x.size and x.dtype.kind not in "biu":
@@ -314,8 +365,10 @@ class Gini(Reduction):
         v = [int(a) for a in values.tolist()]
         c = [int(a) for a in counts.tolist()]
         n, total = sum(c), sum(a * b for a, b in zip(v, c, strict=True))
-        if n == 0 or total == 0:
+        if n == 0:
             return math.nan
+        if total == 0:
+            return 0.0  # all equal (to 0)
         pairs, below, below_sum = 0, 0, 0  # sum over pairs i < j of c_i c_j (v_j - v_i)
         for value, count in zip(v, c, strict=True):
             pairs += count * (value * below - below_sum)

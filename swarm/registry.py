@@ -35,6 +35,7 @@ class Registry(MutableMapping):
     def __init__(self, group: str, what: str):
         self.group, self.what = group, what
         self._classes: dict[str, Any] = {}
+        self._overrides: set[str] = set()
         self._points: dict[str, importlib.metadata.EntryPoint] | None = None
 
     def _entry_points(self) -> dict[str, importlib.metadata.EntryPoint]:
@@ -44,18 +45,22 @@ class Registry(MutableMapping):
 
     def register(self, key: str, cls: Any) -> None:
         """Make ``cls`` known as ``key``; a key taken by another class is an error."""
+        if key in self._overrides:
+            return  # a test swapped a variant in: the real class must not displace it
         known = self._classes.get(key)
         if known is not None and known is not cls:
             raise ValueError(f"a {self.what} named {key!r} is already registered ({known!r})")
         self._classes[key] = cls
 
     def unregister(self, key: str) -> None:
-        """Forget a class added with ``register`` (a test's env, say)."""
+        """Forget a class added with ``register`` or ``[key] = cls`` (a test's env, say)."""
         self._classes.pop(key, None)
+        self._overrides.discard(key)
 
     def __setitem__(self, key: str, cls: Any) -> None:
         """Put ``cls`` under ``key``, replacing what was there (tests swap a variant in)."""
         self._classes[key] = cls
+        self._overrides.add(key)
 
     def __delitem__(self, key: str) -> None:
         self.unregister(key)

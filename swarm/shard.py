@@ -201,6 +201,7 @@ class Shard:
         dropped = self._inject_faults(inbox, step) if self.faults is not None else 0
         # Crashed agents neither decide, send nor change state, in every env.
         down = self._crashed_rows(step)
+        self.view.down = down
         frozen = self._freeze(down) if down is not None else None
         t1 = time.perf_counter()
         batch = self.env.observe(step, inbox)
@@ -351,15 +352,19 @@ class Shard:
             arrays[name][down] = rows
 
     def _agent_arrays(self) -> dict[str, np.ndarray]:
-        """The env's per-agent state: arrays among its state whose rows are local agents."""
-        n = self.view.n_local
-        env = self.env
-        names = env.agent_state or (*env.state, *env.state_attrs)
+        """The env's per-agent state: its declared ``state`` columns and ``agent_state``
+        (never guessed from an array's length: an item table may match it by chance)."""
+        n, env = self.view.n_local, self.env
         out = {}
-        for name in names:
+        for name in dict.fromkeys((*env.state, *env.agent_state)):
             arr = getattr(env, name, None)
-            if isinstance(arr, np.ndarray) and arr.ndim and arr.shape[0] == n:
-                out[name] = arr
+            if arr is None and name in env.agent_state:
+                continue  # an optional array the env does not use in this run
+            if not isinstance(arr, np.ndarray) or not arr.ndim or arr.shape[0] != n:
+                raise RuntimeError(f"env {env.name!r}: per-agent state {name!r} must stay an "
+                                   f"array with one row per agent ({n}); write into it "
+                                   "instead of replacing it")
+            out[name] = arr
         return out
 
     def _silence(self, result, down: np.ndarray) -> None:
@@ -376,7 +381,10 @@ class Shard:
                 result.events = {k: v[ok] for k, v in ev.items()}
         for attr, who in (("messages", "src"), ("broadcasts", "src")):
             cols = getattr(result, attr)
-            if cols is not None and who in cols and cols[who].shape[0]:
+            if cols is not None and who not in cols:
+                raise ValueError(f"env {self.env.name!r}: {attr} need a {who!r} column (the "
+                                 "sender) under crash faults")
+            if cols is not None and cols[who].shape[0]:
                 ok = keep(cols[who])
                 if not ok.all():
                     setattr(result, attr, {k: v[ok] for k, v in cols.items()})

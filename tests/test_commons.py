@@ -7,10 +7,8 @@ import swarm
 import swarm.envs.commons  # noqa: F401  (registers env.kind: commons)
 from swarm.config import validate_config
 from swarm.envs.commons import (
-    GINI_BINS,
     Commons,
     CommonsConfig,
-    gini_from_histogram,
     rounds_survived,
 )
 from swarm.envs.testing import check_determinism, check_env_api
@@ -66,19 +64,23 @@ def test_stock_update_equals_a_hand_computation(tmp_path):
 
 
 def test_gini_of_equal_and_single_harvests():
-    assert Commons.derive_metrics(_bins({40: 1000}))["gini"] == 0.0
+    from swarm.reductions import Gini
+
+    g = Gini("units")
+
+    def gini(values, parts=3):
+        chunks = np.array_split(np.asarray(values, dtype=np.int64), parts)
+        acc = g.partial(chunks[0])
+        for c in chunks[1:]:
+            acc = g.merge(acc, g.partial(c))
+        return g.finish(acc)
+
+    assert gini(np.full(1000, 40)) == 0.0
     n = 1000
-    assert Commons.derive_metrics(_bins({0: n - 1, 63: 1}))["gini"] == pytest.approx(1 - 1 / n)
-    # The histogram holds the values themselves: 1..m has Gini (m - 1) / (3 m) exactly.
-    counts = np.bincount(np.arange(1, 64).repeat(10), minlength=GINI_BINS)
-    assert gini_from_histogram(counts) == pytest.approx(62 / 189, rel=1e-15)
-    # Counts whose squares pass int64 (a billion agents) stay exact.
-    assert gini_from_histogram([0, 3 * 10**9, 10**9]) == pytest.approx(0.15, rel=1e-15)
-
-
-def _bins(filled: dict[int, int]) -> dict[str, int]:
-    totals = {f"gini_bin{b:03d}": filled.get(b, 0) for b in range(GINI_BINS)}
-    return {**totals, "stock_fx": 0, "harvest_fx": 0}
+    assert gini(np.r_[np.zeros(n - 1), 63]) == pytest.approx(1 - 1 / n)
+    # 1..m has Gini (m - 1) / (3 m) exactly, however the values are split.
+    assert gini(np.arange(1, 64).repeat(10)) == pytest.approx(62 / 189, rel=1e-15)
+    assert gini(np.arange(1, 64).repeat(10), parts=1) == gini(np.arange(1, 64).repeat(10))
 
 
 def _numpy_gini(x: np.ndarray) -> float:

@@ -11,6 +11,7 @@ import swarm
 import swarm.envs.consensus  # noqa: F401  (registers env.kind: consensus)
 from swarm.config import load_config, validate_config
 from swarm.envs.consensus import Consensus, ConsensusConfig, agreement_step, epoch_leader
+from swarm.envs.contract_net import ContractNet, ContractNetConfig
 from swarm.envs.testing import check_determinism, check_env_api
 from swarm.faults import Faults, FaultsConfig
 from swarm.rng import KeyedRNG
@@ -22,11 +23,18 @@ _RANDOM = {"kind": "erdos_renyi", "n": _N, "mean_degree": 10}
 _ROOT = Path(__file__).resolve().parents[1]
 
 
+def _env(env: dict) -> dict:
+    """The env config of a protocol (contract_net is an env of its own)."""
+    if env.get("protocol") == "contract_net":
+        return {"kind": "contract_net", **{k: v for k, v in env.items() if k != "protocol"}}
+    return {"kind": "consensus", **env}
+
+
 def _run(tmp_path, env: dict, steps: int, faults: dict | None = None, graph: dict | None = None):
     """The run (its metrics and events) of ``env`` on one shard."""
     cfg = validate_config({"seed": _SEED, "steps": steps, "shards": 1,
                            "checkpoint": {"every": 0}, "graph": graph or _RING,
-                           "faults": faults or {}, "env": {"kind": "consensus", **env}})
+                           "faults": faults or {}, "env": _env(env)})
     return swarm.run(cfg, tmp_path / "r", backend="local", progress=False)
 
 
@@ -59,9 +67,11 @@ def _tallies(m: dict) -> list[float]:
      "sybil": {"identities": 0.02, "controllers": 2}},
 ])
 def test_the_kit_passes(env, tmp_path, monkeypatch):
-    smoke = {**Consensus.smoke_config, "env": {"kind": "consensus", **env}}
-    cls = type("ConsensusVariant", (Consensus,), {"smoke_config": smoke})
-    monkeypatch.setitem(swarm.envs.ENV_REGISTRY, "consensus", cls)
+    env = _env(env)
+    base = ContractNet if env["kind"] == "contract_net" else Consensus
+    smoke = {**base.smoke_config, "env": env}
+    cls = type("ConsensusVariant", (base,), {"smoke_config": smoke})
+    monkeypatch.setitem(swarm.envs.ENV_REGISTRY, env["kind"], cls)
     check_env_api(cls)
     check_determinism(cls, tmp_path)
 
@@ -220,7 +230,7 @@ def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="do not apply to protocol='gossip'"):
         ConsensusConfig(protocol="gossip", values=3)
     with pytest.raises(ValueError, match="do not apply to protocol='majority'"):
-        ConsensusConfig(protocol="majority", tasks=3)
+        ConsensusConfig(protocol="majority", tolerance=0.1)
     with pytest.raises(ValueError, match="values"):
         ConsensusConfig(protocol="majority", values=9)
     with pytest.raises(ValueError, match=r"byzantine \+ sybil.identities must be < 1"):
@@ -228,7 +238,9 @@ def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="controllers"):
         ConsensusConfig(protocol="majority", sybil={"identities": 0.1, "controllers": 5})
     with pytest.raises(ValueError, match="tasks"):
-        ConsensusConfig(protocol="contract_net", tasks=65)
+        ContractNetConfig(tasks=65)
+    with pytest.raises(ValueError, match="contract_net is its own env now"):
+        ConsensusConfig(protocol="contract_net")
 
 
 def test_periodic_gossip_values_end_with_the_last_step(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from swarm.envs import ENV_REGISTRY
@@ -77,7 +78,11 @@ def test_the_kit_catches_state_missing_from_checkpoints():
 
         name = "forgetful_test_env"
         Config = ForgetfulConfig
-        state_attrs = ("stock", "collapsed", "collapse_step")
+        state = {}  # norm kept as a plain attribute, not a declared column
+
+        def __init__(self, config, view, setup):
+            self.norm = np.zeros(view.n_local)
+            super().__init__(config, view, setup)
         smoke_config = {**Commons.smoke_config,
                         "env": {**Commons.smoke_config["env"], "kind": "forgetful_test_env"}}
 

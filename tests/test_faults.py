@@ -174,3 +174,23 @@ def test_sent_dropped_and_held_messages_count_in_one_unit(tmp_path, model):
                           delay={"steps": 3, "fraction": 1.0})
     d = swarm.run(delayed, tmp_path / "d", backend="local").metrics().to_pydict()
     assert d["held_messages"][1] == d["messages"][0] > 0  # held at delivery, a step on
+
+
+def test_crash_faults_on_small_feeds_and_all_crashed_mixed_populations(tmp_path):
+    """Item tables whose length may equal the agent count are not per-agent state (the
+    freeze leaves them alone), and a step where every agent of a mixed population has
+    crashed still gives the env every action column."""
+    from swarm.envs.feed import Feed
+    from swarm.envs.testing import smoke_run_config
+
+    small = smoke_run_config(Feed, steps=40, graph={"kind": "barabasi_albert", "n": 60, "m": 3})
+    run = swarm.run(with_faults(small, crash={"fraction": 0.1, "at_step": 1}), tmp_path / "a",
+                    backend="local")
+    assert run.manifest["steps_run"] == 40
+    mixed = smoke_run_config(Feed, steps=5, population={"groups": [
+        {"fraction": 0.5}, {"fraction": 0.5}]})
+    run = swarm.run(with_faults(mixed, crash={"fraction": 1.0, "at_step": 2}), tmp_path / "b",
+                    backend="local")
+    m = run.metrics().to_pydict()
+    assert run.status == "completed" and np.asarray(run.events()["step"]).max() < 2
+    assert m["active_agents"][2:] and not any(m["active_agents"][2:])  # then quiescent

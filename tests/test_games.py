@@ -183,7 +183,7 @@ def test_a_metrics_row_holds_the_moves_and_payoffs_of_its_step(tmp_path):
     for t in range(steps):
         at = step == t
         assert at.sum() == m["players"][t] == 300
-        assert m["payoff_units"][t] / 1e6 == pytest.approx(value[at].sum(), abs=1e-3)
+        assert m["total_payoff"][t] == pytest.approx(value[at].sum(), rel=1e-6)
         assert m["mean_payoff"][t] == pytest.approx(value[at].mean(), abs=1e-5)
         assert m["cooperators"][t] == (move[at] == 0).sum()
         for s in STRATEGIES:
@@ -215,7 +215,7 @@ def test_metrics_are_consistent(tmp_path):
     assert all(abs(sum(m[f"share_{s}"][t] for s in STRATEGIES) - 1) < 1e-12 for t in range(4))
     assert m["cooperation_rate"][0] == m["share_tit_for_tat"][0]  # TFT opens with C
     assert m["games"][0] == m["games"][1] > 0  # round 0 is played at step 0
-    assert m["mean_payoff"][1] == pytest.approx(m["payoff_units"][1] / 1e6 / 300)
+    assert m["mean_payoff"][1] == pytest.approx(m["total_payoff"][1] / 300, rel=1e-12)
 
 
 def test_imitation_copies_a_better_scoring_neighbour(tmp_path):
@@ -330,5 +330,5 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
                              ev["event"].cast("string")).sort_by(key)
 
     assert canonical(resumed).equals(canonical(reference))
-    cols = ["step", "cooperators", "payoff_units", "good_standing", "switches"]
+    cols = ["step", "cooperators", "total_payoff", "good_standing", "switches"]
     assert resumed.metrics().select(cols).equals(reference.metrics().select(cols))

@@ -56,3 +56,18 @@ def test_a_registry_refuses_a_taken_key_and_names_the_known_ones():
         r.register("a", float)
     with pytest.raises(KeyError, match="unknown widget 'b'; known: a"):
         r["b"]
+
+
+def test_a_variant_swapped_into_the_registry_survives_importing_the_real_env():
+    import importlib
+
+    real = ENVS["opinion"]
+    variant = type("OpinionVariant", (real,), {})
+    ENVS["opinion"] = variant
+    try:
+        importlib.reload(importlib.import_module("swarm.envs.opinion"))
+        assert ENVS["opinion"] is variant
+    finally:
+        ENVS.unregister("opinion")
+    importlib.reload(importlib.import_module("swarm.envs.opinion"))
+    assert ENVS["opinion"].__name__ == "Opinion"

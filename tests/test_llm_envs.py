@@ -186,9 +186,9 @@ def test_llm_ballots_are_votes_and_proposals(protocol, tiny_model, tmp_path):
     assert sum(run.metrics()["honest_votes"].to_pylist()) == 0
 
 
-@pytest.mark.parametrize("protocol", ["gossip", "contract_net"])
-def test_protocols_without_a_discrete_choice_refuse_llm_agents(protocol, tiny_model, tmp_path):
-    env = {"kind": "consensus", "protocol": protocol}
+@pytest.mark.parametrize("env", [{"kind": "consensus", "protocol": "gossip"},
+                                 {"kind": "contract_net"}])
+def test_protocols_without_a_discrete_choice_refuse_llm_agents(env, tiny_model, tmp_path):
     with pytest.raises(ConfigError, match="no choice for LLM-style agents"):
         swarm.run(_config(env, 3, tiny_model), tmp_path / "r", backend="local")
     assert not (tmp_path / "r" / "events").exists()
