@@ -100,17 +100,21 @@ def sir_config(n=3000, shards=2, every=4, **over):
     return cfg.model_copy(update=update)
 
 
-def views_know_steps(monkeypatch, steps):
-    """Make ``ShardView.steps`` (the run's configured steps, which envs read to log their
-    last step) ``steps`` where the engine does not set it yet: a class attribute, which
-    an instance's own ``steps`` field, once ShardView has one, overrides (local backend
-    only: the patch stays in this process)."""
-    import dataclasses
+def interrupted_then_resumed(config, tmp_path, at_step: int):
+    """(an uninterrupted run of ``config``, the same run stopped by Ctrl-C after step
+    ``at_step`` and resumed), both in process."""
+    import signal
 
-    from swarm.envs.base import ShardView
+    import swarm
 
-    if "steps" not in {f.name for f in dataclasses.fields(ShardView)}:
-        monkeypatch.setattr(ShardView, "steps", steps, raising=False)
+    def interrupt(row):
+        if row["step"] == at_step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    reference = swarm.run(config, tmp_path / "ref", backend="local", progress=False)
+    with pytest.raises(swarm.RunInterrupted):
+        swarm.run(config, tmp_path / "r", backend="local", progress=False, on_step=interrupt)
+    return reference, swarm.resume(tmp_path / "r", backend="local", progress=False)
 
 
 def crash_shards_at(monkeypatch, step, shard=None, message="crash"):

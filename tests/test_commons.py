@@ -152,9 +152,6 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
         reference.events().drop_columns(["shard"]).sort_by(key))
 
 
-def test_periodic_harvest_events_end_with_the_last_step(tmp_path, monkeypatch):
-    from conftest import views_know_steps
-
-    views_know_steps(monkeypatch, 12)
+def test_periodic_harvest_events_end_with_the_last_step(tmp_path):
     run = _run(_config({"log_every": 5}, steps=12), tmp_path / "r")
     assert sorted(set(run.events()["step"].to_pylist())) == [0, 5, 10, 11]

@@ -243,15 +243,11 @@ def test_config_errors_name_the_key():
         ConsensusConfig(protocol="contract_net")
 
 
-def test_periodic_gossip_values_end_with_the_last_step(tmp_path, monkeypatch):
-    from conftest import views_know_steps
-
-    views_know_steps(monkeypatch, 9)
+def test_periodic_gossip_values_end_with_the_last_step(tmp_path):
     run = _run(tmp_path, {"protocol": "gossip", "log_every": 4}, 9)
     assert len(_metrics(run)["step"]) == 9
     steps = {e["step"] for e in _events(run, "value")}
     assert steps == {0, 4, 8} and len(_events(run, "value")) == 3 * _N
 
-    views_know_steps(monkeypatch, 10)
     run = _run(tmp_path / "b", {"protocol": "gossip", "log_every": 4}, 10)
     assert {e["step"] for e in _events(run, "value")} == {0, 4, 8, 9}

@@ -33,22 +33,28 @@ def test_env_is_deterministic_under_faults(name, tmp_path):
     assert sum(m["held_messages"].to_pylist()) > 0
 
 
-def test_the_kit_catches_an_env_that_depends_on_sharding(tmp_path):
+def _cascade_kind(kind: str) -> tuple[type, dict]:
+    """The config class and smoke config of a cascade variant registered as ``kind``."""
     from typing import Literal
 
-    from swarm.envs.base import register_env
+    from pydantic import create_model
+
     from swarm.envs.cascade import Cascade, CascadeConfig
 
-    class LeakyConfig(CascadeConfig):
-        kind: Literal["leaky_test_env"] = "leaky_test_env"
+    config = create_model(f"{kind}Config", __base__=CascadeConfig,
+                          kind=(Literal[kind], kind))
+    return config, {**Cascade.smoke_config, "env": {**Cascade.smoke_config["env"], "kind": kind}}
+
+
+def test_the_kit_catches_an_env_that_depends_on_sharding(tmp_path):
+    from swarm.envs.base import register_env
+    from swarm.envs.cascade import Cascade
 
     class Leaky(Cascade):
         """Logs its shard count: a result that depends on sharding."""
 
         name = "leaky_test_env"
-        Config = LeakyConfig
-        smoke_config = {**Cascade.smoke_config,
-                        "env": {**Cascade.smoke_config["env"], "kind": "leaky_test_env"}}
+        Config, smoke_config = _cascade_kind(name)
 
         def apply(self, step, batch, actions):
             result = super().apply(step, batch, actions)
@@ -99,19 +105,13 @@ def test_the_kit_fails_wall_clock_in_deterministic_metrics(tmp_path, declared):
     """A wall-clock figure among the deterministic metrics fails the determinism kit,
     whatever its name; declared as a timing metric it goes to timings.arrow and passes."""
     import time
-    from typing import Literal
 
     from swarm.envs.base import register_env
-    from swarm.envs.cascade import Cascade, CascadeConfig
-
-    class ClockedConfig(CascadeConfig):
-        kind: Literal["clocked_test_env"] = "clocked_test_env"
+    from swarm.envs.cascade import Cascade
 
     class Clocked(Cascade):
         name = "clocked_test_env"
-        Config = ClockedConfig
-        smoke_config = {**Cascade.smoke_config,
-                        "env": {**Cascade.smoke_config["env"], "kind": "clocked_test_env"}}
+        Config, smoke_config = _cascade_kind(name)
         if declared == "metric":
             metric_names = (*Cascade.metric_names, "work_time")  # not a "seconds" name
         else:

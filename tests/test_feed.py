@@ -175,26 +175,14 @@ def test_an_agent_shares_a_cascade_once_and_likes_an_item_once(tmp_path):
 
 
 def test_what_agents_shared_and_liked_survives_a_resume(tmp_path):
-    import os
-    import signal
-
-    from conftest import sorted_events
-
-    from swarm.errors import RunInterrupted
+    from conftest import interrupted_then_resumed, sorted_events
 
     def config():
         raw = _repeat_prone(2, steps=24).dump()
         raw["checkpoint"] = {"every": 8}
         return swarm.validate_config(raw)
 
-    def interrupt(row):
-        if row["step"] == 12:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    reference = swarm.run(config(), tmp_path / "ref", backend="local", progress=False)
-    with pytest.raises(RunInterrupted):
-        swarm.run(config(), tmp_path / "r", backend="local", progress=False, on_step=interrupt)
-    resumed = swarm.resume(tmp_path / "r", backend="local", progress=False)
+    reference, resumed = interrupted_then_resumed(config(), tmp_path, 12)
     assert resumed.manifest["resumed_from"] >= 7
     assert sorted_events(resumed).equals(sorted_events(reference))
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from collections import defaultdict
 
 import numpy as np
@@ -14,7 +12,6 @@ import swarm
 import swarm.envs.games  # noqa: F401 - registers env.kind "games"
 from swarm.envs.games import STRATEGIES, Games, GamesConfig
 from swarm.envs.testing import check_determinism, check_env_api, smoke_run_config
-from swarm.errors import RunInterrupted
 from swarm.policies.base import PolicyContext
 from swarm.policies.games import GameStrategies
 from swarm.rng import KeyedRNG
@@ -197,11 +194,8 @@ def test_a_metrics_row_holds_the_moves_and_payoffs_of_its_step(tmp_path):
             assert strategy[(step == s + 1) & (agent == a)].tolist() == [new]
 
 
-def test_periodic_payoff_events_end_with_the_last_round(tmp_path, monkeypatch):
-    from conftest import views_know_steps
-
+def test_periodic_payoff_events_end_with_the_last_round(tmp_path):
     for steps, logged in ((7, {0, 3, 6}), (8, {0, 3, 6, 7})):
-        views_know_steps(monkeypatch, steps)
         run = _run(tmp_path, f"s{steps}", Games.smoke_config["graph"],
                    {"log_every": 3}, steps=steps)
         assert set(_events(run, "payoff")["step"]) == logged
@@ -308,19 +302,14 @@ def test_imitation_adopts_only_a_strictly_better_neighbour():
 
 
 def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
+    from conftest import interrupted_then_resumed
+
     def config():
         return smoke_run_config(Games, shards=2, steps=12, checkpoint={"every": 4},
                                 env={**Games.smoke_config["env"], "reputation": True,
                                      "punishment": {"cost": 1.0, "fine": 2.0}})
 
-    def interrupt(row):
-        if row["step"] == 6:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    reference = swarm.run(config(), tmp_path / "ref", backend="local", progress=False)
-    with pytest.raises(RunInterrupted):
-        swarm.run(config(), tmp_path / "r", backend="local", progress=False, on_step=interrupt)
-    resumed = swarm.resume(tmp_path / "r", backend="local", progress=False)
+    reference, resumed = interrupted_then_resumed(config(), tmp_path, 6)
     assert resumed.manifest["resumed_from"] >= 4
     key = [("step", "ascending"), ("agent", "ascending"), ("event", "ascending")]
 

@@ -195,10 +195,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
         reference.events().drop_columns(drop).sort_by(key))
 
 
-def test_periodic_opinion_events_end_with_the_last_step(tmp_path, monkeypatch):
-    from conftest import views_know_steps
-
-    views_know_steps(monkeypatch, 13)
+def test_periodic_opinion_events_end_with_the_last_step(tmp_path):
     run = swarm.run(_config({"model": "degroot", "log_every": 5}, steps=13), tmp_path / "r",
                     backend="local", progress=False)
     assert run.metrics().num_rows == 13
