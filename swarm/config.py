@@ -204,19 +204,16 @@ class RunConfig(StrictModel):
 # --- loading and error messages ---------------------------------------------
 
 
-def _format_errors(exc: ValidationError, prefix: tuple = ()) -> list[str]:
+def _format_errors(exc: ValidationError, prefix: tuple = (), raw: Any = None) -> list[str]:
     lines = []
     for err in exc.errors():
         loc = list(prefix) + [str(p) for p in err["loc"]]
         if len(loc) >= 2 and loc[0] == "graph" and loc[1] in GRAPH_KINDS:
             del loc[1]  # the union's tag, not a key the user wrote
-        for i in range(len(loc) - 1, 0, -1):
-            if loc[i - 1] == "policy" and loc[i] in POLICY_KINDS:
-                del loc[i]
         key = ".".join(loc) or "(top level)"
         kind = err["type"]
         if kind == "extra_forbidden":
-            allowed = _allowed_keys([str(p) for p in err["loc"][:-1]])
+            allowed = _allowed_keys([str(p) for p in err["loc"][:-1]], raw)
             lines.append(f"unknown key '{key}'; allowed keys here: {', '.join(allowed)}")
         elif kind == "union_tag_invalid":
             lines.append(f"{key}.kind: unknown kind {err['ctx']['tag']!r}; allowed: "
@@ -234,22 +231,22 @@ def _format_errors(exc: ValidationError, prefix: tuple = ()) -> list[str]:
     return lines
 
 
-POLICY_KINDS = ("default", "llm")
-
-
 def _union_tags(loc: list[str]) -> tuple[str, ...]:
-    return POLICY_KINDS if "policy" in loc else GRAPH_KINDS
+    return GRAPH_KINDS
 
 
-def _allowed_keys(parent: list) -> list[str]:
+def _allowed_keys(parent: list, raw: Any = None) -> list[str]:
     """The keys of the model at ``parent`` (pydantic's loc: list items and union tags
-    included), for "unknown key" messages."""
+    included), for "unknown key" messages. ``raw`` is the input: a model that picks its
+    class from it (``resolve``: a policy's kind) is followed there."""
     import typing
 
     model: Any = RunConfig
     parts = list(parent)
+    node = raw
     while parts:
         part = parts.pop(0)
+        node = node.get(part) if isinstance(node, dict) else None
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
         if field is None:
             return []
@@ -259,7 +256,8 @@ def _allowed_keys(parent: list) -> list[str]:
             if origin is typing.Annotated:
                 ann = args[0]
             elif origin is list and parts and str(parts[0]).isdigit():
-                parts.pop(0)
+                index = int(parts.pop(0))
+                node = node[index] if isinstance(node, list) and index < len(node) else None
                 ann = args[0]
             elif origin is Union or (args and origin is not None and type(None) in args):
                 members = [a for a in args if a is not type(None)]
@@ -277,7 +275,10 @@ def _allowed_keys(parent: list) -> list[str]:
                 break
         if not isinstance(ann, type) or not hasattr(ann, "model_fields"):
             return []
-        model = ann
+        try:
+            model = ann.resolve(node) if hasattr(ann, "resolve") else ann
+        except ValueError:  # an unknown kind: that error is reported on its own
+            return []
     return sorted(model.model_fields)
 
 
@@ -339,7 +340,7 @@ def validate_config(raw: dict) -> RunConfig:
     try:
         cfg = RunConfig.model_validate({**raw, "env": env_cfg or placeholder})
     except ValidationError as exc:
-        lines = _format_errors(exc)
+        lines = _format_errors(exc, raw=raw)
         graph_raw = raw.get("graph") if isinstance(raw.get("graph"), dict) else {}
         allowed = ", ".join(_graph_allowed(graph_raw))
         lines = [

@@ -69,13 +69,24 @@ class PolicyConfig(StrictModel):
     def _by_kind(cls, data: Any, handler):
         if cls is not PolicyConfig or not isinstance(data, dict):
             return handler(data)
-        kind = data.get("kind", "default")
+        return cls.resolve(data).model_validate(data)
+
+    @classmethod
+    def resolve(cls, data: Any) -> type[PolicyConfig]:
+        """The config class of the kind ``data`` names (``default`` when none)."""
+        kind = data.get("kind", "default") if isinstance(data, dict) else "default"
         if kind == "default":
-            return DefaultPolicyConfig.model_validate(data)
+            return DefaultPolicyConfig
         if kind not in POLICIES or getattr(POLICIES[kind], "Config", None) is None:
-            configurable = ["default", *(k for k in POLICIES if k == "llm")]
-            raise ValueError(f"unknown policy kind {kind!r}; allowed: {', '.join(configurable)}")
-        return POLICIES[kind].Config.model_validate(data)
+            raise ValueError(f"unknown policy kind {kind!r}; allowed: "
+                             f"{', '.join(configurable_kinds())}")
+        return POLICIES[kind].Config
+
+
+def configurable_kinds() -> list[str]:
+    """``default`` and every registered policy with a ``Config`` of its own (this loads
+    them all: only for messages)."""
+    return ["default", *(k for k in POLICIES if getattr(POLICIES[k], "Config", None))]
 
 
 class DefaultPolicyConfig(PolicyConfig):

@@ -71,3 +71,17 @@ def test_a_variant_swapped_into_the_registry_survives_importing_the_real_env():
         ENVS.unregister("opinion")
     importlib.reload(importlib.import_module("swarm.envs.opinion"))
     assert ENVS["opinion"].__name__ == "Opinion"
+
+
+def test_an_unknown_key_in_a_policy_lists_the_keys_of_its_kind():
+    from swarm.config import validate_config
+    from swarm.errors import ConfigError
+
+    raw = {"graph": {"kind": "erdos_renyi", "n": 100, "mean_degree": 4}, "env": {"kind": "feed"},
+           "population": {"groups": [{"fraction": 1.0,
+                                      "policy": {"kind": "llm", "model": "m", "tempo": 1}}]}}
+    with pytest.raises(ConfigError, match=r"policy.tempo'; allowed keys here: .*temperature"):
+        validate_config(raw)
+    raw["population"]["groups"][0]["policy"] = {"kind": "nope"}
+    with pytest.raises(ConfigError, match="unknown policy kind 'nope'; allowed: default, llm"):
+        validate_config(raw)
