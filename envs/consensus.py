@@ -114,10 +114,12 @@ agent proposed), the last global tally (``top``, ``top_votes``, ``expected``),
 the agent's preference and decision (``pref``, ``locked``) and, in
 ``leader_commit``, the proposal received and whether the agent leads the epoch
 (``proposal``, ``leader``). Byzantine and Sybil agents act as the adversary
-whatever their policy. ``gossip`` (a continuous value) has no discrete choice:
-a population with LLM-style agents is refused for it before the run. The rule
-marks its rows with ``ballot = -1``, so in a mixed population ``apply`` takes
-the rule's vote and decision for those rows. A failed model call (``on_error:
+whatever their policy. In ``gossip`` (a continuous value) they choose ``keep``
+(their value) or ``average`` (the rule's step: the mean of their value and the
+heard ones), prompted with their value and the heard mean (``value``,
+``heard_mean``, ``nbr_count``). The rule marks its rows with ``ballot = -1``
+(gossip: ``move = -1``), so in a mixed population ``apply`` takes the rule's
+vote and decision (value) for those rows. A failed model call (``on_error:
 idle``) abstains. The tiny random-weight model of the tests answers at random.
 """
 
@@ -146,11 +148,14 @@ from swarm.envs.base import (
 
 #: The LLM-style agents' label for a vote without a value (after the values' labels).
 ABSTAIN = "abstain"
-#: The protocols LLM-style agents can take part in (the others have no discrete choice).
+#: The protocols LLM-style agents vote in (gossip's choice is a step: ``GOSSIP_MOVES``).
 LLM_PROTOCOLS = ("majority", "leader_commit")
+#: gossip: what LLM-style agents choose: keep their value, or average it with the heard ones.
+GOSSIP_MOVES = ("keep", "average")
 
-__all__ = ["ABSTAIN", "LLM_PROTOCOLS", "MAX_CONTROLLERS", "MAX_VALUES", "AdversaryConfig",
-           "Consensus", "ConsensusConfig", "SybilConfig", "agreement_step", "epoch_leader"]
+__all__ = ["ABSTAIN", "GOSSIP_MOVES", "LLM_PROTOCOLS", "MAX_CONTROLLERS", "MAX_VALUES",
+           "AdversaryConfig", "Consensus", "ConsensusConfig", "SybilConfig", "agreement_step",
+           "epoch_leader"]
 
 #: The most distinct honest proposals a vote protocol may have (metric columns are fixed).
 MAX_VALUES = 8
@@ -313,9 +318,9 @@ class Consensus(Env):
     name = "consensus"
     Config = ConsensusConfig
     event_types = ("decide", "value", "propose", "award", "allocate")
-    # gossip: value; votes: vote, decide and ballot (LLM-style agents' choice; the
-    # rule's rows: -1).
-    actions = ("value", "vote", "decide", "ballot")
+    # gossip: value and move; votes: vote, decide and ballot (move and ballot: LLM-style
+    # agents' choices; the rule's rows: -1).
+    actions = ("value", "move", "vote", "decide", "ballot")
     metric_names = (
         "honest", "honest_decided",
         *(f"decided{v}" for v in range(_MAX_DOMAIN)),
@@ -372,16 +377,21 @@ class Consensus(Env):
     @classmethod
     def observation_schema(cls, config: ConsensusConfig) -> tuple[str, ...]:
         if config.protocol == "gossip":
-            return ("agent", "own", "nbr_sum", "nbr_count")
+            return ("agent", "own", "nbr_sum", "nbr_count", "value", "heard_mean")
         return ("agent", "pref", "locked", "proposal", "top", "top_votes", "expected", "heard",
                 "leader", *(f"heard{v}" for v in range(config.values)), "heard_other")
 
     @classmethod
     def choice_spec(cls, config: ConsensusConfig) -> ChoiceSpec | None:
-        # gossip holds a continuous value: no labels to choose from, so the population
-        # refuses LLM-style agents there.
-        if config.protocol not in LLM_PROTOCOLS:
-            return None
+        if config.protocol == "gossip":
+            # A continuous value: LLM-style agents choose whether to take the step.
+            return ChoiceSpec(
+                action="move", labels=GOSSIP_MOVES, idle=0,
+                fields=("value", "heard_mean", "nbr_count"),
+                template=("You are {persona}.\nYour group wants to agree on one number. "
+                          "Yours is {value:.3f}; the {nbr_count:.0f} people you heard hold "
+                          "{heard_mean:.3f} on average.\nYour last choices: {memory}.\nYou "
+                          "can {actions} (the mean of yours and theirs).\nYou choose to"))
         heard = ", ".join(f"{v}: {{heard{v}}}" for v in range(config.values))
         if config.byzantine > 0 or config.sybil is not None:
             heard += ", a value nobody honest proposed: {heard_other}"
@@ -452,8 +462,11 @@ class Consensus(Env):
                 self.heard[rows] = True
             else:
                 rows, nbr_sum = np.empty(0, np.int64), np.zeros(n)
-            batch.update(own=self.value.copy(), nbr_sum=nbr_sum,
-                         nbr_count=np.bincount(rows, minlength=n).astype(np.float64))
+            count = np.bincount(rows, minlength=n).astype(np.float64)
+            batch.update(own=self.value.copy(), nbr_sum=nbr_sum, nbr_count=count,
+                         value=self.value.copy(),
+                         heard_mean=np.where(count > 0, nbr_sum / np.maximum(count, 1.0),
+                                             self.value))
             return batch
         got = b.take() if b is not None and len(b) else None
         if got is not None:
@@ -520,7 +533,7 @@ class Consensus(Env):
     def apply(self, step: int, batch: dict[str, np.ndarray], actions: dict) -> StepResult:
         cfg, view = self.config, self.view
         if cfg.protocol == "gossip":
-            return self._apply_gossip(step, actions)
+            return self._apply_gossip(step, batch, actions)
         n, honest, acting = view.n_local, self.honest, ~self._down
         vote, decide, llm = self._cast(batch, actions)
         phase, epoch = self._phase(step) if cfg.protocol == "leader_commit" else ("vote", -1)
@@ -615,9 +628,16 @@ class Consensus(Env):
             decide = np.where(llm, own, as_numpy(actions["decide"]).astype(np.int64))
         return vote, decide, llm
 
-    def _apply_gossip(self, step: int, actions: dict) -> StepResult:
+    def _apply_gossip(self, step: int, batch: dict, actions: dict) -> StepResult:
         cfg, view = self.config, self.view
-        new = np.asarray(as_numpy(actions["value"]), dtype=np.float64)
+        new = (np.asarray(as_numpy(actions["value"]), dtype=np.float64) if "value" in actions
+               else self.value.copy())
+        move = actions.get("move")
+        if move is not None:  # LLM-style agents' rows (the rule's say -1)
+            move = as_numpy(move).astype(np.int64)
+            average = (batch["own"] + batch["nbr_sum"]) / (batch["nbr_count"] + 1)
+            new = np.where(move == GOSSIP_MOVES.index("keep"), self.value, new)
+            new = np.where(move == GOSSIP_MOVES.index("average"), average, new)
         new = np.where(self.byz, 1.0, np.where(self.sybil, 0.0, new))
         new = np.where(self._down, self.value, new)  # crashed agents are frozen
         settled = np.abs(new - self.value) <= cfg.tolerance

@@ -32,8 +32,13 @@ its task; ``safety_violations``, extra holders of tasks held by several;
 allocation (repeatedly the cheapest free honest agent and open task, without
 faults) of the same tasks: greedy is not optimal, so the ratio can fall below 1.
 Costs are integers (``cost * 2**32``), part of the task model, so their sums are
-exact. Steps to agreement: ``agreement_step(run.metrics())``. LLM-style agents
-have no choice here (a bid per task): a population with them is refused.
+exact. Steps to agreement: ``agreement_step(run.metrics())``.
+
+LLM-style agents choose each bidding round to ``pass`` or ``bid`` (their cost for
+the cheapest task they may bid on, as the rule does), prompted with how many open
+tasks they may bid on and that cost (``open_tasks``, ``best_cost``). The rule marks
+its rows with ``bid_choice = -1``. The tiny random-weight model of the tests
+answers at random.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from pydantic import Field
 
 from swarm.contract import as_numpy
 from swarm.envs.base import (
+    ChoiceSpec,
     Column,
     Env,
     EnvConfig,
@@ -57,7 +63,7 @@ from swarm.envs.base import (
 )
 from swarm.envs.consensus import AdversaryConfig, _adversaries, _concat
 
-__all__ = ["MAX_TASKS", "UNAVAILABLE", "ContractNet", "ContractNetConfig"]
+__all__ = ["BID_CHOICES", "MAX_TASKS", "UNAVAILABLE", "ContractNet", "ContractNetConfig"]
 
 #: The most tasks (an agent's bids are a 64-bit mask).
 MAX_TASKS = 64
@@ -65,6 +71,8 @@ MAX_TASKS = 64
 UNAVAILABLE = 2**63 - 1
 _COST_SCALE = float(2**32)  # a cost in [0, 1) is an integer of these units
 _BID, _AWARD, _CONFIRM = 0, 1, 2  # message kinds
+#: What LLM-style agents choose each bidding round.
+BID_CHOICES = ("pass", "bid")
 
 
 class ContractNetConfig(AdversaryConfig):
@@ -136,8 +144,9 @@ class ContractNet(Env):
     name = "contract_net"
     Config = ContractNetConfig
     event_types = ("award", "allocate")
-    observation = ("agent", "cost")
-    actions = ("task", "bid")
+    observation = ("agent", "cost", "open_tasks", "best_cost")
+    # bid_choice: LLM-style agents' choice (the rule's rows: -1).
+    actions = ("task", "bid", "bid_choice")
     metric_names = ("honest", "honest_decided", "tasks_total", "tasks_live", "tasks_allocated",
                     "tasks_double", "cost_units", "greedy_units", "unbid_holds")
     derived_metric_names = ("agreement", "decided", "validity", "safety_violations",
@@ -194,7 +203,7 @@ class ContractNet(Env):
         return self._observe_tasks(step, inbox)
 
     def apply(self, step: int, batch: dict[str, np.ndarray], actions: dict) -> StepResult:
-        return self._apply_tasks(step, actions)
+        return self._apply_tasks(step, batch, actions)
 
     def _observe_tasks(self, step: int, inbox: Inbox) -> dict[str, np.ndarray]:
         """Managers close confirmed tasks and award bids; agents take awards. Builds the
@@ -221,7 +230,12 @@ class ContractNet(Env):
                 c = _task_cost(view.rng, np.repeat(view.agents[may_bid], k),
                                np.tile(self._open, may_bid.shape[0]))
                 cost[may_bid[:, None], self._open[None, :]] = c.reshape(-1, k)
-        return {"agent": view.agents.copy(), "cost": cost}
+        best = cost.min(axis=1) if T else np.full(n, UNAVAILABLE, np.int64)
+        can = best < UNAVAILABLE
+        # For LLM-style agents' prompts: how many tasks they may bid on, the cheapest cost.
+        return {"agent": view.agents.copy(), "cost": cost,
+                "open_tasks": (cost < UNAVAILABLE).sum(axis=1).astype(np.int64),
+                "best_cost": np.where(can, best / _COST_SCALE, 1.0)}
 
     def _close(self, mask: np.ndarray, task: np.ndarray, src: np.ndarray) -> None:
         """Managers close each task for its first confirmer (the smallest agent id)."""
@@ -260,16 +274,48 @@ class ContractNet(Env):
                                         agents, item=t,
                                         value=cost / _COST_SCALE))
 
-    def _bids(self, step: int, actions: dict) -> list[dict[str, np.ndarray]]:
+    def _rule_or_choice(self, batch: dict, actions: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(task, bid) per agent: the rule's on its rows (``bid_choice`` -1); an LLM-style
+        agent that chose ``bid`` bids its cost for the cheapest task it may bid on, as the
+        rule does, and one that chose ``pass`` bids nothing."""
+        n = self.view.n_local
+        none = np.full(n, -1, np.int64)
+        task = np.asarray(as_numpy(actions["task"]), np.int64) if "task" in actions else none
+        bid = (np.asarray(as_numpy(actions["bid"]), np.int64).copy() if "bid" in actions
+               else none.copy())
+        choice = actions.get("bid_choice")
+        if choice is None:
+            return task, bid
+        choice = as_numpy(choice).astype(np.int64)
+        cost = np.asarray(batch["cost"])
+        cheapest = cost.argmin(axis=1) if cost.shape[1] else none
+        ok = cost[np.arange(n), cheapest] < UNAVAILABLE if cost.shape[1] else none >= 0
+        bids = (choice == BID_CHOICES.index("bid")) & ok
+        passes = (choice == BID_CHOICES.index("pass")) | ((choice >= 0) & ~ok)
+        task = np.where(bids, cheapest, np.where(passes, -1, task))
+        bid = np.where(bids, cost[np.arange(n), np.maximum(cheapest, 0)] if cost.shape[1]
+                       else -1, np.where(passes, -1, bid))
+        return task, bid
+
+    @classmethod
+    def choice_spec(cls, config: ContractNetConfig) -> ChoiceSpec:
+        return ChoiceSpec(
+            action="bid_choice", labels=BID_CHOICES, idle=0,
+            fields=("open_tasks", "best_cost"),
+            template=("You are {persona}.\nTasks are auctioned: the lowest bid wins, and you "
+                      "can hold one task. {open_tasks} open tasks are yours to bid on; the "
+                      "cheapest would cost you {best_cost:.2f} (0 to 1).\nYour last "
+                      "choices: {memory}.\nYou can {actions}.\nYou choose to"))
+
+    def _bids(self, step: int, batch: dict, actions: dict) -> list[dict[str, np.ndarray]]:
         """This round's bids (honest from the policy, adversaries' of 0) and re-confirms."""
         view, open_ = self.view, self._open
         k = open_.shape[0]
         if not k:
             return []
         free = ~self._down & (self.holds < 0)
-        task = np.where(self.honest & free,
-                        np.asarray(as_numpy(actions["task"]), dtype=np.int64), -1)
-        bid = np.asarray(as_numpy(actions["bid"]), dtype=np.int64).copy()
+        task, bid = self._rule_or_choice(batch, actions)
+        task = np.where(self.honest & free, task, -1)
         byz, syb = self.byz & free, self.sybil & free
         if byz.any():  # each on its own keyed task
             bits = view.rng.bits("consensus_byz_task", view.agents[byz], step=step)
@@ -288,14 +334,14 @@ class ContractNet(Env):
                                  _task_cost(view.rng, view.agents[again], t)))
         return out
 
-    def _apply_tasks(self, step: int, actions: dict) -> StepResult:
+    def _apply_tasks(self, step: int, batch: dict, actions: dict) -> StepResult:
         cfg, view = self.config, self.view
         T = cfg.tasks
         rows = self.task_row
         live = (rows >= 0) & ~self._down[np.maximum(rows, 0)] if view.n_local else rows >= 0
         unclosed = live & (self.task_holder < 0)
         opened = unclosed if step % 4 == 0 else np.zeros(T, dtype=bool)
-        messages = _concat([*self._pending, *(self._bids(step, actions) if step % 4 == 1
+        messages = _concat([*self._pending, *(self._bids(step, batch, actions) if step % 4 == 1
                                               else [])])
         held = self.holds >= 0
         count = np.bincount(self.holds[held], minlength=T)

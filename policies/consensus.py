@@ -52,7 +52,11 @@ class GossipAverage(Policy):
     name = "gossip"
 
     def _forward(self, batch: dict[str, torch.Tensor], ctx: PolicyContext) -> dict:
-        return {"value": (batch["own"] + batch["nbr_sum"]) / (batch["nbr_count"] + 1)}
+        value = (batch["own"] + batch["nbr_sum"]) / (batch["nbr_count"] + 1)
+        # move -1: not one of the env's choices; it marks the rule's rows beside
+        # LLM-style agents' (whose move is 0 or 1).
+        return {"value": value,
+                "move": torch.full(value.shape[:1], -1, dtype=torch.int8, device=value.device)}
 
 
 def _rule_rows(vote: torch.Tensor, decide: torch.Tensor) -> dict:
@@ -123,4 +127,6 @@ class ContractNetBid(Policy):
         best, task = batch["cost"].min(dim=1)  # ties: the first (smallest) task
         ok = best < UNAVAILABLE
         none = torch.full_like(best, -1)
-        return {"task": torch.where(ok, task, none), "bid": torch.where(ok, best, none)}
+        # bid_choice -1: the env's column for LLM-style agents' choice; -1 marks the rule's rows.
+        return {"task": torch.where(ok, task, none), "bid": torch.where(ok, best, none),
+                "bid_choice": torch.full_like(best, -1)}

@@ -304,8 +304,7 @@ class LLMPolicy(Policy):
         if spec is None:
             raise ConfigError(f"{where.removesuffix('.policy')}: env {env!r} with this config "
                               "has no choice for LLM-style agents (e.g. cascade decides per edge "
-                              "except with model: linear_threshold; consensus has a vote only "
-                              "with protocol: majority or leader_commit)")
+                              "except with model: linear_threshold)")
         try:
             check_template(cfg.template or spec.template, spec, f"{where}.template")
             if cfg.text is not None:

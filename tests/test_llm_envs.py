@@ -44,6 +44,10 @@ CASES = {
                            {"heard0": 3.0, "heard1": 3.0, "heard2": 3.0, "heard_other": 3.0}),
     "consensus_leader": ({"kind": "consensus", "protocol": "leader_commit",
                           "sybil": {"identities": 0.1}}, 10, {}),
+    "consensus_gossip": ({"kind": "consensus", "protocol": "gossip", "byzantine": 0.05}, 5,
+                         {"value": 0.1, "heard_mean": 0.1, "nbr_count": 3.0}),
+    "contract_net": ({"kind": "contract_net", "tasks": 6, "byzantine": 0.02}, 12,
+                     {"best_cost": 0.25, "open_tasks": 3.0}),
     "opinion": (None, 5, {}),  # its smoke config, with the first model that has a choice
 }
 
@@ -186,9 +190,9 @@ def test_llm_ballots_are_votes_and_proposals(protocol, tiny_model, tmp_path):
     assert sum(run.metrics()["honest_votes"].to_pylist()) == 0
 
 
-@pytest.mark.parametrize("env", [{"kind": "consensus", "protocol": "gossip"},
-                                 {"kind": "contract_net"}])
-def test_protocols_without_a_discrete_choice_refuse_llm_agents(env, tiny_model, tmp_path):
+@pytest.mark.parametrize("env", [{"kind": "cascade", "model": "independent_cascade"},
+                                 {"kind": "cascade", "model": "sir"}])
+def test_models_without_a_discrete_choice_refuse_llm_agents(env, tiny_model, tmp_path):
     with pytest.raises(ConfigError, match="no choice for LLM-style agents"):
         swarm.run(_config(env, 3, tiny_model), tmp_path / "r", backend="local")
     assert not (tmp_path / "r" / "events").exists()
