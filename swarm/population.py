@@ -290,6 +290,18 @@ class Population:
                          "policy_fallbacks": s.fallbacks, "policy_text_calls": s.text_calls,
                          "decide_seconds": time.perf_counter() - t0}
 
+    def decide_rows(self, batch: dict[str, Any], rows: np.ndarray, step: int, rng
+                    ) -> tuple[dict[str, Any], dict]:
+        """Actions for the batch rows ``rows`` only (the others: zeros, or None for text),
+        in batch order, and the step's policy metrics (the engine's crash faults)."""
+        n = len(next(iter(batch.values()))) if batch else 0
+        actions, decided = self.decide({k: _take(v, rows) for k, v in batch.items()}, step,
+                                       rng)
+        full: dict[str, Any] = {}
+        for key, value in actions.items():
+            _scatter(full, key, value, rows, n)
+        return full, decided
+
     def _decide_groups(self, batch: dict[str, Any], ctx: PolicyContext) -> dict[str, Any]:
         if "agent" not in batch:
             raise ValueError("mixing policies needs an 'agent' column in the env's batch "

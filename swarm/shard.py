@@ -117,6 +117,7 @@ class Shard:
         fanout = env_cls.uses_broadcasts(spec.env_config) and self.num_shards > 1
         in_degree, self.fanout = b.finish(*received, fanout=fanout)
         self.faults = Faults(spec.faults, self.rng) if spec.faults.active else None
+        self._down_rows: np.ndarray | None = None  # crashed agents' rows, once known
         self.view = ShardView(
             shard=spec.shard,
             num_shards=spec.num_shards,
@@ -315,8 +316,9 @@ class Shard:
             return None
         if step < self.faults.config.crash.at_step:
             return None
-        rows = np.flatnonzero(self.faults.crashed(self.view.agents, step))
-        return rows if rows.size else None
+        if self._down_rows is None:  # crash-stop: the same agents from at_step on
+            self._down_rows = np.flatnonzero(self.faults.crashed(self.view.agents, step))
+        return self._down_rows if self._down_rows.size else None
 
     def _decide_alive(self, batch: dict, step: int, down: np.ndarray) -> tuple[dict, dict]:
         """Decide for the rows of agents that have not crashed; a crashed agent's rows get
@@ -332,14 +334,7 @@ class Shard:
             np.empty(0, np.int64)
         if alive.shape[0] == agents.shape[0]:
             return self.population.decide(batch, step, self.rng)
-        from swarm.population import _scatter, _take
-
-        sub = {k: _take(v, alive) for k, v in batch.items()}
-        acts, decided = self.population.decide(sub, step, self.rng)
-        full: dict = {}
-        for key, value in acts.items():
-            _scatter(full, key, value, alive, agents.shape[0])
-        return full, decided
+        return self.population.decide_rows(batch, alive, step, self.rng)
 
     def _freeze(self, down: np.ndarray) -> dict[str, np.ndarray]:
         """The rows ``down`` of every per-agent state array, before observe."""
