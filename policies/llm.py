@@ -47,6 +47,7 @@ from swarm.policies.templates import (
     render_template,
     template_fields,
 )
+from swarm.population import PolicyConfig
 
 __all__ = ["LLMPolicy", "LLMPolicyConfig", "Persona", "TextConfig", "make_backend",
            "persona_objects", "template_fields"]
@@ -75,7 +76,7 @@ class TextConfig(StrictModel):
         return None if template is None else check_template_syntax(template)
 
 
-class LLMPolicyConfig(StrictModel):
+class LLMPolicyConfig(PolicyConfig):
     """An LLM-style policy: a prompt template, a model backend and how to choose."""
 
     kind: Literal["llm"] = "llm"

@@ -85,3 +85,12 @@ def test_an_unknown_key_in_a_policy_lists_the_keys_of_its_kind():
     raw["population"]["groups"][0]["policy"] = {"kind": "nope"}
     with pytest.raises(ConfigError, match="unknown policy kind 'nope'; allowed: default, llm"):
         validate_config(raw)
+
+
+def test_a_policy_config_object_is_accepted_where_its_dict_is():
+    from swarm.policies.llm import LLMPolicyConfig
+    from swarm.population import PolicyGroup
+
+    group = PolicyGroup(policy=LLMPolicyConfig(model="m"), fraction=1.0)
+    assert group.policy.kind == "llm"
+    assert PolicyGroup.model_validate(group.model_dump()).policy == group.policy
