@@ -121,13 +121,14 @@ def _one(args, name: str, model_dir: str, personas: str, work: Path, steps: int,
     out = work / name.replace(" ", "-").replace("+", "and")
     make = llm.make_backend
     if per_agent:  # the runs are in-process (backend="local"), so this reaches the shard
-        llm.make_backend = lambda cfg: _PerAgent(make(cfg))
+        llm.make_backend = lambda cfg, **kw: _PerAgent(make(cfg, **kw))
     try:
         run = swarm.run(_config(args, model_dir, personas, steps, **policy), out,
                         backend="local", progress=False)
     finally:
         llm.make_backend = make
-    m = run.timings().to_pydict()
+    # Counts from the metrics table, seconds from the timings table.
+    m = {**run.metrics().to_pydict(), **run.timings().to_pydict()}
     decide, seconds = sum(m["decide_seconds"]), sum(m["seconds"])
     result = {
         "mode": name, "steps": len(m["step"]),

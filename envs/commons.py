@@ -55,9 +55,10 @@ like any request. The prompt shows the stock as a share of the capacity and,
 with ``talk``, how many neighbours were heard and their mean harvest last
 round as a multiple of the base request (fields ``stock_fraction``,
 ``nbr_count``, ``nbr_mean``); with ``talk`` their harvest is broadcast as the
-rule's is. Their norm is kept unchanged (only the rule reads it). The rule
-marks its rows with ``harvest_level = -1``, so in a mixed population ``apply``
-takes the rule's request for those rows and the level's for the others. A
+rule's is. Their norm is kept unchanged (only the rule reads it). In a mixed
+population the rule's rows read ``harvest_level = -1`` (the population's fill
+for rows a group did not decide), so ``apply`` takes the rule's request there
+and the level's for the others. A
 failed model call (``on_error: idle``) harvests nothing. The tiny random-weight
 model of the tests answers at random.
 """
@@ -176,7 +177,7 @@ class Commons(Env):
     Config = CommonsConfig
     event_types = ("harvest", "collapse")
     observation = ("agent", "norm", "stock_fraction", "nbr_sum", "nbr_count", "nbr_mean")
-    # harvest_level: LLM-style agents' choice among HARVEST_LEVELS (the rule's rows: -1).
+    # harvest_level: LLM-style agents' choice among HARVEST_LEVELS (other rows: -1).
     actions = ("request", "norm", "harvest_level")
     # stock, collapsed and rounds_survived are the same on every shard: their Max is it.
     metrics = {"stock": Max("stock"), "total_harvest": Sum("harvest"), "gini": Gini("units"),
@@ -276,9 +277,9 @@ class Commons(Env):
         """Each agent's request (>= 0), from the rule's rows (``request``, ``norm``;
         ``harvest_level`` -1) and the LLM-style agents' (a level; their norm kept).
 
-        Updates the norms. A group's actions lack the other group's keys (the
-        population fills such rows with zeros, so ``harvest_level`` -1 is what tells
-        the rule's rows apart), and a population of LLM-style agents only gives the level.
+        Updates the norms. In a mixed population a group's rows read -1 (NaN) in the
+        columns only the other group returns (``Population``), so ``harvest_level`` -1
+        tells the rule's rows apart; a population of LLM-style agents only gives the level.
         """
         level = actions.get("harvest_level")
         level = (np.full(self.view.n_local, -1, np.int64) if level is None

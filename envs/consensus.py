@@ -117,10 +117,11 @@ the agent's preference and decision (``pref``, ``locked``) and, in
 whatever their policy. In ``gossip`` (a continuous value) they choose ``keep``
 (their value) or ``average`` (the rule's step: the mean of their value and the
 heard ones), prompted with their value and the heard mean (``value``,
-``heard_mean``, ``nbr_count``). The rule marks its rows with ``ballot = -1``
-(gossip: ``move = -1``), so in a mixed population ``apply`` takes the rule's
-vote and decision (value) for those rows. A failed model call (``on_error:
-idle``) abstains. The tiny random-weight model of the tests answers at random.
+``heard_mean``, ``nbr_count``). In a mixed population the rule's rows read
+``ballot = -1`` (gossip: ``move = -1``; the population's fill for rows a group
+did not decide), so ``apply`` takes the rule's vote and decision (value)
+there. A failed model call (``on_error: idle``) abstains. The tiny
+random-weight model of the tests answers at random.
 """
 
 from __future__ import annotations
@@ -319,7 +320,7 @@ class Consensus(Env):
     Config = ConsensusConfig
     event_types = ("decide", "value", "propose", "award", "allocate")
     # gossip: value and move; votes: vote, decide and ballot (move and ballot: LLM-style
-    # agents' choices; the rule's rows: -1).
+    # agents' choices; other rows: -1).
     actions = ("value", "move", "vote", "decide", "ballot")
     metric_names = (
         "honest", "honest_decided",
@@ -327,7 +328,7 @@ class Consensus(Env):
         *(f"proposed{v}" for v in range(MAX_VALUES)),
         "gossip_agents", "in_range", "expected_votes", "honest_votes", "foreign_votes",
     )
-    # gossip: the correct agents' values (their std decides agreement).
+    # gossip: the correct agents' values (their std decides agreement); NaN for votes.
     metrics = {"value_variance": Variance("value", where="correct")}
     derived_metric_names = ("agreement", "decided", "validity", "safety_violations", "std",
                             "honest_vote_share")
@@ -593,16 +594,17 @@ class Consensus(Env):
         return StepResult(events=_concat(events) or events[0], messages=None,
                           broadcasts=broadcasts, totals=totals,
                           active=undecided if going else 0, metrics=metrics,
-                          values={"correct": honest & acting})
+                          # Votes carry no value: no row for value_variance to sum.
+                          values={"correct": np.zeros(n, dtype=bool)})
 
     def _cast(self, batch: dict, actions: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(vote, decide, llm): the rule's vote and decision on its rows (``ballot`` -1),
         and on LLM-style agents' rows (``llm``) their ballot (-1: abstain) and the
         protocol's decision (the tally's top value once it passes the quorum).
 
-        A group's actions lack the other group's keys (the population fills such rows
-        with zeros, so ``ballot`` -1 is what tells the rule's rows apart), and a
-        population of LLM-style agents only gives ``ballot``.
+        In a mixed population a group's rows read -1 in the columns only the other
+        group returns (``Population``), so ``ballot`` -1 tells the rule's rows apart;
+        a population of LLM-style agents only gives ``ballot``.
         """
         cfg = self.config
         ballot = actions.get("ballot")

@@ -36,8 +36,8 @@ exact. Steps to agreement: ``agreement_step(run.metrics())``.
 
 LLM-style agents choose each bidding round to ``pass`` or ``bid`` (their cost for
 the cheapest task they may bid on, as the rule does), prompted with how many open
-tasks they may bid on and that cost (``open_tasks``, ``best_cost``). The rule marks
-its rows with ``bid_choice = -1``. The tiny random-weight model of the tests
+tasks they may bid on and that cost (``open_tasks``, ``best_cost``). In a mixed
+population the rule's rows read ``bid_choice = -1``. The tiny random-weight model of the tests
 answers at random.
 """
 
@@ -145,7 +145,7 @@ class ContractNet(Env):
     Config = ContractNetConfig
     event_types = ("award", "allocate")
     observation = ("agent", "cost", "open_tasks", "best_cost")
-    # bid_choice: LLM-style agents' choice (the rule's rows: -1).
+    # bid_choice: LLM-style agents' choice (other rows: -1).
     actions = ("task", "bid", "bid_choice")
     metric_names = ("honest", "honest_decided", "tasks_total", "tasks_live", "tasks_allocated",
                     "tasks_double", "cost_units", "greedy_units", "unbid_holds")

@@ -24,9 +24,10 @@ neighbours cooperated and defected in the round just settled, their own
 payoff of it and the game's payoffs (``Games.choice_spec``; fields
 ``neighbours``, ``coop``, ``defect``, ``good``, ``payoff``, ``action``). Their
 strategy never changes (no imitation): it is the one they drew, which sets
-their opening move and is what their neighbours see and may imitate. The rule
-marks its own rows with ``move = -1``, so in a mixed population ``apply``
-takes the rule's strategy and move for those rows and the model's move for the
+their opening move and is what their neighbours see and may imitate. In a
+mixed population the rule's rows read ``move = -1`` (the population's fill for
+rows a group did not decide), so ``apply`` takes the rule's strategy and move
+for those rows and the model's move for the
 others. A failed model call (``on_error: idle``) cooperates. The tiny
 random-weight model of the tests answers at random.
 """
@@ -170,7 +171,7 @@ class Games(Env):
     event_columns = {"strategy": pa.string()}
     observation = ("agent", "strategy", "action", "neighbours", "coop", "defect", "good",
                    "payoff", "own_score", "best_score", "best_strategy")
-    # move: LLM-style agents' next move (the rule's rows: -1).
+    # move: LLM-style agents' next move (other rows: -1).
     actions = ("strategy", "action", "move")
     metric_names = ("players", "cooperators", "games", "punishments", "switches",
                     "good_standing", *(f"count_{s}" for s in STRATEGIES))
@@ -323,8 +324,8 @@ class Games(Env):
         (``strategy``, ``action``; ``move`` -1) and the LLM-style agents' (``move``
         0 or 1, their strategy kept).
 
-        A group's actions lack the other group's keys (the population fills such
-        rows with zeros, so ``move`` -1 is what tells the rule's rows apart), and a
+        In a mixed population a group's rows read -1 in the columns only the other
+        group returns (``Population``), so ``move`` -1 tells the rule's rows apart; a
         population of LLM-style agents only gives ``move``.
         """
         move = actions.get("move")

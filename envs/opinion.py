@@ -159,7 +159,7 @@ class Opinion(Env):
     summary_metrics = ("variance", "bimodality", "group_distance", "consensus")
     broadcast_fields = {f"op{d}": np.float64 for d in range(MAX_DIMS)}
     observation = ("agent", "own", "opinion", "heard", "heard_count", "target")
-    # update: LLM-style agents' choice (the rule's rows: -1).
+    # update: LLM-style agents' choice (other rows: -1).
     actions = ("opinion", "update")
     smoke_config = {"steps": 20,
                     "graph": {"kind": "watts_strogatz", "n": 300, "k": 6, "p": 0.1},

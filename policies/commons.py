@@ -20,9 +20,7 @@ Batch columns (see ``swarm.envs.commons.Commons.observe``):
     round (zeros without ``talk``).
 
 The rule returns ``{"request": (n,), "norm": (n,)}``: the amount asked for
-and the updated norm (state the env keeps for the next round); and
-``harvest_level`` -1 on every row: the env's column for LLM-style agents'
-harvest levels, which tells it the rule decided these rows.
+and the updated norm (state the env keeps for the next round).
 """
 
 from __future__ import annotations
@@ -67,7 +65,4 @@ class HarvestNorm(Policy):
         if self.scarcity_level > 0:
             cut = (batch["stock_fraction"] / self.scarcity_level).clamp(max=1.0)
             request = norm * cut
-        # harvest_level -1: not one of the env's levels. It marks the rule's rows when
-        # the env merges them with LLM-style agents' (whose level is 0 or more).
-        level = torch.full(request.shape, -1, dtype=torch.int8, device=request.device)
-        return {"request": request, "norm": norm, "harvest_level": level}
+        return {"request": request, "norm": norm}

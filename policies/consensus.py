@@ -52,17 +52,7 @@ class GossipAverage(Policy):
     name = "gossip"
 
     def _forward(self, batch: dict[str, torch.Tensor], ctx: PolicyContext) -> dict:
-        value = (batch["own"] + batch["nbr_sum"]) / (batch["nbr_count"] + 1)
-        # move -1: not one of the env's choices; it marks the rule's rows beside
-        # LLM-style agents' (whose move is 0 or 1).
-        return {"value": value,
-                "move": torch.full(value.shape[:1], -1, dtype=torch.int8, device=value.device)}
-
-
-def _rule_rows(vote: torch.Tensor, decide: torch.Tensor) -> dict:
-    """A vote rule's actions, with ``ballot`` -1: not a choice of the env's labels. It
-    marks the rule's rows when the env merges them with LLM-style agents' ballots."""
-    return {"vote": vote, "decide": decide, "ballot": torch.full_like(vote, -1)}
+        return {"value": (batch["own"] + batch["nbr_sum"]) / (batch["nbr_count"] + 1)}
 
 
 def _quorum(batch: dict[str, torch.Tensor], num: int, den: int) -> torch.Tensor:
@@ -91,7 +81,7 @@ class MajorityVote(Policy):
         pref = torch.where(top >= 0, top, batch["pref"])
         vote = torch.where(locked >= 0, locked, pref)
         vote = torch.where(decide >= 0, decide, vote)
-        return _rule_rows(vote, decide)
+        return {"vote": vote, "decide": decide}
 
 
 class LeaderCommitVote(Policy):
@@ -108,7 +98,7 @@ class LeaderCommitVote(Policy):
         passed = _quorum(batch, 2, 3) & (locked < 0)
         decide = torch.where(passed, top, torch.full_like(top, -1))
         vote = torch.where(locked >= 0, locked, batch["proposal"])
-        return _rule_rows(vote, decide)
+        return {"vote": vote, "decide": decide}
 
 
 class ContractNetBid(Policy):
@@ -127,6 +117,4 @@ class ContractNetBid(Policy):
         best, task = batch["cost"].min(dim=1)  # ties: the first (smallest) task
         ok = best < UNAVAILABLE
         none = torch.full_like(best, -1)
-        # bid_choice -1: the env's column for LLM-style agents' choice; -1 marks the rule's rows.
-        return {"task": torch.where(ok, task, none), "bid": torch.where(ok, best, none),
-                "bid_choice": torch.full_like(best, -1)}
+        return {"task": torch.where(ok, task, none), "bid": torch.where(ok, best, none)}

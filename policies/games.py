@@ -51,9 +51,7 @@ class GameStrategies(Policy):
     (the scores imitation compares: the agent's and its best neighbour's of
     the same round; ``best_strategy`` -1 without neighbours).
 
-    Returns ``strategy`` and ``action`` (the next move), and ``move`` -1 on every
-    row: the env's column for LLM-style agents' moves, which tells it the rule
-    decided these rows.
+    Returns ``strategy`` and ``action`` (the next move).
     """
 
     name = "game_strategies"
@@ -87,7 +85,4 @@ class GameStrategies(Policy):
         action = torch.where(strategy == ALLD, DEFECT, action)
         action = torch.where(strategy == TFT, tft.to(torch.int8), action)
         action = torch.where(strategy == WSLS, wsls.to(torch.int8), action)
-        # move -1: not a choice of the env's labels. It marks the rule's rows when the
-        # env merges them with LLM-style agents' (whose move is 0 or 1).
-        return {"strategy": strategy, "action": action.to(torch.int8),
-                "move": torch.full_like(action, -1, dtype=torch.int8)}
+        return {"strategy": strategy, "action": action.to(torch.int8)}

@@ -53,7 +53,7 @@ class DeGrootUpdate(Policy):
                              own)
         if self.stubbornness > 0:
             social = self.stubbornness * batch["anchor"] + (1 - self.stubbornness) * social
-        return _with_rule_mark({"opinion": social})
+        return {"opinion": social}
 
 
 class BoundedConfidenceAverage(Policy):
@@ -63,7 +63,7 @@ class BoundedConfidenceAverage(Policy):
 
     def _forward(self, batch: dict[str, torch.Tensor], ctx: PolicyContext) -> dict:
         count = batch["nbr_count"].unsqueeze(-1)
-        return _with_rule_mark({"opinion": (batch["own"] + batch["nbr_sum"]) / (count + 1)})
+        return {"opinion": (batch["own"] + batch["nbr_sum"]) / (count + 1)}
 
 
 class DeffuantUpdate(Policy):
@@ -78,12 +78,4 @@ class DeffuantUpdate(Policy):
     def _forward(self, batch: dict[str, torch.Tensor], ctx: PolicyContext) -> dict:
         own = batch["own"]
         step = self.mu * (batch["partner"] - own)
-        return _with_rule_mark(
-            {"opinion": torch.where(batch["has_partner"].unsqueeze(-1), own + step, own)})
-
-
-def _with_rule_mark(actions: dict) -> dict:
-    """``update`` -1 on every row: not one of the env's choices. It marks the rule's rows
-    when the env merges them with LLM-style agents' (whose update is 0 or 1)."""
-    n = actions["opinion"].shape[0]
-    return {**actions, "update": torch.full((n,), -1, dtype=torch.int8)}
+        return {"opinion": torch.where(batch["has_partner"].unsqueeze(-1), own + step, own)}

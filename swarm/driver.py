@@ -85,7 +85,7 @@ class Driver:
         # An env written before derive_metrics took the config still works.
         takes_config = "config" in inspect.signature(derive).parameters
         self.derive = functools.partial(derive, config=config.env) if takes_config else derive
-        self.reductions = ENV_REGISTRY[config.env.kind].metrics
+        self.reductions = env_cls.metrics
         self.restarts = 0
         self.prior_restarts = manifest.get("restarts", 0)  # from before a resume
         self.checkpoint_driver_seconds = 0.0

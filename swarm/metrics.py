@@ -58,8 +58,9 @@ def row(step: int, summaries: list[dict], seconds: float, derive=None,
     row.update(totals)
     if reductions:
         parts = [s["reduced"] for s in summaries if s.get("reduced") is not None]
-        totals.update(finish_all(reductions, merge_all(reductions, parts)))
-        row.update(totals)
+        finished = finish_all(reductions, merge_all(reductions, parts))
+        totals.update(finished)
+        row.update(finished)
     if derive is not None:
         row.update(derive(totals))
     return row

@@ -292,14 +292,15 @@ class Population:
 
     def decide_rows(self, batch: dict[str, Any], rows: np.ndarray, step: int, rng
                     ) -> tuple[dict[str, Any], dict]:
-        """Actions for the batch rows ``rows`` only (the others: zeros, or None for text),
-        in batch order, and the step's policy metrics (the engine's crash faults)."""
+        """Actions for the batch rows ``rows`` only (the others: zeros, the env's first
+        label, or None for text), in batch order, and the step's policy metrics (the
+        engine's crash faults: a crashed agent's rows)."""
         n = len(next(iter(batch.values()))) if batch else 0
         actions, decided = self.decide({k: _take(v, rows) for k, v in batch.items()}, step,
                                        rng)
         full: dict[str, Any] = {}
         for key, value in actions.items():
-            _scatter(full, key, value, rows, n)
+            _scatter(full, key, value, rows, n, undecided=False)
         return full, decided
 
     def _decide_groups(self, batch: dict[str, Any], ctx: PolicyContext) -> dict[str, Any]:
@@ -379,8 +380,14 @@ def _take(value: Any, sel: np.ndarray) -> Any:
     return [value[i] for i in sel.tolist()]
 
 
-def _scatter(merged: dict, key: str, value: Any, sel: np.ndarray, n: int) -> None:
-    """Write one group's action column into the batch-order column ``merged[key]``."""
+def _scatter(merged: dict, key: str, value: Any, sel: np.ndarray, n: int,
+             undecided: bool = True) -> None:
+    """Write one group's action column into the batch-order column ``merged[key]``.
+
+    Rows no group wrote read as not decided: -1 in an int column, NaN in a float one,
+    None for text (``undecided``; else 0). So an env tells the rows of a policy that
+    returns its choice column (an LLM group) from the others' without any marker.
+    """
     if isinstance(value, list) or (isinstance(value, np.ndarray) and value.dtype == object):
         col = merged.setdefault(key, np.full(n, None, dtype=object))
         col[sel] = value
@@ -388,7 +395,9 @@ def _scatter(merged: dict, key: str, value: Any, sel: np.ndarray, n: int) -> Non
     arr = as_numpy(value)
     col = merged.get(key)
     if col is None:
-        col = merged[key] = np.zeros((n, *arr.shape[1:]), dtype=arr.dtype)
+        shape, kind = (n, *arr.shape[1:]), arr.dtype.kind
+        fill = (-1 if kind == "i" else np.nan if kind == "f" else 0) if undecided else 0
+        col = merged[key] = np.full(shape, fill, dtype=arr.dtype)
     elif np.result_type(col.dtype, arr.dtype) != col.dtype:
         col = merged[key] = col.astype(np.result_type(col.dtype, arr.dtype))
     col[sel] = arr
