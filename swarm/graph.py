@@ -33,6 +33,9 @@ __all__ = [
     "erdos_renyi",
     "sbm",
     "configuration",
+    "delaunay",
+    "bfs_levels",
+    "double_sweep_diameter",
 ]
 
 
@@ -208,6 +211,71 @@ def ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return out
 
 
+# --- distances ----------------------------------------------------------------
+
+
+def bfs_levels(indptr: np.ndarray, indices: np.ndarray, source: int) -> np.ndarray:
+    """Hop distances from ``source`` along out-edges: int32, -1 where unreachable.
+
+    One set of numpy operations per level, over the CSR slices of the whole
+    frontier at once (``ragged_arange``): O(n + m) array work in all, and a
+    Python loop only as long as the eccentricity of ``source``.
+
+    Examples
+    --------
+    >>> g = from_edges(np.array([0, 1, 2]), np.array([1, 2, 3]), n=5)  # a path, node 4 alone
+    >>> bfs_levels(g.indptr, g.indices, 1).tolist()
+    [1, 0, 1, 2, -1]
+    """
+    indptr = np.asarray(indptr)
+    n = indptr.shape[0] - 1
+    if not 0 <= source < n:
+        raise GraphError(f"source must be in [0, {n}); got {source}")
+    dist = np.full(n, -1, dtype=np.int32)
+    dist[source] = 0
+    # A node reached from two frontier nodes appears twice; one of its positions wins a
+    # write into ``slot`` and only that one is kept: dedup without a sort per level.
+    slot = np.empty(n, dtype=np.int64)
+    frontier = np.array([source], dtype=np.int64)
+    level = 0
+    while frontier.size:
+        level += 1
+        starts = indptr[frontier]
+        nbrs = indices[ragged_arange(starts, indptr[frontier + 1] - starts)]
+        nbrs = nbrs[dist[nbrs] < 0]
+        pos = np.arange(nbrs.shape[0], dtype=np.int64)
+        slot[nbrs] = pos
+        frontier = nbrs[slot[nbrs] == pos].astype(np.int64, copy=False)
+        dist[frontier] = level
+    return dist
+
+
+def double_sweep_diameter(indptr: np.ndarray, indices: np.ndarray, start: int = 0
+                          ) -> tuple[int, int]:
+    """Bounds ``(lower, upper)`` on the diameter from two BFS sweeps (Magnien et al., 2009).
+
+    A BFS from ``start`` finds a farthest node ``u``; a BFS from ``u`` gives
+    ``lower = ecc(u)``, a lower bound that is exact on trees and usually exact
+    or a few hops short elsewhere (31 vs 29 on a 3,000-point ``delaunay``).
+    ``upper = 2 * ecc(start)`` (every pair is within ``ecc(start)`` of ``start``).
+    The bounds are for an undirected graph (stored in both directions); on a
+    directed one edges are followed as stored and the bounds are heuristics.
+    On a disconnected graph both bounds are of the connected component of
+    ``start`` only (the diameter of the whole graph is infinite).
+
+    Examples
+    --------
+    >>> n = 10
+    >>> g = from_edges(np.arange(n - 1), np.arange(1, n), n=n)  # the path 0 - 1 - ... - 9
+    >>> double_sweep_diameter(g.indptr, g.indices, start=4)
+    (9, 10)
+    """
+    first = bfs_levels(indptr, indices, start)
+    far = int(np.argmax(first))
+    second = bfs_levels(indptr, indices, far)
+    return int(second.max()), 2 * int(first.max())
+
+
 # --- generators ---------------------------------------------------------------
 #
 # The whole graph in one process, drawn by ``swarm.graphgen`` exactly as a run's
@@ -283,3 +351,12 @@ def configuration(degrees: Sequence[int] | np.ndarray, seed: int = 0) -> CSRGrap
         raise GraphError(f"configuration degrees must sum to an even number; got {int(deg.sum())} "
                          "(add or remove one stub)")
     return _whole(seed, kind="configuration", degrees=deg.tolist())
+
+
+def delaunay(n: int, seed: int = 0) -> CSRGraph:
+    """The Delaunay triangulation of ``n`` uniform points in the unit square (scipy/qhull):
+    planar, mean degree just under 6; point coordinates are
+    ``swarm.graphgen.delaunay_points(n, KeyedRNG(seed))``."""
+    if n < 3:
+        raise GraphError(f"delaunay needs n >= 3 points; got n={n}")
+    return _whole(seed, kind="delaunay", n=n)

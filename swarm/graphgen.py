@@ -26,6 +26,10 @@ CSR rows (duplicates and self-loops merge away).
 - ``configuration``: stubs ordered by a keyed random key and paired in
   order; the degree list lives in the config, so every shard pairs all stubs
   and keeps its own.
+- ``delaunay``: point v's coordinates are uniforms keyed by v, so every
+  shard computes the same points and the same triangulation (qhull is
+  deterministic for the same input) and keeps the edges of its own sources;
+  nothing travels, but every shard pays for the whole triangulation.
 """
 
 from __future__ import annotations
@@ -44,11 +48,12 @@ if TYPE_CHECKING:
     from swarm.graph import CSRGraph
 
 __all__ = ["GeneratedSlice", "graph_size", "generate", "generation_ranges", "block_bounds",
-           "edge_key", "row_key", "whole_graph", "build_graph", "graph_seed", "SHARD_LOCAL_KINDS"]
+           "edge_key", "row_key", "whole_graph", "build_graph", "graph_seed", "SHARD_LOCAL_KINDS",
+           "delaunay_points"]
 
 #: Graph kinds a shard generates (or reads) itself.
 SHARD_LOCAL_KINDS = ("erdos_renyi", "sbm", "watts_strogatz", "barabasi_albert",
-                     "configuration", "edgelist")
+                     "configuration", "delaunay", "edgelist")
 #: The smallest id block of the cell grid, and the most blocks per side.
 BLOCK_MIN = 1 << 17
 MAX_BLOCKS = 1024
@@ -134,6 +139,8 @@ def generate(gc, seed: int, lo: int, hi: int, part: int = 0, parts: int = 1,
         out.loose.append(_barabasi_albert(gc.n, gc.m, rng, lo, hi))
     elif gc.kind == "configuration":
         out.loose.append(_configuration(np.asarray(gc.degrees, dtype=np.int64), rng, lo, hi))
+    elif gc.kind == "delaunay":
+        out.loose.append(_delaunay(gc.n, rng, lo, hi))
     elif gc.kind == "edgelist":
         from swarm.edgelist import read_part
 
@@ -484,6 +491,42 @@ def _configuration(deg: np.ndarray, rng: KeyedRNG, lo: int, hi: int
     fa = (a >= lo) & (a < hi)
     fb = (b >= lo) & (b < hi)
     return np.concatenate([a[fa], b[fb]]), np.concatenate([b[fa], a[fb]])
+
+
+# --- delaunay ---------------------------------------------------------------------
+
+
+def delaunay_points(n: int, rng: KeyedRNG) -> np.ndarray:
+    """The ``(n, 2)`` float64 points of a Delaunay graph: coordinates keyed by agent id."""
+    ids = np.arange(n, dtype=np.int64)
+    return np.column_stack([rng.uniform("graph.delaunay.x", ids),
+                            rng.uniform("graph.delaunay.y", ids)])
+
+
+def _delaunay(n: int, rng: KeyedRNG, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Edges (both directions) of the triangulation of all ``n`` points whose source is in
+    [lo, hi), each once. This is the cost of the kind: every range triangulates every
+    point (about 11 s and 650 B per point at n=1e6), since a triangle anywhere may
+    hold an edge of the range. A point qhull leaves out (an exact duplicate, which
+    53-bit uniforms make vanishingly rare) is an isolated agent."""
+    from scipy.spatial import Delaunay
+
+    simplices = Delaunay(delaunay_points(n, rng)).simplices  # (triangles, 3) int32
+    a = simplices.ravel()
+    b = simplices[:, [1, 2, 0]].ravel()
+    del simplices
+    src = np.concatenate([a, b])
+    dst = np.concatenate([b, a])
+    del a, b
+    mine = (src >= lo) & (src < hi)
+    # An inner edge lies on two triangles: one sort of src * n + dst merges the pair
+    # (np.unique would sort too, ~100x slower here).
+    key = src[mine].astype(np.int64) * np.int64(n) + dst[mine]
+    del src, dst, mine
+    key.sort()
+    first = np.ones(key.shape[0], dtype=bool)
+    first[1:] = key[1:] != key[:-1]
+    return np.divmod(key[first], np.int64(n))
 
 
 def whole_graph(gc, seed: int):

@@ -138,3 +138,48 @@ def test_parquet_edgelist(tmp_path):
         G.read_edgelist(junk)
     with pytest.raises(GraphError, match="not found"):
         G.read_edgelist(tmp_path / "missing.txt")
+
+
+def _small_graphs():
+    yield "path", nx.path_graph(40)
+    yield "cycle", nx.cycle_graph(41)
+    yield "tree", nx.random_labeled_tree(200, seed=3)
+    yield "star", nx.star_graph(30)
+    for seed in range(3):
+        yield f"ws{seed}", nx.connected_watts_strogatz_graph(300, 4, 0.1, seed=seed)
+        yield f"ba{seed}", nx.barabasi_albert_graph(300, 2, seed=seed)
+
+
+@pytest.mark.parametrize("name,nxg", [pytest.param(name, g, id=name)
+                                      for name, g in _small_graphs()])
+def test_bfs_levels_and_double_sweep_bounds_match_networkx(name, nxg):
+    g, labels = G.from_networkx(nxg)
+    assert labels is None
+    for source in (0, g.n // 2, g.n - 1):
+        want = nx.single_source_shortest_path_length(nxg, source)
+        got = G.bfs_levels(g.indptr, g.indices, source)
+        assert got.dtype == np.int32
+        assert {v: int(d) for v, d in enumerate(got)} == want
+    diameter = nx.diameter(nxg)
+    for start in (0, g.n // 3):
+        lower, upper = G.double_sweep_diameter(g.indptr, g.indices, start=start)
+        assert lower <= diameter <= upper
+        if name in ("path", "tree", "star"):
+            assert lower == diameter  # exact on trees
+
+
+def test_bfs_on_a_disconnected_graph_stays_in_the_component():
+    nxg = nx.disjoint_union(nx.path_graph(5), nx.cycle_graph(8))
+    g, _ = G.from_networkx(nxg)
+    dist = G.bfs_levels(g.indptr, g.indices, 0)
+    assert dist.tolist() == [0, 1, 2, 3, 4] + [-1] * 8
+    assert G.double_sweep_diameter(g.indptr, g.indices, start=0) == (4, 8)
+    assert G.double_sweep_diameter(g.indptr, g.indices, start=5) == (4, 8)
+    with pytest.raises(GraphError, match="source must be in"):
+        G.bfs_levels(g.indptr, g.indices, 13)
+
+
+def test_bfs_levels_follow_out_edges_of_a_directed_graph():
+    g = G.from_edges(np.array([0, 1, 3]), np.array([1, 2, 2]), n=4, directed=True)
+    assert G.bfs_levels(g.indptr, g.indices, 0).tolist() == [0, 1, 2, -1]
+    assert G.bfs_levels(g.indptr, g.indices, 2).tolist() == [-1, -1, 0, -1]

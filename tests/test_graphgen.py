@@ -22,6 +22,7 @@ GRAPHS = {
     "watts_strogatz": {"kind": "watts_strogatz", "n": 50_000, "k": 6, "p": 0.2},
     "barabasi_albert": {"kind": "barabasi_albert", "n": 50_000, "m": 3},
     "configuration": {"kind": "configuration", "degrees": [1, 2, 3, 4] * 2500},
+    "delaunay": {"kind": "delaunay", "n": 20_000},
 }
 
 
