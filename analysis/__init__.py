@@ -12,5 +12,7 @@ Reads run directories (manifest and Arrow logs) only; see ``swarm.open_run``.
   all next to a degree-preserving null;
 * ``socialization``: stabilization, turnover, inertia, influence persistence;
 * ``coordination``: consensus/commons/games outcomes and condition comparisons;
+* ``agentsnet``: validators of the five AgentsNet tasks (colouring, vertex
+  cover, matching, leader election, consensus) from an event log and the graph;
 * ``report``: ``swarm analyze`` (metrics.json and report.html).
 """
