@@ -431,6 +431,18 @@ class Env:
         return {}
 
     @classmethod
+    def needs_graph(cls, config: EnvConfig) -> bool:
+        """Whether the set-up of a run with ``config`` needs the whole graph
+        (``prepare_graph``): the driver then builds it once, at the run's start."""
+        return False
+
+    @classmethod
+    def prepare_graph(cls, config: EnvConfig, graph) -> dict[str, np.ndarray]:
+        """Global set-up from the whole graph (a ``swarm.graph.CSRGraph``: its diameter,
+        say), merged into ``prepare``'s; called only where ``needs_graph`` says so."""
+        return {}
+
+    @classmethod
     def derive_metrics(cls, totals: Mapping[str, float],
                        config: EnvConfig | None = None) -> dict[str, float]:
         """Metrics derived from the step's population-wide values, once, on the driver.

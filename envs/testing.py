@@ -73,6 +73,8 @@ def check_env_api(env_cls: type[Env], steps: int = 5) -> None:
     config = smoke_run_config(env_cls)
     graph = build_graph(config)
     setup = env_cls.prepare(config.env, graph.n, KeyedRNG(config.seed))
+    if env_cls.needs_graph(config.env):
+        setup.update(env_cls.prepare_graph(config.env, graph))
     # Once clean, once with messages delayed (held by the shard, checkpointed with it).
     for faults in ({}, {"drop": 0.1, "delay": {"steps": 2, "fraction": 0.5}}):
         _check_shard(env_cls, config, graph, setup, steps, FaultsConfig.model_validate(faults))
