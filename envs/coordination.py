@@ -309,11 +309,13 @@ class Coordination(Env):
     def observation_schema(cls, config: CoordinationConfig) -> tuple[str, ...]:
         common = ("agent", "mine", "nbrs", "rounds_left")
         if config.task == "colouring":
-            return (*common, "clash", "free_pick", "lowest_free", "colours")
+            return (*common, "clash", "free_pick", "lowest_free", "colours", "group",
+                    "free_group")
         if config.task in ("matching", "vertex_cover"):
             return (*common, "phase", "pick", "offer", "h_pick", "may_leave", "named_me",
-                    "first_namer", "unnamed", *(f"nbr{i}" for i in range(1, MAX_LABELS + 1)))
-        return (*common, "best", "heard_min", "heard", "heard0", "heard1")
+                    "first_namer", "unnamed", "said_yes", "said_no",
+                    *(f"nbr{i}" for i in range(1, MAX_LABELS + 1)))
+        return (*common, "best", "heard_min", "heard", "heard0", "heard1", "smallest_heard")
 
     @classmethod
     def action_schema(cls, config: CoordinationConfig) -> tuple[str, ...]:
@@ -329,39 +331,44 @@ class Coordination(Env):
             labels = tuple(f"Group {i}" for i in range(1, k + 1))
             return ChoiceSpec(
                 action="choice", labels=labels, idle=0,
-                fields=("nbrs", "rounds_left", "mine", "clash", "lowest_free"),
+                fields=("nbrs", "rounds_left", "group", "clash", "free_group"),
                 template=intro + (
-                    "Neighbours must never be in the same group. You are in group index "
-                    "{mine} (-1: none); {clash} neighbours announced the same group; the "
-                    "lowest group index no neighbour fixed is {lowest_free}.\nYour last "
-                    "choices: {memory}.\nYou can pick {actions}.\nYou pick"))
+                    "Neighbours must never be in the same group. You are in Group {group} "
+                    "(0: none yet); {clash} neighbours announced the same group; the lowest "
+                    "group no neighbour has fixed is Group {free_group} (0: none).\nYour "
+                    "last choices: {memory}.\nYou can pick {actions}.\nYou pick"))
         if task in ("matching", "vertex_cover"):
             nbrs = ", ".join(f"{i}: {{nbr{i}}}" for i in range(1, MAX_LABELS + 1))
             if task == "matching":
-                goal = ("Form pairs with one neighbour each, who must name you back; name "
+                return ChoiceSpec(
+                    action="choice", labels=LLM_LABELS["matching"], idle=0,
+                    fields=("nbrs", "rounds_left", "mine", "named_me", "first_namer",
+                            "unnamed", *(f"nbr{i}" for i in range(1, MAX_LABELS + 1))),
+                    template=intro + (
+                        "Form pairs with one neighbour each, who must name you back; name "
                         "none only if all your neighbours are taken. Your neighbours (-1: "
-                        "none) are " + nbrs + ". ")
-                labels = LLM_LABELS["matching"]
-            else:
-                goal = ("Choose coordinators so that of every two neighbours at least one is "
-                        "a coordinator, and every coordinator has a neighbour who is not. ")
-                labels = LLM_LABELS["vertex_cover"]
+                        "none) are " + nbrs + ". Last round {named_me} neighbours named you "
+                        "(the first: number {first_namer}, 0: none) and {unnamed} named "
+                        "nobody. You named agent {mine} (-1: none).\nYour last choices: "
+                        "{memory}.\nYou can answer {actions}.\nYou answer"))
             return ChoiceSpec(
-                action="choice", labels=labels, idle=0,
-                fields=("nbrs", "rounds_left", "mine", "named_me", "first_namer", "unnamed",
-                        *(f"nbr{i}" for i in range(1, MAX_LABELS + 1))),
-                template=intro + goal + (
-                    "Last round {named_me} neighbours named you (the first: number "
-                    "{first_namer}) and {unnamed} named nobody. Your answer so far: {mine}.\n"
-                    "Your last choices: {memory}.\nYou can answer {actions}.\nYou answer"))
+                action="choice", labels=LLM_LABELS["vertex_cover"], idle=0,
+                fields=("nbrs", "rounds_left", "mine", "said_yes", "said_no"),
+                template=intro + (
+                    "Choose coordinators so that of every two neighbours at least one is a "
+                    "coordinator, and every coordinator has a neighbour who is not. Last "
+                    "round {said_yes} neighbours said they coordinate and {said_no} said "
+                    "they do not. You said {mine} (1: yes, 0: no, -1: nothing yet).\nYour "
+                    "last choices: {memory}.\nAre you a coordinator? Answer {actions}.\n"
+                    "You answer"))
         if task == "leader_election":
             return ChoiceSpec(
                 action="choice", labels=LLM_LABELS["leader_election"], idle=0,
-                fields=("agent", "nbrs", "rounds_left", "best", "heard_min"),
+                fields=("agent", "nbrs", "rounds_left", "smallest_heard"),
                 template=intro + (
-                    "Elect exactly one leader. Your id is {agent}; the smallest id you know "
-                    "of is {best}, and this round you heard {heard_min}.\nYour last "
-                    "choices: {memory}.\nAre you the leader? Answer {actions}.\nYou answer"))
+                    "Elect exactly one leader. Your id is {agent}; the smallest other id you "
+                    "have heard of is {smallest_heard} (-1: none yet).\nYour last choices: "
+                    "{memory}.\nAre you the leader? Answer {actions}.\nYou answer"))
         return ChoiceSpec(
             action="choice", labels=LLM_LABELS["consensus"], idle=0,
             fields=("nbrs", "rounds_left", "best", "heard0", "heard1"),
@@ -492,7 +499,9 @@ class Coordination(Env):
         fixed_mine[fixed_mine] = tcomb[at[fixed_mine]] == q[fixed_mine]
         clash = clash_n + fixed_mine
         return rows, {"clash": clash.astype(np.int64), "free_pick": pick,
-                      "lowest_free": lowest, "colours": np.full(rows.shape[0], k, np.int64)}
+                      "lowest_free": lowest, "colours": np.full(rows.shape[0], k, np.int64),
+                      # 1-based, as the labels: what LLM-style agents' prompts show
+                      "group": mine + 1, "free_group": lowest + 1}
 
     def _apply_colouring(self, step: int, rows: np.ndarray, actions: dict):
         choice = self._col(actions, "choice", rows.shape[0])
@@ -549,7 +558,9 @@ class Coordination(Env):
                 np.add.at(self.outs, rows, 1)
             self.nbr[pos] = new
         names = got["kind"] == _NAME
-        if names.any():
+        said_yes = np.bincount(got["row"][names & (got["a"] == 1)], minlength=n)
+        said_no = np.bincount(got["row"][names & (got["a"] == 0)], minlength=n)
+        if names.any() and not vc:
             me = view.agents[got["row"][names]] == got["a"][names]
             named_me = np.bincount(got["row"][names][me], minlength=n)
             unnamed = np.bincount(got["row"][names][got["a"][names] < 0], minlength=n)
@@ -611,7 +622,7 @@ class Coordination(Env):
         cols = {"phase": np.full(rows.shape[0], phase, np.int64), "pick": pick[rows],
                 "offer": offer[rows], "h_pick": h_pick[rows], "may_leave": may_leave[rows],
                 "named_me": named_me[rows], "first_namer": first_namer[rows],
-                "unnamed": unnamed[rows]}
+                "unnamed": unnamed[rows], "said_yes": said_yes[rows], "said_no": said_no[rows]}
         cols.update({f"nbr{i + 1}": nbr_ids[:, i] for i in range(MAX_LABELS)})
         return rows, cols
 
@@ -798,6 +809,8 @@ class Coordination(Env):
         zero = np.bincount(row[a == 0], minlength=n) if row.size else np.zeros(n, np.int64)
         cols["heard0"] = zero[rows]
         cols["heard1"] = (heard - zero)[rows]
+        hb = self.heard_best[rows]
+        cols["smallest_heard"] = np.where(hb < _NONE, hb, -1)
         return rows, cols
 
     def _apply_flooding(self, step: int, rows: np.ndarray, actions: dict):
@@ -818,7 +831,8 @@ class Coordination(Env):
         self.best[rows] = new
         self.answer[rows] = new
         sends = not self.R or step < self.R
-        moved = changed | (llm if self.config.schedule == "every_round" else False)
+        # every_round: every agent asked speaks (AgentsNet); else only those that changed.
+        moved = changed | (self.config.schedule == "every_round")
         src, a = rows[moved], new[moved]
         if step == 0:  # adversaries flood their lie (leader election) or withhold
             adv = np.flatnonzero(self.adv)
@@ -895,6 +909,8 @@ class Coordination(Env):
                    "rounds_budget": self.R if first else 0,
                    "diameter_lower": lo if first else 0, "diameter_upper": hi if first else 0,
                    "colours": self.k if first else 0}
+        if self.config.schedule == "every_round" and self.R:
+            working = max(working, int(rows.size))  # everyone speaks until the budget
         active = working if budget_left else 0
         return StepResult(events=events, messages=messages, broadcasts=broadcasts,
                           active=active, metrics=metrics)
