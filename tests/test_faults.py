@@ -125,7 +125,8 @@ def test_a_crash_cuts_the_agent_off_from_its_crash_step(tmp_path):
     assert sum(m["held_messages"].to_pylist()) > 0 and sum(m["dropped_messages"].to_pylist()) > 0
 
 
-@pytest.mark.parametrize("kind", ["cascade", "commons", "consensus", "contract_net", "feed",
+@pytest.mark.parametrize("kind", ["cascade", "commons", "consensus", "contract_net",
+                                  "coordination", "feed",
                                   "games", "opinion"])
 def test_crashed_agents_neither_act_nor_change_state_in_any_env(tmp_path, kind):
     """The engine applies crash-stop for every env: from its crash step on, a crashed
