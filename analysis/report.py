@@ -5,8 +5,10 @@ an overview (events by type, agents, steps), the env's metrics over time,
 cascades (trees, size distribution and its power-law fit) where there are
 root/parent columns, socialization (stabilization, turnover, inertia,
 influence persistence) where agents take several kinds of action, and
-coordination outcomes for consensus, commons and games runs; opinion runs get
-their consensus and polarization figures. ``write_report`` writes
+coordination outcomes for consensus, commons and games runs; AgentsNet task
+success, the agents at fault (on a drawing of a small graph) and the rounds to
+agreement for coordination runs; opinion runs get their consensus and
+polarization figures. ``write_report`` writes
 ``metrics.json`` (the numbers) and ``report.html``: one self-contained page,
 plots inline as PNG, readable offline.
 """
@@ -397,6 +399,240 @@ def _opinion(env: str, metrics: pa.Table) -> dict | None:
     return {"title": "Consensus and polarization", "numbers": numbers, "plots": []}
 
 
+#: Coordination runs with at most this many agents get a drawing of the graph.
+AGENTSNET_DRAW_MAX_AGENTS = 300
+#: The bad agents the AgentsNet section lists (lowest ids first).
+AGENTSNET_LIST_BAD = 20
+
+
+def _constant(metrics: pa.Table, name: str) -> int | None:
+    """A constant the coordination env logs on shard 0 only (so the shards' sum is it)."""
+    if name not in metrics.column_names or metrics.num_rows == 0:
+        return None
+    x = np.asarray(metrics.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+    return int(np.nanmax(x)) if np.isfinite(x).any() else None
+
+
+def _crashed_agents(cfg: dict, n: int, last_step: int) -> np.ndarray:
+    """Ids of the agents crashed by ``last_step``, drawn as the shards draw them.
+
+    ``Faults`` with a ``KeyedRNG`` of the run's seed is what every ``Shard`` holds,
+    so these are the agents the engine froze, whatever the sharding.
+    """
+    from swarm.faults import Faults, FaultsConfig
+    from swarm.rng import KeyedRNG
+
+    faults = FaultsConfig.model_validate(cfg.get("faults") or {})
+    if faults.crash is None:
+        return np.zeros(0, np.int64)
+    down = Faults(faults, KeyedRNG(cfg.get("seed", 0))).crashed(np.arange(n), last_step)
+    return np.flatnonzero(down).astype(np.int64)
+
+
+def _agentsnet(run, events: pa.Table, metrics: pa.Table) -> dict | None:
+    if run.manifest["env"]["kind"] != "coordination":
+        return None
+    from swarm.analysis import agentsnet as an
+    from swarm.config import run_graph
+    from swarm.errors import LogError
+
+    title = "Coordination task (AgentsNet)"
+    cfg = run.manifest["config"]
+    task = cfg["env"]["task"]
+    try:
+        graph = run_graph(cfg)
+    except Exception as exc:  # the graph may be gone (an edge-list file moved)
+        return {"title": title, "numbers": {"task": task}, "plots": [],
+                "notes": [f"Not validated: the run's graph could not be rebuilt ({exc})."]}
+    n = graph.n
+    notes = []
+    if metrics.num_rows:
+        last_step = int(np.asarray(metrics.column("step")).max())
+    else:
+        last_step = int(run.manifest.get("steps_run") or 1) - 1
+    try:
+        crashed = _crashed_agents(cfg, n, last_step)
+    except ValueError as exc:  # a faults config this version no longer reads
+        crashed = np.zeros(0, np.int64)
+        notes.append(f"Crashed agents not known ({exc}): they count as failures.")
+    colours = _constant(metrics, "colours") if task == "colouring" else None
+    try:
+        result = an.validate(task, events, graph, colours=colours or None, exclude=crashed)
+    except (ValueError, LogError) as exc:  # GraphError is a ValueError
+        return {"title": title, "numbers": {"task": task}, "plots": [],
+                "notes": [*notes, f"Not validated: {exc}"]}
+    bad = result.pop("bad_agents")
+    answer, answered = an.final_answers(events, n)
+    adversary = an.adversaries(events, n)
+    degree = np.diff(graph.indptr)
+    numbers: dict[str, Any] = {**result, "crashed": int(crashed.shape[0]),
+                               "bad_agent_count": int(bad.shape[0]),
+                               "first_bad_agents": bad[:AGENTSNET_LIST_BAD].tolist()}
+    if bad.shape[0]:
+        numbers["bad_agents_mean_degree"] = float(degree[bad].mean())
+        numbers["mean_degree"] = float(degree.mean()) if n else None
+    # Rounds: changes per step of the judged agents (adversaries may flip forever).
+    changes = an.answers_over_time(events, exclude=crashed)
+    last = an.last_change_step(events, exclude=crashed)
+    budget = _constant(metrics, "rounds_budget") or None  # 0: no budget (until_done)
+    numbers |= {"last_change_step": last, "rounds_budget": budget,
+                "settled_within_budget": None if budget is None or last is None
+                else last <= budget,
+                "diameter_lower": _constant(metrics, "diameter_lower"),
+                "diameter_upper": _constant(metrics, "diameter_upper")}
+    verdict = "succeeds" if result["success"] else "fails"
+    notes.insert(0, f"{task}: the run {verdict} on {result['agents']:,} judged agents "
+                 f"(AgentsNet score {result['score']:.3f}, {result['violations']:,} "
+                 f"violations, {bad.shape[0]:,} agents at fault), validated from the event "
+                 f"log and graph by swarm.analysis.agentsnet. Adversaries "
+                 f"({result['adversaries']:,}) and crashed agents ({crashed.shape[0]:,}) "
+                 "are left out.")
+    if budget is not None and last is not None:
+        notes.append(f"Answers last changed at step {last}; AgentsNet's budget is {budget} "
+                     f"rounds (2 D + 1 with D the double-sweep diameter bound, "
+                     f"{numbers['diameter_lower']} <= D <= {numbers['diameter_upper']}, "
+                     "or the small-graph rule).")
+    plots = []
+    if n <= AGENTSNET_DRAW_MAX_AGENTS:
+        plots.append(_agentsnet_drawing(task, graph, answer, answered, bad, adversary,
+                                        crashed, result))
+    else:
+        notes.append(f"{n:,} agents: no drawing (at most {AGENTSNET_DRAW_MAX_AGENTS}); the "
+                     f"table lists the first {AGENTSNET_LIST_BAD} agents at fault.")
+    plots.append(_agentsnet_rounds(changes, last, budget))
+    rows = bad[:AGENTSNET_LIST_BAD]
+    table = [{"agent": int(a), "degree": int(degree[a]),
+              "answer": int(answer[a]) if answered[a] else None} for a in rows]
+    return {"title": title, "numbers": numbers, "plots": plots, "notes": notes,
+            "table": table}
+
+
+def _agentsnet_drawing(task: str, graph, answer, answered, bad, adversary, crashed,
+                       result: dict) -> str:
+    """The graph (spring layout, fixed seed) with the agents at fault in red."""
+    import networkx as nx
+    from matplotlib.collections import LineCollection
+    from matplotlib.lines import Line2D
+
+    n = graph.n
+    src = np.repeat(np.arange(n), np.diff(graph.indptr))
+    dst = np.asarray(graph.indices)
+    keep = src < dst if not graph.directed else src != dst
+    s, d = src[keep], dst[keep]
+    g = nx.Graph()
+    g.add_nodes_from(range(n))
+    g.add_edges_from(zip(s.tolist(), d.tolist(), strict=True))
+    pos = nx.spring_layout(g, seed=0)
+    xy = np.array([pos[i] for i in range(n)]) if n else np.zeros((0, 2))
+    fig, ax = _figure(6.5, 6.0)
+    judged = ~adversary
+    judged[crashed] = False
+    # Edges: grey, and the ones that break the task (or form the matching) drawn over.
+    strong = np.zeros(s.shape[0], dtype=bool)
+    both = answered[s] & answered[d] & judged[s] & judged[d]
+    if task == "colouring":
+        strong = both & (answer[s] == answer[d])
+    elif task == "vertex_cover":
+        strong = judged[s] & judged[d] & ~(answered[s] & (answer[s] == 1)) \
+            & ~(answered[d] & (answer[d] == 1))
+    elif task == "matching":
+        strong = both & (answer[s] == d) & (answer[d] == s)
+    segs = np.stack([xy[s], xy[d]], axis=1) if s.shape[0] else np.zeros((0, 2, 2))
+    ax.add_collection(LineCollection(segs[~strong], colors="#bbbbbb", linewidths=0.6,
+                                     zorder=1))
+    strong_colour = "#2a9d3f" if task == "matching" else "#d62728"
+    ax.add_collection(LineCollection(segs[strong], colors=strong_colour, linewidths=2.0,
+                                     zorder=2))
+    # Nodes by answer.
+    face = np.full(n, "#ffffff", dtype=object)
+    handles = []
+    if task == "colouring":
+        import matplotlib
+
+        tab20 = matplotlib.colormaps["tab20"]
+        # tab20 without its two reds: red is for the agents at fault.
+        palette = [matplotlib.colors.to_hex(tab20(i)) for i in range(20) if i not in (6, 7)]
+        for c in np.unique(answer[answered]):
+            face[answered & (answer == c)] = palette[int(c) % len(palette)]
+        handles.append(Line2D([], [], ls="", marker="o", mfc=palette[0], mec="#555",
+                              label=f"by colour group ({result['colours_used']} used)"))
+    else:
+        if task == "vertex_cover":
+            groups = {"in the cover": answer == 1, "not in the cover": answer == 0}
+        elif task == "matching":
+            groups = {"matched": answer >= 0, "none": answer == -1}
+        elif task == "leader_election":
+            leader = result["leader"] if result["leader"] is not None \
+                else result["majority_leader"]
+            groups = {"names the leader": answer == (-2 if leader is None else leader),
+                      "names another": np.ones(n, dtype=bool)}
+        else:
+            groups = {"0": answer == 0, "1": answer == 1, "other": np.ones(n, dtype=bool)}
+        palette = ("#1f77b4", "#aec7e8", "#ff7f0e")
+        taken = ~answered
+        for (label, mask), colour in zip(groups.items(), palette, strict=False):
+            mask = mask & ~taken
+            if mask.any():
+                face[mask] = colour
+                handles.append(Line2D([], [], ls="", marker="o", mfc=colour, mec="#555",
+                                      label=label))
+            taken |= mask
+    face[bad] = "#d62728"
+    plain = judged.copy()
+    ax.scatter(xy[plain, 0], xy[plain, 1], s=28, c=list(face[plain]), edgecolors="#555555",
+               linewidths=0.5, zorder=3)
+    if adversary.any():
+        ax.scatter(xy[adversary, 0], xy[adversary, 1], s=40, marker="D", c="black", zorder=4)
+    if crashed.shape[0]:
+        ax.scatter(xy[crashed, 0], xy[crashed, 1], s=40, marker="x", c="#777777", zorder=4)
+    if task == "leader_election" and result.get("leader") is not None:
+        lead = result["leader"]
+        ax.scatter([xy[lead, 0]], [xy[lead, 1]], s=160, marker="*", c="gold",
+                   edgecolors="black", zorder=5)
+        handles.append(Line2D([], [], ls="", marker="*", ms=12, mfc="gold", mec="black",
+                              label="leader"))
+    handles.append(Line2D([], [], ls="", marker="o", mfc="#d62728", mec="#555",
+                          label=f"at fault ({bad.shape[0]})"))
+    if (~answered & judged & ~np.isin(np.arange(n), bad)).any():
+        handles.append(Line2D([], [], ls="", marker="o", mfc="#ffffff", mec="#555",
+                              label="no answer"))
+    if adversary.any():
+        handles.append(Line2D([], [], ls="", marker="D", color="black",
+                              label=f"adversary ({int(adversary.sum())})"))
+    if crashed.shape[0]:
+        handles.append(Line2D([], [], ls="", marker="x", color="#777777",
+                              label=f"crashed ({crashed.shape[0]})"))
+    edge_label = {"colouring": "conflict edge", "vertex_cover": "uncovered edge",
+                  "matching": "matched edge"}.get(task)
+    if edge_label is not None:
+        handles.append(Line2D([], [], color=strong_colour, lw=2, label=edge_label))
+    ax.legend(handles=handles, fontsize=7, loc="upper right", framealpha=0.85)
+    ax.set_axis_off()
+    ax.autoscale_view()
+    ok = "success" if result["success"] else "failure"
+    ax.set_title(f"{task}: {ok}, score {result['score']:.3f}")
+    return _png(fig)
+
+
+def _agentsnet_rounds(changes: pa.Table, last: int | None, budget: int | None) -> str:
+    """Answers changed per step, with the last change and AgentsNet's round budget."""
+    fig, ax = _figure()
+    step = np.asarray(changes.column("step"))
+    ax.bar(step, np.asarray(changes.column("changes")), width=0.8, color="#1f77b4",
+           label="answers changed")
+    if last is not None:
+        ax.axvline(last, color="black", ls=":", label=f"last change (step {last})")
+    if budget is not None:
+        ax.axvline(budget, color="#d62728", ls="--", label=f"AgentsNet budget ({budget})")
+    ax.set_yscale("symlog", linthresh=1)  # step 0 changes every answer, later steps few
+    ax.set_xlim(left=-0.6)
+    ax.set_xlabel("step")
+    ax.set_ylabel("agents")
+    ax.legend(fontsize=7)
+    ax.set_title("rounds to agreement")
+    return _png(fig)
+
+
 def analyze(run, window: int | None = None) -> dict:
     """Every analysis that applies to ``run`` (a Run or a run directory): a dict of sections."""
     from swarm import open_run
@@ -434,6 +670,7 @@ def analyze(run, window: int | None = None) -> dict:
                        ("core_periphery", lambda: _core(run, events, edges())),
                        ("socialization", lambda: _socialization(run, events, window)),
                        ("coordination", lambda: _coordination(env, metrics)),
+                       ("agentsnet", lambda: _agentsnet(run, events, metrics)),
                        ("opinion", lambda: _opinion(env, metrics))):
         t = time.perf_counter()
         section = make()

@@ -204,6 +204,7 @@ def test_analyze_copes_with_no_events_and_with_a_failed_run(tmp_path):
     assert run.events().num_rows == 0
     result = analyze(run)
     assert result["sections"][0]["numbers"]["events"] == 0
+    assert "agentsnet" not in {s["key"] for s in result["sections"]}  # coordination runs only
     write_report(result, tmp_path / "qa")
     # A failed run has no metrics table: the event analyses still run.
     cfg = load_config(ROOT / "examples/cascade.yaml", ["graph.n=2000", "steps=10"])
@@ -216,3 +217,90 @@ def test_analyze_copes_with_no_events_and_with_a_failed_run(tmp_path):
     empty = pa.table({"step": pa.array([], pa.int32())})
     for env in ("games", "commons", "consensus"):
         assert coordination_summary(empty, env)["steps"] == 0
+
+
+def _coordination_run(tmp_path, task, name, faults=None):
+    raw = {"seed": 1, "steps": 200,
+           "graph": {"kind": "watts_strogatz", "n": 100, "k": 4, "p": 0.4},
+           "env": {"kind": "coordination", "task": task, "rounds": "agentsnet"}}
+    if faults is not None:
+        raw["faults"] = faults
+    return swarm.run(swarm.validate_config(raw), out=str(tmp_path / name), overwrite=True,
+                     backend="local", progress=False)
+
+
+def _agentsnet_section(result):
+    found = [s for s in result["sections"] if s["key"] == "agentsnet"]
+    assert len(found) == 1, [s["key"] for s in result["sections"]]
+    return found[0]
+
+
+@pytest.mark.integration  # a run and a full analysis: seconds
+@pytest.mark.parametrize("task", ["colouring", "matching"])
+def test_the_agentsnet_section_reports_success_of_a_fault_free_run(task, tmp_path):
+    run = _coordination_run(tmp_path, task, task)
+    section = _agentsnet_section(analyze(run))
+    num = section["numbers"]
+    assert num["task"] == task and num["success"] is True and num["score"] == 1.0
+    assert num["violations"] == 0 and num["bad_agent_count"] == 0 and section["table"] == []
+    assert num["agents"] == 100 and num["crashed"] == 0
+    metrics = run.metrics()
+    assert num["rounds_budget"] == metrics.column("rounds_budget")[0].as_py() > 0
+    assert num["diameter_lower"] == metrics.column("diameter_lower")[0].as_py() > 0
+    assert num["last_change_step"] <= num["rounds_budget"] and num["settled_within_budget"]
+    if task == "colouring":
+        assert num["colours"] == metrics.column("colours")[0].as_py() and num["conflict_edges"] == 0
+    else:
+        assert num["matched_pairs"] > 0
+    assert len(section["plots"]) == 2  # the graph drawing and the rounds to agreement
+
+
+@pytest.mark.integration  # a run, a full analysis and the report: seconds
+def test_the_agentsnet_section_locates_the_failures_of_a_lossy_run(tmp_path, monkeypatch):
+    from swarm.analysis import report
+    from swarm.analysis.agentsnet import validate
+    from swarm.config import run_graph
+
+    run = _coordination_run(tmp_path, "matching", "lossy", faults={"drop": 0.6})
+    result = analyze(run)
+    section = _agentsnet_section(result)
+    num = section["numbers"]
+    truth = validate("matching", run.events(), run_graph(run.manifest["config"]))
+    bad = truth["bad_agents"]
+    assert truth["success"] is False and num["success"] is False and bad.shape[0] > 20
+    assert num["score"] == truth["score"] and num["violations"] == truth["violations"]
+    assert num["bad_agent_count"] == bad.shape[0] and num["first_bad_agents"] == bad[:20].tolist()
+    degree = np.diff(run_graph(run.manifest["config"]).indptr)
+    assert [(r["agent"], r["degree"]) for r in section["table"]] == \
+        [(int(a), int(degree[a])) for a in bad[:20]]
+    _, html_path = write_report(result, tmp_path / "analysis")
+    page = html_path.read_text()
+    part = page[page.index("<section id=agentsnet>"):]
+    part = part[:part.index("</section>")]
+    assert "Coordination task" in part and part.count('src="data:image/png;base64,') == 2
+    numbers = json.loads((tmp_path / "analysis/metrics.json").read_text())
+    assert numbers["agentsnet"]["success"] is False
+    # Past the drawing limit: the table and the rounds plot only.
+    monkeypatch.setattr(report, "AGENTSNET_DRAW_MAX_AGENTS", 50)
+    big = _agentsnet_section(analyze(run))
+    assert len(big["plots"]) == 1 and len(big["table"]) == 20
+    assert any("no drawing" in note for note in big["notes"])
+
+
+@pytest.mark.integration  # two runs and two analyses: seconds
+def test_the_agentsnet_section_leaves_out_the_agents_the_engine_crashed(tmp_path):
+    from swarm.analysis import report
+    from swarm.analysis.agentsnet import validate
+    from swarm.config import run_graph
+
+    run = _coordination_run(tmp_path, "leader_election", "crash",
+                            faults={"crash": {"fraction": 0.1, "at_step": 0}})
+    num = _agentsnet_section(analyze(run))["numbers"]
+    # Crashed from step 0, an agent logs nothing: those are the agents the report left out.
+    silent = np.setdiff1d(np.arange(100), np.asarray(run.events().column("agent")))
+    crashed = report._crashed_agents(run.manifest["config"], 100, last_step=0)
+    assert crashed.tolist() == silent.tolist() and silent.shape[0] > 0
+    assert num["crashed"] == num["excluded"] == silent.shape[0]
+    assert num["success"] is True and num["agents"] == 100 - silent.shape[0]
+    graph = run_graph(run.manifest["config"])
+    assert validate("leader_election", run.events(), graph)["success"] is False
