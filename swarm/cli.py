@@ -273,7 +273,7 @@ def analyze(
     for s in result["sections"]:
         typer.echo(f"{s['title']}: " + ", ".join(
             f"{k}={v}" for k, v in s["numbers"].items()
-            if isinstance(v, (int, float, str)) and not isinstance(v, bool))[:300])
+            if isinstance(v, (int, float, str)))[:300])
     typer.echo(f"wrote {metrics_path} and {report_path} ({result['seconds']['total']:.1f} s)")
 
 
