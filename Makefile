@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo check test test-slow test-all lint bench bench-scale bench-policy bench-envs bench-analysis clean
+.PHONY: install demo check test test-slow test-all lint bench bench-scale bench-policy bench-envs bench-analysis bench-coordination clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -71,6 +71,11 @@ bench-envs: $(STAMP)
 # swarm analyze on a 1e6-agent feed run (> 1e7 events): seconds per analysis, peak memory.
 bench-analysis: $(STAMP)
 	$(PY) -m benchmarks.bench_analysis
+
+# AgentsNet's five tasks by classical baselines, n=1e2..1e6, under drop, crash and Byzantine
+# faults: success, AgentsNet score, rounds vs the 2D+1 budget, messages/agent (~20-25 min).
+bench-coordination: $(STAMP)
+	$(PY) -m benchmarks.bench_coordination
 
 clean:
 	rm -rf runs .pytest_cache

@@ -878,9 +878,10 @@ class Coordination(Env):
         # Budget spent (or the run's last step): unmatched agents answer "none".
         last = (self.R and step == self.R) or (view.steps is not None and step == view.steps - 1)
         if last and task in ("matching", "vertex_cover"):
-            quiet = self._todo[(self.answer[self._todo] < 0) & ~self.adv[self._todo]]
+            # Still unsettled, with no answer (matching: none, -1, is also the start).
+            quiet = self._todo[~self.adv[self._todo] & ~self.settled[self._todo]]
             none = 0 if task == "vertex_cover" else -1
-            quiet = quiet[self.answer[quiet] != none]
+            quiet = quiet[self.answer[quiet] == -1]
             self.answer[quiet] = none
             events.append(make_events(np.zeros(quiet.size, np.int8), view.agents[quiet],
                                       item=np.full(quiet.size, none), value=np.full(

@@ -59,6 +59,17 @@ def test_the_baselines_solve_every_task_within_agentsnets_rounds(task, family, t
     assert m.num_rows <= budget + 1  # sends at 0 .. R-1, answers at R at the latest
 
 
+@pytest.mark.parametrize("seed", [3, 5])
+def test_agents_unmatched_when_the_rounds_run_out_answer_none(seed, tmp_path):
+    """AgentsNet's budget at n=100 on BA (2 D + 1 = 11) can end Israeli–Itai before an
+    agent whose neighbours all matched elsewhere has said so: it answers none then."""
+    config = _config("matching", {"kind": "barabasi_albert", "n": 100, "m": 2}, seed=seed)
+    run = _run(config, tmp_path)
+    answer, answered = final_answers(run.events(), 100)
+    assert answered.all()
+    assert _check(run, config)["success"]
+
+
 def test_the_round_budget_is_agentsnets_rule_on_the_double_sweep_bound(tmp_path):
     graph = {"kind": "watts_strogatz", "n": 120, "k": 4, "p": 0.2}
     config = _config("leader_election", graph, schedule="every_round")
