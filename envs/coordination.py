@@ -186,6 +186,27 @@ def _segments(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, np.diff(np.append(starts, keys.size))
 
 
+def _at(rows: np.ndarray, r: np.ndarray, values, fill) -> np.ndarray:
+    """``values`` of the pairs (``r``, value) placed at the positions of sorted ``rows`` (the
+    batch), ``fill`` elsewhere: per-batch columns without an array over every agent."""
+    out = np.full(rows.shape[0], fill, np.int64)
+    if not r.size or not rows.size:
+        return out
+    idx = np.minimum(np.searchsorted(rows, r), rows.shape[0] - 1)
+    ok = rows[idx] == r
+    out[idx[ok]] = np.broadcast_to(values, r.shape)[ok]
+    return out
+
+
+def _count(rows: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """How often each of sorted ``rows`` occurs in ``r``."""
+    if not r.size:
+        return np.zeros(rows.shape[0], np.int64)
+    r = np.sort(r)
+    starts, counts = _segments(r)
+    return _at(rows, r[starts], counts, 0)
+
+
 @register_env
 class Coordination(Env):
     """AgentsNet's five coordination tasks with classical baselines (module docstring)."""
@@ -295,6 +316,7 @@ class Coordination(Env):
         self._todo = self._unsettled()
         self._rows = np.empty(0, np.int64)
         self._news: dict[str, np.ndarray] = {}
+        self._heard_min = self._heard = self._heard0 = None  # flooding's scratch
 
     def _unsettled(self) -> np.ndarray:
         return np.flatnonzero(~self.settled)
@@ -456,10 +478,7 @@ class Coordination(Env):
             self.taken_row = np.concatenate([self.taken_row, got["row"][keep]])
             self.taken_col = np.concatenate([self.taken_col, got["a"][keep]])
         rows = self._batch_rows(self._todo, step)
-        n = self.view.n_local
-        mask = np.zeros(n, bool)
-        mask[rows] = True
-        keep = mask[self.taken_row]
+        keep = ~self.settled[self.taken_row]  # only unsettled agents need them
         self.taken_row, self.taken_col = self.taken_row[keep], self.taken_col[keep]
         k = self.k
         # Distinct (row, group) pairs of fixed groups, sorted: the groups a row must avoid.
@@ -474,9 +493,7 @@ class Coordination(Env):
         # s = group - rank is non-decreasing within a row: the r-th free group is
         # r + #{s <= r} (so a searchsorted over (row, s) finds it for every row at once).
         skey = t_row * (k + 1) + (t_col - rank)
-        n_taken = np.zeros(n, np.int64)
-        n_taken[t_row[starts]] = counts
-        free = k - n_taken[rows]
+        free = k - _at(rows, t_row[starts], counts, 0)
 
         def kth_free(r: np.ndarray) -> np.ndarray:
             base = rows * (k + 1)
@@ -490,7 +507,7 @@ class Coordination(Env):
         # Clashes: neighbours announcing my group this round, or having fixed it.
         mine = self.answer[rows]
         same = colours & (got["a"] == self.answer[got["row"]]) & (got["a"] >= 0)
-        clash_n = np.bincount(got["row"][same], minlength=n)[rows]
+        clash_n = _count(rows, got["row"][same])
         # ... or having fixed it: (row, mine) among the sorted (row, group) pairs.
         tcomb = t_row * (k + 1) + t_col
         q = rows * (k + 1) + mine
@@ -507,6 +524,7 @@ class Coordination(Env):
         choice = self._col(actions, "choice", rows.shape[0])
         llm = choice >= 0
         colour = np.where(llm, choice, self._col(actions, "colour", rows.shape[0]))
+        colour = np.where(self.fixed[rows], self.answer[rows], colour)  # final stays final
         fix = ~llm & (self._col(actions, "fix", rows.shape[0]) > 0) & (colour >= 0)
         changed = colour != self.answer[rows]
         self.answer[rows] = colour
@@ -535,44 +553,39 @@ class Coordination(Env):
 
     def _observe_matching(self, step: int, got: dict, direct: dict
                           ) -> tuple[np.ndarray, dict]:
-        view, n = self.view, self.view.n_local
+        view = self.view
         vc = self.config.task == "vertex_cover"
         # What neighbours announced: settled in or out, pruning, LLM-style names.
         code = {_MATCHED: _IN, _UNMATCHED: _OUT, _CANDIDATE: _CAND, _WITHDRAW: _IN,
                 _LEFT: _GONE}
-        named_me = np.zeros(n, np.int64)
-        first_namer = np.zeros(n, np.int64)
-        unnamed = np.zeros(n, np.int64)
+        rows = self._todo
+        brows = self._batch_rows(rows, step)  # the batch (sorted)
+        zeros = np.zeros(brows.shape[0], np.int64)
+        named_me = first_namer = unnamed = said_yes = said_no = zeros
         for kind, new in code.items():
             sel = got["kind"] == kind
             if not sel.any():
                 continue
-            rows, pos = got["row"][sel], self._positions(got["row"][sel], got["src"][sel])
+            at, pos = got["row"][sel], self._positions(got["row"][sel], got["src"][sel])
             ok = pos >= 0
-            rows, pos = rows[ok], pos[ok]
+            at, pos = at[ok], pos[ok]
             was = self.nbr[pos]
             if new in (_IN, _OUT):
-                gone_live = was == _LIVE
-                np.subtract.at(self.live, rows[gone_live], 1)
+                np.subtract.at(self.live, at[was == _LIVE], 1)
             if new in (_OUT, _GONE):
-                np.add.at(self.outs, rows, 1)
+                np.add.at(self.outs, at, 1)
             self.nbr[pos] = new
         names = got["kind"] == _NAME
-        said_yes = np.bincount(got["row"][names & (got["a"] == 1)], minlength=n)
-        said_no = np.bincount(got["row"][names & (got["a"] == 0)], minlength=n)
-        if names.any() and not vc:
-            me = view.agents[got["row"][names]] == got["a"][names]
-            named_me = np.bincount(got["row"][names][me], minlength=n)
-            unnamed = np.bincount(got["row"][names][got["a"][names] < 0], minlength=n)
-            r, s = got["row"][names][me], got["src"][names][me]
-            first_namer = self._rank_of(r, s, n)
+        if names.any():  # LLM-style agents' answers
+            nr, na = got["row"][names], got["a"][names]
+            said_yes, said_no = _count(brows, nr[na == 1]), _count(brows, nr[na == 0])
+            me = view.agents[nr] == na
+            named_me, unnamed = _count(brows, nr[me]), _count(brows, nr[na < 0])
+            first_namer = self._rank_of(brows, nr[me], got["src"][names][me])
         phase = step % 3
-        rows = self._todo
         self._news = {}
-        pick = np.full(n, -1, np.int64)
-        offer = np.full(n, -1, np.int64)
-        h_pick = np.full(n, -1, np.int64)
-        may_leave = np.zeros(n, np.int64)
+        pick = offer = h_pick = np.full(brows.shape[0], -1, np.int64)
+        may_leave = zeros
         d = direct
         if phase == 0:
             # CHOOSE messages of the last phase: an edge both ends chose is matched.
@@ -596,40 +609,39 @@ class Coordination(Env):
             if live.any():
                 r, c, _ = self._choose("coordination_propose", owner[live],
                                        view.indices[pos[live]].astype(np.int64), step)
-                pick[r] = c
+                pick = _at(brows, r, c, -1)
         elif phase == 1:
             pr = (d["kind"] == _PROPOSE) & (self.partner[d["row"]] < 0)
             if pr.any():
                 r, c, _ = self._choose("coordination_accept", d["row"][pr], d["src"][pr], step)
-                offer[r] = c
+                offer = _at(brows, r, c, -1)
                 self._news["offers"] = (d["row"][pr], d["src"][pr])
         else:
             ac = d["kind"] == _ACCEPT
             r, x = d["row"][ac], d["src"][ac]
-            ok = self.prop[r] == x
-            h_out = np.full(n, -1, np.int64)
-            h_out[r[ok]] = x[ok]
-            cand_r = np.concatenate([r[ok], np.flatnonzero(self.acc >= 0)])
-            cand_x = np.concatenate([x[ok], self.acc[self.acc >= 0]])
+            ok = self.prop[r] == x  # my proposal was accepted: an edge of mine
+            took = rows[self.acc[rows] >= 0]  # I accepted a proposal: the other edge
+            cand_r = np.concatenate([r[ok], took])
+            cand_x = np.concatenate([x[ok], self.acc[took]])
             if cand_r.size:
                 r2, c2, _ = self._choose("coordination_choose", cand_r, cand_x, step)
-                h_pick[r2] = c2
+                h_pick = _at(brows, r2, c2, -1)
             self._news["accepted_by"] = (r, x)
         if vc:
-            may_leave = self._prune_state(rows)
-        rows = self._batch_rows(rows, step)
+            may_leave = _at(brows, self._prune_state(rows), 1, 0)
+        rows = brows
         nbr_ids = self._first_neighbours(rows)
-        cols = {"phase": np.full(rows.shape[0], phase, np.int64), "pick": pick[rows],
-                "offer": offer[rows], "h_pick": h_pick[rows], "may_leave": may_leave[rows],
-                "named_me": named_me[rows], "first_namer": first_namer[rows],
-                "unnamed": unnamed[rows], "said_yes": said_yes[rows], "said_no": said_no[rows]}
+        cols = {"phase": np.full(rows.shape[0], phase, np.int64), "pick": pick,
+                "offer": offer, "h_pick": h_pick, "may_leave": may_leave,
+                "named_me": named_me, "first_namer": first_namer,
+                "unnamed": unnamed, "said_yes": said_yes, "said_no": said_no}
         cols.update({f"nbr{i + 1}": nbr_ids[:, i] for i in range(MAX_LABELS)})
         return rows, cols
 
-    def _rank_of(self, rows: np.ndarray, src: np.ndarray, n: int) -> np.ndarray:
-        """Per row, the 1-based rank (by id, among its first ``MAX_LABELS`` neighbours) of
-        the lowest-ranked ``src`` naming it; 0: none."""
-        out = np.zeros(n, np.int64)
+    def _rank_of(self, batch: np.ndarray, rows: np.ndarray, src: np.ndarray) -> np.ndarray:
+        """Per batch row, the 1-based rank (by id, among its first ``MAX_LABELS``
+        neighbours) of the lowest-ranked ``src`` naming it (pairs ``rows``, ``src``); 0:
+        none."""
         pos = self._positions(rows, src)
         ok = pos >= 0
         rank = pos[ok] - self.view.indptr[rows[ok]] + 1
@@ -638,8 +650,7 @@ class Coordination(Env):
         order = np.lexsort((k, r))
         r, k = r[order], k[order]
         first = np.concatenate([[True], r[1:] != r[:-1]]) if r.size else np.empty(0, bool)
-        out[r[first]] = k[first]
-        return out
+        return _at(batch, r[first], k[first], 0)
 
     def _first_neighbours(self, rows: np.ndarray) -> np.ndarray:
         """The ids of each row's first ``MAX_LABELS`` neighbours (-1 past its degree)."""
@@ -653,16 +664,15 @@ class Coordination(Env):
         return out
 
     def _prune_state(self, rows: np.ndarray) -> np.ndarray:
-        """vertex cover: which rows may leave the cover this round (1), and the candidacy
+        """vertex cover: the rows that may leave the cover this round, and the candidacy
         changes the round announces (``self._news``)."""
-        n = self.view.n_local
         cover = rows[(self.partner[rows] >= 0) & (self.live[rows] == 0) & (self.answer[rows] == 1)]
         redundant = cover[self.outs[cover] == 0]
         withdraw = cover[(self.outs[cover] > 0) & self.cand[cover]]
         self.cand[withdraw] = False
         fresh = redundant[~self.cand[redundant]]
         old = redundant[self.cand[redundant]]
-        may = np.zeros(n, np.int64)
+        may = np.empty(0, np.int64)
         if old.size:
             from swarm.graph import ragged_arange
 
@@ -670,8 +680,8 @@ class Coordination(Env):
             owner = np.repeat(old, self.deg[old])
             c = self.nbr[pos] == _CAND
             smaller = c & (self.view.indices[pos].astype(np.int64) < self.view.agents[owner])
-            blocked = np.bincount(owner[smaller], minlength=n)[old] > 0
-            may[old[~blocked]] = 1
+            blocked = _count(old, owner[smaller]) > 0
+            may = old[~blocked]
         self.cand[fresh] = True
         self._news["candidates"], self._news["withdrawn"] = fresh, withdraw
         # Settled: out of the cover, or in it with a neighbour out (final either way).
@@ -791,24 +801,27 @@ class Coordination(Env):
         if self.config.task == "consensus":
             ok = (a == 0) | (a == 1)  # an honest agent ignores values outside {0, 1}
             row, a = row[ok], a[ok]
-        heard_min = np.full(n, _NONE, np.int64)
-        np.minimum.at(heard_min, row, a)
-        heard = np.bincount(row, minlength=n)
-        if step == 0:
-            rows = np.arange(n)
-        else:
-            rows = np.flatnonzero(heard > 0) if row.size else np.empty(0, np.int64)
-        cols: dict[str, np.ndarray] = {}
+        # Per-agent scratch kept between rounds (fresh memory per round costs more than
+        # the round's work); only the rows that heard something are touched and reset.
+        if self._heard_min is None:
+            self._heard_min = np.full(n, _NONE, np.int64)
+            self._heard = np.zeros(n, np.int64)
+            self._heard0 = np.zeros(n, np.int64)
+        np.minimum.at(self._heard_min, row, a)
+        np.add.at(self._heard, row, 1)
+        np.add.at(self._heard0, row[a == 0], 1)
+        touched = np.flatnonzero(self._heard) if row.size else np.empty(0, np.int64)
+        rows = np.arange(n) if step == 0 else touched
         if self.config.task == "leader_election":
-            other = row[a != self.view.agents[row]]
-            np.minimum.at(self.heard_best, other, a[a != self.view.agents[row]])
+            other = a != self.view.agents[row]
+            np.minimum.at(self.heard_best, row[other], a[other])
         rows = self._batch_rows(rows, step)
-        cols["best"] = self.best[rows]
-        cols["heard_min"] = heard_min[rows]
-        cols["heard"] = heard[rows]
-        zero = np.bincount(row[a == 0], minlength=n) if row.size else np.zeros(n, np.int64)
-        cols["heard0"] = zero[rows]
-        cols["heard1"] = (heard - zero)[rows]
+        cols: dict[str, np.ndarray] = {"best": self.best[rows],
+                                       "heard_min": self._heard_min[rows],
+                                       "heard": self._heard[rows],
+                                       "heard0": self._heard0[rows]}
+        cols["heard1"] = cols["heard"] - cols["heard0"]
+        self._heard_min[touched], self._heard[touched], self._heard0[touched] = _NONE, 0, 0
         hb = self.heard_best[rows]
         cols["smallest_heard"] = np.where(hb < _NONE, hb, -1)
         return rows, cols

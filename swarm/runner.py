@@ -471,10 +471,11 @@ def _prepare(config: RunConfig, plan: _GraphPlan, partition: np.ndarray | None, 
     try:
         setup = env_cls.prepare(config.env, plan.n, KeyedRNG(config.seed))
         if env_cls.needs_graph(config.env):
-            # Set-up that needs the whole graph (a diameter): built once, here.
-            graph = plan.held if plan.held is not None else build_graph(config)
-            setup.update(env_cls.prepare_graph(config.env, graph))
-            del graph
+            # Set-up that needs the whole graph (a diameter): built once, here, and
+            # handed to the shards in slices rather than built again there.
+            if plan.held is None:
+                plan.held = build_graph(config)
+            setup.update(env_cls.prepare_graph(config.env, plan.held))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if config.faults.active and "src" not in env_cls.message_fields and env_cls.message_fields:
