@@ -193,15 +193,15 @@ def test_llm_style_agents_answer_every_task_and_are_scored(task, tiny_model, tmp
     """The tiny random-weight model answers at random: its scores mean nothing, but they
     are computed from what it answered, through the same validators."""
     extra = {"colours": 4} if task == "colouring" else {}
-    config = _llm_config(task, tiny_model, 60, 10, rounds=3, **extra)
+    config = _llm_config(task, tiny_model, 30, 10, rounds=3, **extra)
     run = _run(config, tmp_path)
     m = run.metrics()
     assert m.num_rows == 4  # three message rounds, then the answers
-    assert sum(m["policy_decisions"].to_pylist()) == 4 * 60
-    assert 0 < sum(m["policy_calls"].to_pylist()) <= 4 * 60  # dedup shares calls
-    answer, answered = final_answers(run.events(), 60)
+    assert sum(m["policy_decisions"].to_pylist()) == 4 * 30
+    assert 0 < sum(m["policy_calls"].to_pylist()) <= 4 * 30  # dedup shares calls
+    answer, answered = final_answers(run.events(), 30)
     result = _check(run, config)
-    assert 0.0 <= result["score"] <= 1.0 and result["agents"] == 60
+    assert 0.0 <= result["score"] <= 1.0 and result["agents"] == 30
     if task != "matching":  # "none" is -1, no answer event unless it changes
         assert answered.any()
 
